@@ -214,11 +214,14 @@ def _row_grad(o, z, b, copy, yi, wi, eps, scale):
     s = _row_exp_inplace(o, m)
     bad = _row_is_bad(m, t, s)
     loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, t, s, zy, eps, K)
-    c = o.dtype.type(wi * scale / s)
-    u = o.dtype.type(eps * wi * scale / K)
+    # (p - target) * w, written so that p == target gives exactly 0 (K = 1, a certain row).
+    inv = o.dtype.type(1.0 / s)
+    u = o.dtype.type(eps / K)
+    ws = o.dtype.type(wi * scale)
+    ey = o[yi]
     for k in range(K):
-        o[k] = o[k] * c - u
-    o[yi] -= o.dtype.type((1.0 - eps) * wi * scale)
+        o[k] = (o[k] * inv - u) * ws
+    o[yi] = (ey * inv - u - o.dtype.type(1.0 - eps)) * ws
     return loss, bad
 
 
