@@ -24,6 +24,7 @@ Design
 """
 
 import math
+import types as types_module
 
 import numpy as np
 from llvmlite import ir
@@ -259,9 +260,6 @@ def _softmax_row(o, z, b, copy, log):
     return 1 if _row_is_bad(m, t, s) else 0
 
 
-_softmax_rows_serial = _jit()(_softmax_rows.py_func)
-
-
 @_jit(parallel=True)
 def _xent_rows(Z, y, w, eps, losses):
     """losses[i] := w[i] * cross-entropy of row i (float64); Z is only read. Returns bad rows."""
@@ -310,11 +308,6 @@ def _xent_grad_rows(Z, out, b, copy, y, w, eps, scale, losses, db_parts):
         bad += _grad_block(Z, out, b, copy, y, w, eps, scale, lo, min(N, lo + ROW_BLOCK), 0,
                            losses, db_parts[blk])
     return bad
-
-
-# The tiled BLAS path runs this between multithreaded GEMMs: a Numba parallel region there fights
-# OpenBLAS's spinning threads for the two cores (PERF-NOTES, item 1), so it is compiled serial too.
-_xent_grad_rows_serial = _jit()(_xent_grad_rows.py_func)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -455,3 +448,28 @@ def _axpy(alpha, A, B):
     bb = B.ravel()
     for k in range(a.shape[0]):
         bb[k] += alpha * a[k]
+
+
+# Serial twins of the parallel kernels (prange runs as range). Used in forked children of an OpenMP
+# process and under a busy workqueue layer (see _parallel.py), and between the multithreaded GEMMs of
+# the tiled path, where a Numba parallel region fights OpenBLAS's spinning threads for the cores
+# (PERF-NOTES, item 1).
+
+
+def _serial_twin(kernel):
+    """The same kernel compiled without `parallel`, as a function of its own name: Numba's cache is
+    keyed by qualified name, so jitting the shared py_func again would load the parallel machine code
+    from the cache."""
+    f = kernel.py_func
+    twin = types_module.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial",
+                                     f.__defaults__, f.__closure__)
+    twin.__qualname__ = f.__qualname__ + "_serial"
+    twin.__doc__ = f.__doc__
+    return _jit()(twin)
+
+
+_softmax_rows_serial = _serial_twin(_softmax_rows)
+_xent_rows_serial = _serial_twin(_xent_rows)
+_xent_grad_rows_serial = _serial_twin(_xent_grad_rows)
+_linear_xent_small_serial = _serial_twin(_linear_xent_small)
+_linear_softmax_small_serial = _serial_twin(_linear_softmax_small)
