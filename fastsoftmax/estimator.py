@@ -262,6 +262,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 f"got 1 class: {self.classes_[np.argmax(class_totals > 0)]!r}"
             )
         W, b = self._initial_params(X, n_classes, coef_init, intercept_init, previous)
+        self._rng = check_random_state(self.random_state)
         with thread_limits(self.n_jobs):
             result = self._run_solver(X, y_codes, sample_weight, W, b)
         self._set_solution(W, b, result.n_iter, result.loss_curve)
@@ -334,7 +335,6 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 tol=self.tol,
                 **common,
             )
-        self._rng = check_random_state(self.random_state)
         return solvers.sgd(
             X,
             y_codes,
