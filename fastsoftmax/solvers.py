@@ -98,8 +98,9 @@ def lbfgs(
 
     The parameters travel as one float64 vector ``[W.ravel(), b]`` (scipy works in float64); every
     evaluation converts it to X's dtype and makes one fused loss-and-gradient call. As in
-    scikit-learn, ``ftol = 64 * eps(dtype)`` also stops the run when the objective no longer
-    decreases measurably, and ``maxls = 50``. ``loss_curve[k]`` is the objective at the iterate
+    scikit-learn, ``ftol = 64 * eps`` (float64's: the loss is accumulated in float64 for both
+    dtypes) also stops the run when the objective no longer decreases, and ``maxls = 50``.
+    ``converged`` is False only when the iteration budget ran out. ``loss_curve[k]`` is the objective at the iterate
     after iteration k + 1. ``blas_threads`` limits scipy's own OpenBLAS (used by L-BFGS-B itself)
     during the run: its threads otherwise spin against the loss kernels' threads.
     """
@@ -145,7 +146,7 @@ def lbfgs(
         "maxfun": max(15000, 2 * max_iter),
         "maxls": 50,
         "gtol": tol,
-        "ftol": 64 * float(np.finfo(dtype).eps),
+        "ftol": 64 * float(np.finfo(np.float64).eps),
     }
     try:
         with blas_limits(blas_threads, library="scipy.libs"):
@@ -153,10 +154,13 @@ def lbfgs(
                 fun, x0, method="L-BFGS-B", jac=True, callback=on_iteration, options=options
             )
         x = opt.x
-        result.converged = opt.status == 0
+        # status 1: iteration or evaluation budget spent. status 2: the line search found no
+        # decrease, i.e. the objective is flat to the precision of its evaluation (common in
+        # float32 with a small tol); it is a stop at the attainable optimum, not a failure.
+        result.converged = opt.status != 1
         result.message = str(opt.message)
-        if opt.status != 0 and opt.nit >= max_iter:
-            result.message = f"reached max_iter={max_iter}: {opt.message}"
+        if opt.status == 1:
+            result.message = f"reached max_iter={max_iter} ({opt.message})"
     except _StopRequested:
         x = last["stop_x"]
         result.stopped = True
