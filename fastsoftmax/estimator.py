@@ -249,7 +249,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self : SoftmaxRegression
         """
         self._check_params()
-        X, y = validate_data(self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES)
+        # C order once here: the kernels want rows contiguous, and would otherwise copy an
+        # F-ordered X at every evaluation.
+        X, y = validate_data(self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         previous = self._warm_start_params()
         self.classes_, y_codes = np.unique(y, return_inverse=True)
@@ -397,7 +399,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         """
         self._check_params(partial=True)
         first_call = not hasattr(self, "classes_")
-        X, y = validate_data(self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, reset=first_call)
+        X, y = validate_data(
+            self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, order="C", reset=first_call
+        )
         check_classification_targets(y)
         if first_call:
             if classes is None:
