@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import numba
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-__all__ = ["blas_limits", "effective_n_jobs", "thread_limits"]
+__all__ = ["blas_limits", "effective_n_jobs", "numba_threads", "thread_limits"]
 
 
 def effective_n_jobs(n_jobs: int | None) -> int | None:
@@ -78,3 +78,17 @@ def blas_limits(n_threads: int | None, *, library: str | None = None) -> Iterato
         )
     with controller.limit(limits=n_threads):
         yield
+
+
+@contextmanager
+def numba_threads(n_threads: int | None) -> Iterator[None]:
+    """Run the block with at most ``n_threads`` Numba threads (no change when None)."""
+    if n_threads is None:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n_threads, previous)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
