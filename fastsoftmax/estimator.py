@@ -315,6 +315,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             "callback": self._solver_callback(),
         }
         if self.solver == "lbfgs":
+            # Up to SMALL_K_MAX classes the loss kernels use no BLAS, so scipy's OpenBLAS only
+            # serves L-BFGS-B's vector updates, which gain nothing from threads whose spinning
+            # steals cores from the kernels (PERF-NOTES 1); above it the kernels' GEMMs need them.
+            small_k = W.shape[0] <= getattr(F, "SMALL_K_MAX", 0)
             return solvers.lbfgs(
                 X,
                 y_codes,
@@ -323,6 +327,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 b,
                 max_iter=self.max_iter,
                 tol=float(self.tol),
+                blas_threads=1 if small_k else None,
                 **common,
             )
         if self.solver == "gd":
