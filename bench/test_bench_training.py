@@ -17,11 +17,11 @@ issue reports with ``FASTSOFTMAX_BENCH_FULL=1``::
     FASTSOFTMAX_BENCH_FULL=1 pytest bench/test_bench_training.py --benchmark-columns=median,min
 """
 
-import os
 import warnings
 
 import numpy as np
 import pytest
+from _common import FULL, import_torch, shape_id
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
@@ -30,18 +30,12 @@ import reference
 from fastsoftmax import functional as F
 from fastsoftmax.estimator import SoftmaxRegression
 
-FULL = os.environ.get("FASTSOFTMAX_BENCH_FULL", "") not in ("", "0")
 SHAPE = (60000, 784, 10) if FULL else (3000, 64, 10)
 ROUNDS = 3 if FULL else 1
 C = 1.0
 TOL = 1e-4  # scikit-learn's default
 EPOCHS = 10 if FULL else 2
 BATCH, LEARNING_RATE = 256, 0.1
-
-
-def shape_id(shape, dtype):
-    n, d, k = shape
-    return f"n={n}-d={d}-k={k}-{np.dtype(dtype).name}"
 
 
 def make_problem(shape, dtype, seed=0):
@@ -174,7 +168,7 @@ def test_sgd_reference_numpy(benchmark, sgd_problem):
 @pytest.mark.parametrize("threads", ["default", 1], ids=["threads=default", "threads=1"])
 def test_sgd_torch(benchmark, sgd_problem, threads):
     """The same recipe as a plain PyTorch CPU loop: nn.Linear, cross_entropy, optim.SGD."""
-    torch = pytest.importorskip("torch", reason="PyTorch CPU is optional: pip install '.[bench]'")
+    torch = import_torch()
     group, X, y = sgd_problem
     benchmark.group = group
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
