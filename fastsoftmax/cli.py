@@ -102,8 +102,15 @@ def load_model(path) -> Model:
     if not os.path.isfile(path):
         raise CLIError(f"{path}: no such model file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise CLIError(f"{path}: cannot read the model file ({exc.strerror})") from None
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive
+        raise CLIError(f"{path}: not a fastsoftmax model file (not an .npz archive)")
+    try:
         with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files") or "format" not in npz.files:
+            if "format" not in npz.files:
                 raise CLIError(f"{path}: not a fastsoftmax model file (no format marker)")
             arrays = {name: npz[name] for name in npz.files}
     except CLIError:
@@ -637,7 +644,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error format of the other failures."""
 
     def error(self, message: str):
-        self.exit(2, f"{PROG}: error: {self.prog}: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _number(kind: Callable, check: Callable[[Any], bool], requirement: str):
@@ -727,10 +734,20 @@ def _add_data_options(parser, *, label_help: str) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fastsoftmax")
+    except PackageNotFoundError:  # running from a source checkout
+        import fastsoftmax
+
+        return getattr(fastsoftmax, "__version__", "(not installed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastsoftmax`` command."""
-    from fastsoftmax import __version__ as version  # noqa: F401  (fails clearly if broken)
-
+    version = _version()
     parser = _Parser(
         prog=PROG,
         description="Softmax regression (multinomial logistic regression) on the CPU, "

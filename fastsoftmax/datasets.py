@@ -263,6 +263,9 @@ def make_synthetic(
 def load_npz(path, *, dtype=np.float64, labels: bool = True):
     """Arrays ``X`` (2-D) and ``y`` (1-D, required when ``labels``) from an ``.npz`` file."""
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                raise DataError(f"{path}: not an .npz file (not a zip archive)")
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
             if "X" not in names:
