@@ -31,6 +31,7 @@ import csv
 import gzip
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -300,6 +301,14 @@ def _open_text(path):
     return opener(path, "rt", newline="", encoding="utf-8")
 
 
+def _loadtxt(path, **kwargs) -> np.ndarray:
+    """np.loadtxt, strict (no comments, double quotes), silent on files without data rows."""
+    with warnings.catch_warnings():
+        # An empty table is reported as a DataError by the caller, not as a UserWarning.
+        warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+        return np.loadtxt(path, comments=None, quotechar='"', encoding="utf-8", **kwargs)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -361,15 +370,12 @@ def load_csv(
     skip = 1 if header else 0
 
     try:
-        table = np.loadtxt(
+        table = _loadtxt(
             path,
             delimiter=delimiter,
             skiprows=skip,
             dtype=np.float64,
             ndmin=2,
-            comments=None,
-            quotechar='"',
-            encoding="utf-8",
         )
     except ValueError:
         table = None  # find the precise problem (or string labels) below
@@ -379,26 +385,20 @@ def load_csv(
     if table is None:
         _scan_delimited(path, delimiter, n_fields, feature_index, columns, skip)
         # Only the label column holds non-numbers: string labels.
-        X = np.loadtxt(
+        X = _loadtxt(
             path,
             delimiter=delimiter,
             skiprows=skip,
             dtype=np.float64,
             ndmin=2,
-            comments=None,
-            quotechar='"',
-            encoding="utf-8",
             usecols=feature_index,
         )
-        y_raw = np.loadtxt(
+        y_raw = _loadtxt(
             path,
             delimiter=delimiter,
             skiprows=skip,
             dtype=str,
             ndmin=1,
-            comments=None,
-            quotechar='"',
-            encoding="utf-8",
             usecols=[label_index],
         )
     else:
