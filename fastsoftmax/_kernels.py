@@ -1,0 +1,454 @@
+"""Numba kernels of fastsoftmax: contiguous arrays in, arrays out; no validation, no allocation policy.
+
+Design
+------
+* Rows are independent. Every row pass copies (or computes) one row of logits into the output row and
+  then works in place on it: max, ``exp(z - max)`` with its float64 sum, then the probabilities, the
+  log-probabilities or the gradient. One read of the input, one write of the output, no N x K temporary.
+* Parallel kernels run ``prange`` over fixed blocks of rows (``ROW_BLOCK``); iteration ``i`` writes only
+  its own rows and its own slot of any partial buffer. Block boundaries depend on the problem size only,
+  never on the thread count, so results are bitwise identical with 1 or 2 threads.
+* Reductions over samples never use a shared accumulator inside ``prange``: per-row losses go to an
+  (N,) float64 array (summed afterwards in a fixed order), db and dW go to per-block / per-chunk partial
+  buffers merged in chunk order by the caller.
+* Precision: row sums of exponentials, losses and db are float64 whatever the data dtype; logits,
+  probabilities, gradients and the dot products of the small-K path stay in the data dtype (as BLAS).
+* ``exp`` is a vectorizable polynomial (``_exp_nonpos``, 1 ulp): this llvmlite has no SVML, and libm's
+  scalar ``exp`` made the row pass 3.3x slower. It is compiled without ``reassoc``, which would
+  reorder its range reduction; the max uses ``llvm.maxnum`` because LLVM does not vectorize a
+  compare-and-select max without ``nnan``, which we never allow (inputs hold -inf on purpose).
+* A row whose sum of exponentials is not >= 1 or whose raw sum is NaN held NaN or +inf (or was all
+  -inf); kernels count such rows and the functional layer turns a non-zero count into a ValueError.
+* The small-K linear kernel (``_linear_xent_small``) skips BLAS: it reads each block of 4 rows of X
+  once and uses it, while in L1, for both ``X W^T`` and ``G^T X``.
+"""
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+# Everything but nnan/ninf: -inf logits (masked classes) are legitimate input.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
+# The exp polynomial must keep its evaluation order: no reassoc.
+FASTMATH_EXP = {"contract", "nsz", "arcp", "afn"}
+
+ROW_BLOCK = 64  # rows per prange iteration of the row kernels
+SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernel
+
+
+def _jit(parallel=False, fastmath=FASTMATH):
+    """The one place numba options are set."""
+    return njit(
+        nogil=True, cache=True, error_model="numpy", fastmath=fastmath, parallel=parallel
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scalar building blocks
+# ---------------------------------------------------------------------------------------------------
+
+
+@intrinsic
+def _maxnum(typingctx, a, b):
+    """llvm.maxnum: a max the loop vectorizer turns into vmaxpd (NaN operands are ignored)."""
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.maxnum", [ty], ir.FunctionType(ty, [ty, ty]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits_to_float(typingctx, bits):
+    """Reinterpret an int64 as float64 or an int32 as float32 (to build 2**n in exp)."""
+    out = types.float64 if bits.bitwidth == 64 else types.float32
+    sig = out(bits)
+
+    def codegen(context, builder, signature, args):
+        llty = ir.DoubleType() if bits.bitwidth == 64 else ir.FloatType()
+        return builder.bitcast(args[0], llty)
+
+    return sig, codegen
+
+
+def _exp_nonpos(x):
+    """exp(x) for x <= 0 (including -inf), vectorizable; dispatched on dtype below."""
+    raise NotImplementedError  # only callable from jitted code
+
+
+@njit(inline="never", fastmath=FASTMATH_EXP, cache=True, error_model="numpy")
+def _exp_nonpos_f64(x):
+    # exp(x) = 2**n * exp(r), n = round(x / ln2), |r| <= ln2/2; Taylor to degree 13 (< 0.1 ulp
+    # truncation). 2**n is built from two bit-cast factors so subnormal results round correctly.
+    x = -1080.0 if x < -1080.0 else x
+    n = math.floor(x * 1.4426950408889634 + 0.5)
+    r = x - n * 6.93147180369123816490e-01 - n * 1.90821492927058770002e-10
+    p = 1.6059043836821613e-10
+    p = p * r + 2.08767569878681e-09
+    p = p * r + 2.505210838544172e-08
+    p = p * r + 2.755731922398589e-07
+    p = p * r + 2.7557319223985893e-06
+    p = p * r + 2.48015873015873e-05
+    p = p * r + 1.984126984126984e-04
+    p = p * r + 1.388888888888889e-03
+    p = p * r + 8.333333333333333e-03
+    p = p * r + 4.1666666666666664e-02
+    p = p * r + 0.16666666666666666
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    ni = np.int64(n)
+    n1 = ni >> 1
+    return p * _bits_to_float((n1 + 1023) << 52) * _bits_to_float((ni - n1 + 1023) << 52)
+
+
+@njit(inline="never", fastmath=FASTMATH_EXP, cache=True, error_model="numpy")
+def _exp_nonpos_f32(x):
+    # The float32 twin: degree-7 Taylor on |r| <= ln2/2 (< 0.1 ulp truncation).
+    x = np.float32(-110.0) if x < np.float32(-110.0) else x
+    n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))  # stays float32
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9841270e-4)
+    p = p * r + np.float32(1.3888889e-3)
+    p = p * r + np.float32(8.3333333e-3)
+    p = p * r + np.float32(4.1666667e-2)
+    p = p * r + np.float32(0.16666667)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    # Numba promotes int32 arithmetic to int64: cast back so the bit pattern is a float32's.
+    ni = np.int64(n)
+    n1 = ni >> 1
+    f1 = _bits_to_float(np.int32((n1 + 127) << 23))
+    f2 = _bits_to_float(np.int32((ni - n1 + 127) << 23))
+    return p * f1 * f2
+
+
+@overload(_exp_nonpos, jit_options={"fastmath": FASTMATH_EXP})
+def _exp_nonpos_overload(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _exp_nonpos_f32(x)
+    return lambda x: _exp_nonpos_f64(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row helpers: all work in place on one row `o` (1-D, contiguous) of the output
+# ---------------------------------------------------------------------------------------------------
+
+
+@_jit()
+def _row_load(o, z, b, copy):
+    """o := z (+ b). `b` has size 0 when there is no bias."""
+    K = o.shape[0]
+    if copy:
+        for k in range(K):
+            o[k] = z[k]
+    if b.shape[0] > 0:
+        for k in range(K):
+            o[k] += b[k]
+
+
+@_jit()
+def _row_max_sum(o):
+    """(max, float64 sum) of a row; the sum exposes NaN and +inf that maxnum skips."""
+    m = o[0]
+    t = 0.0
+    for k in range(o.shape[0]):
+        m = _maxnum(m, o[k])
+        t += o[k]
+    return m, t
+
+
+@_jit()
+def _row_exp_inplace(o, m):
+    """o := exp(o - m); returns the float64 sum."""
+    s = 0.0
+    for k in range(o.shape[0]):
+        e = _exp_nonpos(o[k] - m)
+        o[k] = e
+        s += e
+    return s
+
+
+@_jit()
+def _row_sum_exp(o, m):
+    """float64 sum of exp(o - m), o unchanged."""
+    s = 0.0
+    for k in range(o.shape[0]):
+        s += _exp_nonpos(o[k] - m)
+    return s
+
+
+@_jit()
+def _row_is_bad(m, t, s):
+    """NaN or +inf somewhere in the row, or every entry -inf."""
+    return not (s >= 1.0) or t != t or m == np.inf
+
+
+@_jit()
+def _xent_from_stats(m, t, s, zy, eps, K):
+    """Cross-entropy of one row from its max m, raw sum t, sum of exps s and label logit zy."""
+    log_s = math.log(s)
+    nll = log_s - (np.float64(zy) - np.float64(m))
+    if eps == 0.0:
+        return nll
+    smooth = log_s - (t / K - np.float64(m))
+    if eps == 1.0:
+        return smooth
+    return (1.0 - eps) * nll + eps * smooth
+
+
+@_jit()
+def _row_grad(o, z, b, copy, yi, wi, eps, scale):
+    """o := weighted gradient of the row's cross-entropy; returns (weighted loss, bad)."""
+    K = o.shape[0]
+    _row_load(o, z, b, copy)
+    m, t = _row_max_sum(o)
+    zy = o[yi]
+    s = _row_exp_inplace(o, m)
+    bad = _row_is_bad(m, t, s)
+    loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, t, s, zy, eps, K)
+    c = o.dtype.type(wi * scale / s)
+    u = o.dtype.type(eps * wi * scale / K)
+    for k in range(K):
+        o[k] = o[k] * c - u
+    o[yi] -= o.dtype.type((1.0 - eps) * wi * scale)
+    return loss, bad
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row kernels on given logits
+# ---------------------------------------------------------------------------------------------------
+
+
+@_jit(parallel=True)
+def _softmax_rows(Z, out, b, copy, log):
+    """out := softmax(Z + b) (or log-softmax) row by row; returns the number of bad rows."""
+    N = out.shape[0]
+    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
+    bad = 0
+    for blk in prange(n_blocks):
+        for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
+            bad += _softmax_row(out[i], Z[i], b, copy, log)
+    return bad
+
+
+@_jit()
+def _softmax_row(o, z, b, copy, log):
+    _row_load(o, z, b, copy)
+    m, t = _row_max_sum(o)
+    if log:
+        s = _row_sum_exp(o, m)
+        shift = o.dtype.type(np.float64(m) + math.log(s))
+        for k in range(o.shape[0]):
+            o[k] -= shift
+    else:
+        s = _row_exp_inplace(o, m)
+        inv = o.dtype.type(1.0 / s)
+        for k in range(o.shape[0]):
+            o[k] *= inv
+    return 1 if _row_is_bad(m, t, s) else 0
+
+
+_softmax_rows_serial = _jit()(_softmax_rows.py_func)
+
+
+@_jit(parallel=True)
+def _xent_rows(Z, y, w, eps, losses):
+    """losses[i] := w[i] * cross-entropy of row i (float64); Z is only read. Returns bad rows."""
+    N, K = Z.shape
+    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
+    bad = 0
+    for blk in prange(n_blocks):
+        for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
+            z = Z[i]
+            m, t = _row_max_sum(z)
+            s = _row_sum_exp(z, m)
+            wi = w[i] if w.shape[0] > 0 else 1.0
+            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, t, s, z[y[i]], eps, K)
+            bad += 1 if _row_is_bad(m, t, s) else 0
+    return bad
+
+
+@_jit()
+def _grad_block(Z, out, b, copy, y, w, eps, scale, lo, hi, off, losses, db):
+    """Rows lo..hi of out := gradient of samples off+lo..off+hi; per-sample losses; db += column
+    sums of the gradient when db has size K (size 0: no bias). Returns the number of bad rows."""
+    bad = 0
+    for r in range(lo, hi):
+        i = off + r
+        wi = w[i] if w.shape[0] > 0 else 1.0
+        losses[i], row_bad = _row_grad(out[r], Z[r], b, copy, y[i], wi, eps, scale)
+        bad += row_bad
+        if db.shape[0] > 0:
+            o = out[r]
+            for k in range(o.shape[0]):
+                db[k] += o[k]
+    return bad
+
+
+@_jit(parallel=True)
+def _xent_grad_rows(Z, out, b, copy, y, w, eps, scale, losses, db_parts):
+    """Gradient of the cross-entropy into out, per-row losses, per-block db partials (optional).
+
+    db_parts is (n_blocks, K) float64, or (n_blocks, 0) when no bias gradient is wanted.
+    """
+    N = out.shape[0]
+    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
+    bad = 0
+    for blk in prange(n_blocks):
+        lo = blk * ROW_BLOCK
+        bad += _grad_block(Z, out, b, copy, y, w, eps, scale, lo, min(N, lo + ROW_BLOCK), 0,
+                           losses, db_parts[blk])
+    return bad
+
+
+# The tiled BLAS path runs this between multithreaded GEMMs: a Numba parallel region there fights
+# OpenBLAS's spinning threads for the two cores (PERF-NOTES, item 1), so it is compiled serial too.
+_xent_grad_rows_serial = _jit()(_xent_grad_rows.py_func)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small-K linear layer: no BLAS, one read of X
+# ---------------------------------------------------------------------------------------------------
+
+
+@_jit()
+def _logits_group(X, i, n, W, zb):
+    """zb[r] := X[i + r] @ W.T for r < n (n <= 4), sharing each load of W across the rows."""
+    K, d = W.shape
+    if n == 4:
+        for k in range(K):
+            a0 = zb.dtype.type(0)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            for j in range(d):
+                wkj = W[k, j]
+                a0 += X[i, j] * wkj
+                a1 += X[i + 1, j] * wkj
+                a2 += X[i + 2, j] * wkj
+                a3 += X[i + 3, j] * wkj
+            zb[0, k] = a0
+            zb[1, k] = a1
+            zb[2, k] = a2
+            zb[3, k] = a3
+    else:
+        for r in range(n):
+            for k in range(K):
+                a = zb.dtype.type(0)
+                for j in range(d):
+                    a += X[i + r, j] * W[k, j]
+                zb[r, k] = a
+
+
+@_jit()
+def _accumulate_dW_group(X, i, n, zb, dW):
+    """dW += zb[:n].T @ X[i:i+n]: one read-modify-write of dW per group of rows."""
+    K, d = dW.shape
+    if n == 4:
+        for k in range(K):
+            g0 = zb[0, k]
+            g1 = zb[1, k]
+            g2 = zb[2, k]
+            g3 = zb[3, k]
+            for j in range(d):
+                dW[k, j] += g0 * X[i, j] + g1 * X[i + 1, j] + g2 * X[i + 2, j] + g3 * X[i + 3, j]
+    else:
+        for r in range(n):
+            for k in range(K):
+                g = zb[r, k]
+                for j in range(d):
+                    dW[k, j] += g * X[i + r, j]
+
+
+@_jit()
+def _dX_group(W, i, n, zb, dX):
+    """dX[i + r] := zb[r] @ W for r < n."""
+    K, d = W.shape
+    for r in range(n):
+        row = dX[i + r]
+        for j in range(d):
+            row[j] = 0
+        for k in range(K):
+            g = zb[r, k]
+            for j in range(d):
+                row[j] += g * W[k, j]
+
+
+@_jit(parallel=True)
+def _linear_xent_small(X, W, b, y, w, eps, scale, losses, dW_parts, db_parts, dX):
+    """Fused loss and gradients of softmax(X W^T + b) for small K, chunked over rows.
+
+    Chunk c (of dW_parts.shape[0], fixed by the caller from the problem size) owns rows
+    [c N / C, (c+1) N / C) and accumulates into dW_parts[c] (data dtype) and db_parts[c] (float64;
+    shape (C, 0) when there is no bias).
+    dX has shape (N, d) to be written, or (0, 0) when not wanted. Returns the number of bad rows.
+    """
+    N = X.shape[0]
+    K = W.shape[0]
+    n_chunks = dW_parts.shape[0]
+    bad = 0
+    for c in prange(n_chunks):
+        lo = c * N // n_chunks
+        hi = (c + 1) * N // n_chunks
+        zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+        dW = dW_parts[c]
+        db = db_parts[c]
+        dW[:, :] = 0
+        db[:] = 0.0
+        for i in range(lo, hi, SMALL_K_GROUP):
+            n = min(SMALL_K_GROUP, hi - i)
+            _logits_group(X, i, n, W, zb)
+            bad += _grad_block(zb, zb, b, False, y, w, eps, scale, 0, n, i, losses, db)
+            _accumulate_dW_group(X, i, n, zb, dW)
+            if dX.shape[0] > 0:
+                _dX_group(W, i, n, zb, dX)
+    return bad
+
+
+@_jit(parallel=True)
+def _linear_softmax_small(X, W, b, out):
+    """out := softmax(X W^T + b) for small K without BLAS; returns the number of bad rows."""
+    N = X.shape[0]
+    n_groups = (N + SMALL_K_GROUP - 1) // SMALL_K_GROUP
+    bad = 0
+    for gi in prange(n_groups):
+        i = gi * SMALL_K_GROUP
+        n = min(SMALL_K_GROUP, N - i)
+        zb = out[i:i + n]
+        _logits_group(X, i, n, W, zb)
+        for r in range(n):
+            bad += _softmax_row(zb[r], zb[r], b, False, False)
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small dense helpers (K x d work, no temporaries)
+# ---------------------------------------------------------------------------------------------------
+
+
+@_jit()
+def _sum_squares(A):
+    """||A||_F^2 accumulated in float64."""
+    a = A.ravel()
+    s = 0.0
+    for k in range(a.shape[0]):
+        v = np.float64(a[k])
+        s += v * v
+    return s
+
+
+@_jit()
+def _axpy(alpha, A, B):
+    """B += alpha * A, in place (the L2 term of dW)."""
+    a = A.ravel()
+    bb = B.ravel()
+    for k in range(a.shape[0]):
+        bb[k] += alpha * a[k]
