@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -440,17 +441,28 @@ def cmd_train(args) -> int:
     bar = _progress_bar(args, max_iter, unit)
     monitor = _Monitor(bar, monitor_train, monitor_test)
 
+    from sklearn.exceptions import ConvergenceWarning
+
     from fastsoftmax.estimator import SoftmaxRegression
 
     estimator = SoftmaxRegression(**_train_params(args, max_iter, monitor))
     fit_start = time.perf_counter()
     try:
-        estimator.fit(X_train, y_train)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimator.fit(X_train, y_train)
     except ValueError as exc:
         raise CLIError(f"training failed: {_reason(exc)}") from None
     finally:
         if bar is not None:
             bar.close()
+    converged = True
+    for warning in caught:
+        # Not converging within --max-iter is a normal outcome: reported in the summary.
+        if issubclass(warning.category, ConvergenceWarning):
+            converged = False
+        else:
+            _note(args, f"warning: {_reason(warning.message)}")
     fit_seconds = time.perf_counter() - fit_start
     estimator.callback = None  # the monitor is not part of the model
 
@@ -491,6 +503,7 @@ def cmd_train(args) -> int:
         "solver": args.solver,
         "standardize": bool(args.standardize),
         "n_iter": n_iter,
+        "converged": converged,
         "final_objective": objective,
         "train_accuracy": train_accuracy,
         "test_accuracy": test_accuracy,
@@ -514,7 +527,11 @@ def cmd_train(args) -> int:
         f"{X_train.shape[1]} features, {len(estimator.classes_)} classes, {dtype.name}"
         + (", standardized" if args.standardize else "")
     )
-    print(f"solver:          {args.solver}, {n_iter} {unit}s, final objective {objective_text}")
+    stopped = "" if converged else f" (stopped at --max-iter {max_iter} before converging)"
+    print(
+        f"solver:          {args.solver}, {n_iter} {unit}s{stopped}, "
+        f"final objective {objective_text}"
+    )
     print(f"train accuracy:  {train_accuracy:.4f}")
     print(f"test accuracy:   {test_text}")
     print(
