@@ -461,7 +461,7 @@ def cmd_train(args) -> int:
         X_test = _standardize(X_test, mean, scale)
 
     max_iter = args.max_iter if args.max_iter is not None else DEFAULT_MAX_ITER[args.solver]
-    unit = "iteration" if args.solver == "lbfgs" else "epoch"
+    unit = "epoch" if args.solver == "sgd" else "iteration"
     monitor_train = monitor_test = None
     subsampled = False
     if plot_path is not None or not args.quiet:
@@ -796,6 +796,19 @@ def _version() -> str:
         return getattr(fastsoftmax, "__version__", "(not installed)")
 
 
+def _estimator_defaults() -> dict:
+    """SoftmaxRegression's parameter defaults, quoted in --help so they never drift."""
+    import inspect
+
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(SoftmaxRegression).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastsoftmax`` command."""
     version = _version()
@@ -812,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a model and write it (and a training plot)",
-        description="Train softmax regression, print accuracy, objective, time and throughput, "
+        description="Train softmax regression, print accuracy, objective, time and throughput,\n"
         "and write the model (and a PNG of the training curves).",
         epilog=_TRAIN_EXAMPLES,
         formatter_class=raw,
@@ -848,14 +861,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="iterations (lbfgs, gd) or epochs (sgd) (default: 100 for lbfgs and gd, 10 for sgd)",
     )
-    train.add_argument("--learning-rate", type=_positive_float, metavar="LR", help="sgd/gd step")
-    train.add_argument("--batch-size", type=_positive_int, metavar="B", help="sgd mini-batch size")
+    defaults = _estimator_defaults()
     train.add_argument(
-        "--alpha", type=_nonnegative_float, metavar="A", help="L2 penalty alpha/2 ||W||^2"
+        "--learning-rate",
+        type=_positive_float,
+        metavar="LR",
+        help=f"step size of sgd and gd (default: {defaults.get('learning_rate', '?')})",
     )
-    train.add_argument("--tol", type=_nonnegative_float, metavar="T", help="convergence tolerance")
     train.add_argument(
-        "--dtype", choices=("float32", "float64"), default="float64", help="(default: float64)"
+        "--batch-size",
+        type=_positive_int,
+        metavar="B",
+        help=f"sgd mini-batch size (default: {defaults.get('batch_size', '?')})",
+    )
+    train.add_argument(
+        "--alpha",
+        type=_nonnegative_float,
+        metavar="A",
+        help=f"L2 penalty alpha/2 ||W||^2 (default: {defaults.get('alpha', '?')})",
+    )
+    train.add_argument(
+        "--tol",
+        type=_nonnegative_float,
+        metavar="T",
+        help=f"convergence tolerance (default: {defaults.get('tol', '?')})",
+    )
+    train.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float64",
+        help="float32 halves memory and trains in float32 (default: float64)",
     )
     train.add_argument(
         "--seed", type=_nonnegative_int, default=0, help="seed of the split and solver (default 0)"
@@ -886,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="accuracy, confusion matrix and per-class precision/recall of a model",
-        description="Evaluate a model on labelled data: accuracy, confusion matrix, "
+        description="Evaluate a model on labelled data: accuracy, confusion matrix,\n"
         "per-class precision and recall.",
         epilog=_EVALUATE_EXAMPLES,
         formatter_class=raw,
@@ -902,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="predict labels or probabilities, as CSV",
-        description="Predict one label (or, with --proba, one row of class probabilities) per "
+        description="Predict one label (or, with --proba, one row of class probabilities) per\n"
         "input row, as CSV on stdout or in a file. CSV/TSV input holds features only.",
         epilog=_PREDICT_EXAMPLES,
         formatter_class=raw,
