@@ -24,6 +24,7 @@ import numpy as np
 from scipy.linalg import blas as _blas
 
 from fastsoftmax import _kernels as _k
+from fastsoftmax import _parallel
 
 __all__ = [
     "cross_entropy",
@@ -243,7 +244,8 @@ def log_softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
 def _row_softmax(Z, out, log: bool) -> np.ndarray:
     Zc = _check_logits(Z)
     target, copy = _check_out(out, Zc.shape, Zc.dtype, Zc)
-    bad = _k._softmax_rows(Zc, target, np.empty(0, Zc.dtype), copy, log)
+    bad = _parallel.run(_k._softmax_rows, _k._softmax_rows_serial,
+                        Zc, target, np.empty(0, Zc.dtype), copy, log)
     _raise_bad_logits(bad)
     return _finish_out(target, out)
 
@@ -267,7 +269,7 @@ def cross_entropy(
     reduction = _check_reduction(reduction)
     w, denom = _check_weights(sample_weight, Zc.shape[0], reduction)
     losses = np.empty(Zc.shape[0], dtype=np.float64)
-    _raise_bad_logits(_k._xent_rows(Zc, y, w, eps, losses))
+    _raise_bad_logits(_parallel.run(_k._xent_rows, _k._xent_rows_serial, Zc, y, w, eps, losses))
     if reduction == "none":
         return losses.astype(Zc.dtype, copy=False)
     return float(losses.sum()) / denom
@@ -296,8 +298,9 @@ def cross_entropy_grad(
     N = Zc.shape[0]
     losses = np.empty(N, dtype=np.float64)
     no_db = np.empty((-(-N // _k.ROW_BLOCK), 0), dtype=np.float64)
-    bad = _k._xent_grad_rows(
-        Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses, no_db
+    bad = _parallel.run(
+        _k._xent_grad_rows, _k._xent_grad_rows_serial,
+        Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses, no_db,
     )
     _raise_bad_logits(bad)
     return float(losses.sum()) / denom, _finish_out(target, out)
@@ -385,7 +388,10 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX):
     dW_parts = np.empty((C, K, d), dtype=X.dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
-    bad = _k._linear_xent_small(X, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX)
+    bad = _parallel.run(
+        _k._linear_xent_small, _k._linear_xent_small_serial,
+        X, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX,
+    )
     if C == 1:
         dW = dW_parts[0]
     else:
@@ -450,7 +456,9 @@ def linear_softmax(X, W, b) -> np.ndarray:
     out = np.empty((N, K), dtype=dtype)
     bias = b if b is not None else np.empty(0, dtype)
     if K <= SMALL_K_MAX:
-        bad = _k._linear_softmax_small(X, W, bias, out)
+        bad = _parallel.run(
+            _k._linear_softmax_small, _k._linear_softmax_small_serial, X, W, bias, out
+        )
     else:
         if N:
             gemm = _blas.get_blas_funcs("gemm", dtype=dtype)

@@ -1,0 +1,129 @@
+"""Every bad input raises ValueError or TypeError naming the argument, and never modifies inputs."""
+
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+
+Z = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]])
+Y = np.array([0, 2])
+X = np.ones((2, 4))
+W = np.ones((3, 4))
+B = np.zeros(3)
+
+
+def nan_at(a, idx):
+    a = a.copy()
+    a[idx] = np.nan
+    return a
+
+
+def inf_at(a, idx, value=np.inf):
+    a = a.copy()
+    a[idx] = value
+    return a
+
+
+CASES = [
+    # (call, error type, message fragment)
+    ("softmax 1-D", lambda: fs.softmax(np.ones(3)), ValueError, "Z must be 2-D"),
+    ("softmax 3-D", lambda: fs.softmax(np.ones((2, 2, 2))), ValueError, "Z must be 2-D"),
+    ("softmax no classes", lambda: fs.softmax(np.ones((2, 0))), ValueError, "at least one column"),
+    ("softmax strings", lambda: fs.softmax(np.array([["a", "b"]])), TypeError, "Z must hold real"),
+    ("softmax complex", lambda: fs.softmax(np.ones((2, 2), complex)), TypeError, "Z must hold real"),
+    ("softmax ragged", lambda: fs.softmax([[1.0, 2.0], [1.0]]), TypeError, "Z must be array-like"),
+    ("softmax NaN", lambda: fs.softmax(nan_at(Z, (1, 1))), ValueError, "NaN or +inf"),
+    ("softmax +inf", lambda: fs.softmax(inf_at(Z, (0, 0))), ValueError, "NaN or +inf"),
+    ("softmax all -inf", lambda: fs.softmax(np.full((1, 3), -np.inf)), ValueError, "every entry -inf"),
+    ("log_softmax NaN", lambda: fs.log_softmax(nan_at(Z, (0, 2))), ValueError, "NaN or +inf"),
+    ("out wrong shape", lambda: fs.softmax(Z, out=np.empty((3, 3))), ValueError, "out must have shape"),
+    ("out wrong dtype", lambda: fs.softmax(Z, out=np.empty((2, 3), np.float32)), TypeError,
+     "out must have dtype"),
+    ("out list", lambda: fs.softmax(Z, out=[[0.0] * 3] * 2), TypeError, "out must be a numpy"),
+    ("out overlapping", lambda: (lambda a: fs.softmax(a[:2], out=a[1:3]))(np.ones((4, 3))),
+     ValueError, "out overlaps"),
+    ("y float", lambda: fs.cross_entropy(Z, Y.astype(float)), TypeError, "y must hold integer"),
+    ("y 2-D", lambda: fs.cross_entropy(Z, Y[:, None]), ValueError, "y must be 1-D"),
+    ("y length", lambda: fs.cross_entropy(Z, np.array([0])), ValueError, "y has 1 labels"),
+    ("y too large", lambda: fs.cross_entropy(Z, np.array([0, 3])), ValueError,
+     "outside [0, n_classes=3)"),
+    ("y negative", lambda: fs.cross_entropy_grad(Z, np.array([-1, 0])), ValueError, "label -1"),
+    ("weights negative", lambda: fs.cross_entropy(Z, Y, sample_weight=[1.0, -1.0]), ValueError,
+     "sample_weight must be non-negative"),
+    ("weights NaN", lambda: fs.cross_entropy(Z, Y, sample_weight=[1.0, np.nan]), ValueError,
+     "sample_weight must be finite"),
+    ("weights zero", lambda: fs.cross_entropy(Z, Y, sample_weight=[0.0, 0.0]), ValueError,
+     "sums to zero"),
+    ("weights length", lambda: fs.cross_entropy(Z, Y, sample_weight=[1.0]), ValueError,
+     "sample_weight has 1 entries"),
+    ("weights 2-D", lambda: fs.cross_entropy(Z, Y, sample_weight=np.ones((2, 1))), ValueError,
+     "sample_weight must be 1-D"),
+    ("mean of nothing", lambda: fs.cross_entropy(np.empty((0, 3)), np.empty(0, int)), ValueError,
+     "no samples"),
+    ("smoothing > 1", lambda: fs.cross_entropy(Z, Y, label_smoothing=1.5), ValueError,
+     "label_smoothing must be in"),
+    ("smoothing str", lambda: fs.cross_entropy(Z, Y, label_smoothing="0.1"), TypeError,
+     "label_smoothing must be a real number"),
+    ("reduction", lambda: fs.cross_entropy(Z, Y, reduction="avg"), ValueError, "reduction must be"),
+    ("grad reduction none", lambda: fs.cross_entropy_grad(Z, Y, reduction="none"), ValueError,
+     "reduction must be"),
+    ("ce NaN", lambda: fs.cross_entropy(nan_at(Z, (0, 1)), Y), ValueError, "NaN or +inf"),
+    ("grad NaN", lambda: fs.cross_entropy_grad(nan_at(Z, (1, 0)), Y), ValueError, "NaN or +inf"),
+    ("X 1-D", lambda: fs.linear_cross_entropy(np.ones(4), W, B, Y), ValueError, "X must be 2-D"),
+    ("W 1-D", lambda: fs.linear_cross_entropy(X, np.ones(4), B, Y), ValueError, "W must be 2-D"),
+    ("W features", lambda: fs.linear_cross_entropy(X, np.ones((3, 5)), B, Y), ValueError,
+     "W has 5 features"),
+    ("W no classes", lambda: fs.linear_softmax(X, np.ones((0, 4)), None), ValueError,
+     "W must have at least one row"),
+    ("b length", lambda: fs.linear_cross_entropy(X, W, np.zeros(2), Y), ValueError,
+     "b has 2 entries"),
+    ("b 2-D", lambda: fs.linear_softmax(X, W, np.zeros((3, 1))), ValueError, "b must be 1-D"),
+    ("X strings", lambda: fs.linear_softmax(np.array([["a"] * 4] * 2), W, B), TypeError,
+     "X must hold real"),
+    ("alpha negative", lambda: fs.linear_cross_entropy(X, W, B, Y, alpha=-1.0), ValueError,
+     "alpha must be in"),
+    ("alpha NaN", lambda: fs.linear_cross_entropy(X, W, B, Y, alpha=np.nan), ValueError,
+     "alpha must be in"),
+    ("alpha None", lambda: fs.linear_cross_entropy(X, W, B, Y, alpha=None), TypeError,
+     "alpha must be a real number"),
+    ("linear y range", lambda: fs.linear_cross_entropy(X, W, B, np.array([0, 5])), ValueError,
+     "outside [0, n_classes=3)"),
+    ("X NaN small K", lambda: fs.linear_cross_entropy(nan_at(X, (1, 2)), W, B, Y), ValueError,
+     "X contains NaN"),
+    ("X inf small K", lambda: fs.linear_cross_entropy(inf_at(X, (0, 0)), W, B, Y), ValueError,
+     "X contains NaN or infinity"),
+    ("X -inf small K", lambda: fs.linear_cross_entropy(inf_at(X, (0, 0), -np.inf), W, B, Y),
+     ValueError, "X contains NaN or infinity"),
+    ("W NaN tiled", lambda: fs.linear_cross_entropy(X, nan_at(np.ones((40, 4)), (3, 1)), None, Y),
+     ValueError, "W contains NaN"),
+    ("b inf", lambda: fs.linear_cross_entropy(X, W, inf_at(B, 1), Y), ValueError,
+     "b contains NaN or infinity"),
+    ("linear_softmax X NaN", lambda: fs.linear_softmax(nan_at(X, (0, 1)), W, B), ValueError,
+     "X contains NaN"),
+    ("linear_softmax X NaN tiled", lambda: fs.linear_softmax(nan_at(X, (0, 1)), np.ones((40, 4)),
+                                                             None), ValueError, "X contains NaN"),
+    ("overflowing logits", lambda: fs.linear_cross_entropy(np.full((2, 4), 1e300),
+                                                           np.full((3, 4), 1e300), None, Y),
+     ValueError, "overflowed"),
+]
+
+
+@pytest.mark.parametrize("call,error,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(call, error, fragment):
+    with pytest.raises(error) as info:
+        call()
+    assert fragment in str(info.value)
+
+
+def test_bad_input_never_modifies_arguments():
+    Zbad = nan_at(Z, (0, 1))
+    copy = Zbad.copy()
+    with pytest.raises(ValueError):
+        fs.cross_entropy_grad(Zbad, Y)
+    np.testing.assert_array_equal(Zbad, copy)
+    Xbad = nan_at(X, (0, 0))
+    copies = Xbad.copy(), W.copy(), B.copy()
+    with pytest.raises(ValueError):
+        fs.linear_cross_entropy(Xbad, W, B, Y, alpha=1.0)
+    for a, c in zip((Xbad, W, B), copies):
+        np.testing.assert_array_equal(a, c)

@@ -1,0 +1,352 @@
+"""fastsoftmax's functional API against the NumPy reference, and its gradients against finite
+differences."""
+
+import contextlib
+
+import numba
+import numpy as np
+import pytest
+from conftest import FD_RTOL, FD_STEP, assert_close
+
+import fastsoftmax as fs
+import reference as ref
+from fastsoftmax import functional as F
+
+DTYPES = [np.float64, np.float32]
+
+
+@contextlib.contextmanager
+def numba_threads(n):
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+@pytest.fixture(params=[1, 2], ids=["threads=1", "threads=2"])
+def threads(request):
+    with numba_threads(min(request.param, numba.config.NUMBA_NUM_THREADS)):
+        yield request.param
+
+
+def make_logits(rng, n, k, dtype, order="C", scale=3.0):
+    Z = (rng.normal(size=(n, k)) * scale).astype(dtype)
+    return np.asfortranarray(Z) if order == "F" else Z
+
+
+def make_linear(rng, n, d, k, dtype, bias=True):
+    X = rng.normal(size=(n, d)).astype(dtype)
+    W = (rng.normal(size=(k, d)) / np.sqrt(d)).astype(dtype)
+    b = rng.normal(size=k).astype(dtype) if bias else None
+    y = rng.integers(0, k, size=n)
+    return X, W, b, y
+
+
+def frozen(*arrays):
+    """Copies to compare with afterwards, to prove inputs are not modified."""
+    return [None if a is None else np.array(a, copy=True) for a in arrays]
+
+
+def assert_unchanged(arrays, copies):
+    for a, c in zip(arrays, copies):
+        if a is not None:
+            np.testing.assert_array_equal(a, c)
+
+
+# ---------------------------------------------------------------------------------------------------
+# softmax / log_softmax
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (37, 1), (37, 2), (200, 10), (70, 1000)])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_row_functions_match_reference(rng, threads, name, shape, order, dtype):
+    Z = make_logits(rng, *shape, dtype, order)
+    (Z0,) = frozen(Z)
+    got = getattr(fs, name)(Z)
+    want = getattr(ref, name)(Z)
+    assert got.dtype == dtype and got.shape == shape
+    assert_close(got, want)
+    assert_unchanged([Z], [Z0])
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_row_functions_out_is_written_and_returned(rng, name):
+    Z = make_logits(rng, 50, 7, np.float64)
+    out = np.full_like(Z, np.nan)
+    result = getattr(fs, name)(Z, out=out)
+    assert result is out
+    assert_close(out, getattr(ref, name)(Z))
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_row_functions_in_place(rng, name):
+    Z = make_logits(rng, 50, 7, np.float32)
+    want = getattr(ref, name)(Z)
+    result = getattr(fs, name)(Z, out=Z)
+    assert result is Z
+    assert_close(Z, want)
+
+
+def test_softmax_non_contiguous_out_and_input(rng):
+    big = make_logits(rng, 40, 12, np.float64)
+    Z = big[::2, ::3]  # strided view
+    out_big = np.zeros((20, 8))
+    out = out_big[:, ::2]
+    result = fs.softmax(Z, out=out)
+    assert result is out
+    assert_close(out, ref.softmax(Z))
+    assert np.all(out_big[:, 1::2] == 0)  # nothing written outside the view
+
+
+def test_softmax_read_only_input(rng):
+    Z = make_logits(rng, 30, 4, np.float64)
+    Z.flags.writeable = False
+    assert_close(fs.softmax(Z), ref.softmax(Z))
+
+
+def test_integer_and_list_inputs_become_float64():
+    P = fs.softmax([[1, 2, 3], [0, 0, 0]])
+    assert P.dtype == np.float64
+    assert_close(P, ref.softmax(np.array([[1.0, 2, 3], [0, 0, 0]])))
+
+
+def test_empty_batch():
+    assert fs.softmax(np.empty((0, 3))).shape == (0, 3)
+    assert fs.cross_entropy(np.empty((0, 3)), np.empty(0, int), reduction="sum") == 0.0
+    assert fs.cross_entropy(np.empty((0, 3)), np.empty(0, int), reduction="none").shape == (0,)
+    X, W = np.empty((0, 4)), np.ones((3, 4))
+    loss, dW, db = fs.linear_cross_entropy(X, W, np.zeros(3), np.empty(0, int), reduction="sum",
+                                           alpha=0.5)
+    assert loss == pytest.approx(0.25 * 12)
+    assert_close(dW, 0.5 * W)
+    assert_close(db, np.zeros(3))
+    assert fs.linear_softmax(X, W, None).shape == (0, 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# cross_entropy / cross_entropy_grad
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("k", [1, 2, 10, 1000])
+@pytest.mark.parametrize("n", [1, 129])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_grad_matches_reference(
+    rng, threads, reduction, smoothing, weighted, n, k, order, dtype
+):
+    Z = make_logits(rng, n, k, dtype, order)
+    y = rng.integers(0, k, size=n)
+    w = rng.uniform(0.1, 2.0, size=n) if weighted else None
+    kw = dict(sample_weight=w, label_smoothing=smoothing, reduction=reduction)
+    copies = frozen(Z, y, w)
+    loss, dZ = fs.cross_entropy_grad(Z, y, **kw)
+    want_loss, want_dZ = ref.cross_entropy_grad(Z, y, **kw)
+    assert isinstance(loss, float)
+    assert dZ.dtype == dtype
+    assert_close(loss, want_loss, dtype)
+    assert_close(dZ, want_dZ)
+    # loss-and-gradient equals the separate loss
+    assert_close(fs.cross_entropy(Z, y, **kw), loss, dtype)
+    assert_unchanged([Z, y, w], copies)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_none_reduction(rng, smoothing, dtype):
+    Z = make_logits(rng, 64, 9, dtype)
+    y = rng.integers(0, 9, size=64)
+    w = rng.uniform(0, 2, size=64)
+    got = fs.cross_entropy(Z, y, sample_weight=w, label_smoothing=smoothing, reduction="none")
+    want = ref.cross_entropy(Z, y, sample_weight=w, label_smoothing=smoothing, reduction="none")
+    assert got.dtype == dtype and got.shape == (64,)
+    assert_close(got, want)
+
+
+def test_cross_entropy_grad_out_and_in_place(rng):
+    Z = make_logits(rng, 40, 6, np.float64)
+    y = rng.integers(0, 6, size=40)
+    want_loss, want = ref.cross_entropy_grad(Z, y)
+    out = np.empty_like(Z)
+    loss, dZ = fs.cross_entropy_grad(Z, y, out=out)
+    assert dZ is out
+    assert_close(out, want)
+    loss2, dZ2 = fs.cross_entropy_grad(Z, y, out=Z)
+    assert dZ2 is Z
+    assert_close(Z, want)
+    assert loss == loss2 == pytest.approx(want_loss, rel=1e-12)
+
+
+def test_label_smoothing_one_is_uniform_target(rng):
+    Z = make_logits(rng, 20, 5, np.float64)
+    y = rng.integers(0, 5, size=20)
+    loss, dZ = fs.cross_entropy_grad(Z, y, label_smoothing=1.0)
+    want_loss, want = ref.cross_entropy_grad(Z, y, label_smoothing=1.0)
+    assert_close(loss, want_loss)
+    assert_close(dZ, want)
+
+
+def test_masked_classes_and_huge_logits():
+    Z = np.array([[0.0, -np.inf, 1.0, -np.inf], [1e4, -1e4, 0.0, 3e3], [-1e4, -1e4, -1e4, -1e4]])
+    y = np.array([2, 0, 3])
+    for dtype in DTYPES:
+        Zd = Z.astype(dtype)
+        loss, dZ = fs.cross_entropy_grad(Zd, y)
+        want_loss, want = ref.cross_entropy_grad(Zd, y)
+        assert np.isfinite(loss) and np.isfinite(dZ).all()
+        assert_close(loss, want_loss, dtype)
+        assert_close(dZ, want)
+        assert dZ[0, 1] == 0 and dZ[0, 3] == 0
+        P = fs.softmax(Zd)
+        assert np.isfinite(P).all() and P[0, 1] == 0
+        L = fs.log_softmax(Zd)
+        assert L[0, 1] == -np.inf and np.isfinite(L[1]).all()
+
+
+def test_label_on_masked_class_gives_infinite_loss_finite_grad():
+    Z = np.array([[0.0, -np.inf, 1.0]])
+    loss, dZ = fs.cross_entropy_grad(Z, [1])
+    assert loss == np.inf
+    assert np.isfinite(dZ).all()
+    assert_close(dZ, ref.cross_entropy_grad(Z, [1])[1])
+
+
+def test_zero_weight_rows_contribute_nothing(rng):
+    Z = make_logits(rng, 10, 3, np.float64)
+    Z[0, 1] = -np.inf
+    y = np.array([1] + [0] * 9)  # row 0: label masked, infinite loss, but zero weight
+    w = np.array([0.0] + [1.0] * 9)
+    loss, dZ = fs.cross_entropy_grad(Z, y, sample_weight=w)
+    want_loss, want = ref.cross_entropy_grad(Z[1:], y[1:])
+    assert_close(loss, want_loss)
+    assert np.all(dZ[0] == 0)
+    assert_close(dZ[1:], want)
+
+
+# ---------------------------------------------------------------------------------------------------
+# linear_cross_entropy / linear_softmax
+# ---------------------------------------------------------------------------------------------------
+
+LINEAR_SHAPES = [(1, 3, 1), (1, 5, 2), (67, 5, 2), (300, 20, 10), (301, 8, 33), (130, 12, 1000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,k", LINEAR_SHAPES, ids=[f"n={n}-d={d}-k={k}" for n, d, k in LINEAR_SHAPES])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("options", [{}, {"label_smoothing": 0.1, "alpha": 0.3},
+                                     {"reduction": "sum", "alpha": 1e-2}],
+                         ids=["plain", "smooth+alpha", "sum"])
+def test_linear_cross_entropy_matches_reference(rng, threads, options, weighted, bias, n, d, k,
+                                                dtype):
+    X, W, b, y = make_linear(rng, n, d, k, dtype, bias)
+    w = rng.uniform(0.1, 2.0, size=n) if weighted else None
+    copies = frozen(X, W, b, y, w)
+    got = fs.linear_cross_entropy(X, W, b, y, sample_weight=w, return_dX=True, **options)
+    want = ref.linear_cross_entropy(X, W, b, y, sample_weight=w, return_dX=True, **options)
+    assert isinstance(got[0], float)
+    assert_close(got[0], want[0], dtype)
+    for g, v in zip(got[1:], want[1:]):
+        if v is None:
+            assert g is None
+        else:
+            assert g.dtype == dtype and g.shape == v.shape
+            assert_close(g, v)
+    without_dX = fs.linear_cross_entropy(X, W, b, y, sample_weight=w, **options)
+    assert len(without_dX) == 3
+    for g, v in zip(without_dX, got):
+        assert_close(g, v, dtype) if v is not None else None
+    assert_unchanged([X, W, b, y, w], copies)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,k", LINEAR_SHAPES, ids=[f"n={n}-d={d}-k={k}" for n, d, k in LINEAR_SHAPES])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_linear_softmax_matches_reference(rng, threads, bias, n, d, k, dtype):
+    X, W, b, _ = make_linear(rng, n, d, k, dtype, bias)
+    P = fs.linear_softmax(X, W, b)
+    assert P.dtype == dtype
+    assert_close(P, ref.linear_softmax(X, W, b))
+
+
+@pytest.mark.parametrize("k", [5, 100])
+def test_linear_layouts_and_mixed_dtypes(rng, k):
+    X, W, b, y = make_linear(rng, 90, 7, k, np.float64)
+    want = ref.linear_cross_entropy(X, W, b, y)
+    for Xv, Wv in [(np.asfortranarray(X), W), (X, np.asfortranarray(W)),
+                   (np.repeat(X, 2, axis=1)[:, ::2], W)]:
+        got = fs.linear_cross_entropy(Xv, Wv, b, y)
+        for g, v in zip(got, want):
+            assert_close(g, v, np.float64)
+    # float32 data with float64 weights computes in float64
+    got = fs.linear_cross_entropy(X.astype(np.float32), W, b, y)
+    assert got[1].dtype == np.float64
+
+
+@pytest.mark.parametrize("k", [3, 40], ids=["small-k", "tiled"])
+def test_linear_many_tiles_and_chunks(rng, monkeypatch, k):
+    """Force many small tiles / chunks so tile and chunk boundaries are exercised."""
+    monkeypatch.setattr(F, "TILE_BYTES", 1)
+    monkeypatch.setattr(F, "TILE_ROWS_MIN", 64)
+    monkeypatch.setattr(F, "SMALL_K_CHUNK_ROWS", 7)
+    X, W, b, y = make_linear(rng, 1000, 6, k, np.float64)
+    w = rng.uniform(0, 1, size=1000)
+    got = fs.linear_cross_entropy(X, W, b, y, sample_weight=w, return_dX=True)
+    want = ref.linear_cross_entropy(X, W, b, y, sample_weight=w, return_dX=True)
+    for g, v in zip(got, want):
+        assert_close(g, v, np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finite differences (float64)
+# ---------------------------------------------------------------------------------------------------
+
+
+def central_difference(f, A, index):
+    A_plus, A_minus = A.copy(), A.copy()
+    A_plus[index] += FD_STEP
+    A_minus[index] -= FD_STEP
+    return (f(A_plus) - f(A_minus)) / (2 * FD_STEP)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_dZ_finite_differences(rng, smoothing, reduction):
+    Z = make_logits(rng, 6, 5, np.float64, scale=1.0)
+    y = rng.integers(0, 5, size=6)
+    w = rng.uniform(0.5, 2, size=6)
+    kw = dict(sample_weight=w, label_smoothing=smoothing, reduction=reduction)
+    _, dZ = fs.cross_entropy_grad(Z, y, **kw)
+    for k in range(5):  # one class column at a time (shifting a whole row changes nothing)
+        for i in range(6):
+            fd = central_difference(lambda A: fs.cross_entropy(A, y, **kw), Z, (i, k))
+            assert dZ[i, k] == pytest.approx(fd, rel=FD_RTOL, abs=FD_RTOL)
+
+
+@pytest.mark.parametrize("k", [4, 40], ids=["small-k", "tiled"])
+def test_linear_finite_differences(rng, k):
+    X, W, b, y = make_linear(rng, 12, 3, k, np.float64)
+    w = rng.uniform(0.5, 2, size=12)
+    kw = dict(sample_weight=w, label_smoothing=0.1, alpha=0.2)
+    _, dW, db, dX = fs.linear_cross_entropy(X, W, b, y, return_dX=True, **kw)
+
+    def loss(X_=X, W_=W, b_=b):
+        return fs.linear_cross_entropy(X_, W_, b_, y, **kw)[0]
+
+    for idx in [(0, 0), (k - 1, 2), (k // 2, 1)]:
+        assert dW[idx] == pytest.approx(
+            central_difference(lambda A: loss(W_=A), W, idx), rel=FD_RTOL, abs=FD_RTOL)
+    for idx in [0, k - 1]:
+        assert db[idx] == pytest.approx(
+            central_difference(lambda A: loss(b_=A), b, idx), rel=FD_RTOL, abs=FD_RTOL)
+    for idx in [(0, 0), (11, 2), (5, 1)]:
+        assert dX[idx] == pytest.approx(
+            central_difference(lambda A: loss(X_=A), X, idx), rel=FD_RTOL, abs=FD_RTOL)
