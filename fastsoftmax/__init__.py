@@ -7,6 +7,7 @@ The functional API (same names and signatures as the pure-NumPy ``reference`` pa
 and the scikit-learn estimator :class:`SoftmaxRegression` built on it.
 """
 
+from fastsoftmax.estimator import SoftmaxRegression
 from fastsoftmax.functional import (
     cross_entropy,
     cross_entropy_grad,
@@ -15,7 +16,6 @@ from fastsoftmax.functional import (
     log_softmax,
     softmax,
 )
-from fastsoftmax.estimator import SoftmaxRegression
 
 __version__ = "0.1.0"
 

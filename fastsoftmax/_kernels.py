@@ -53,9 +53,9 @@ def _jit(parallel=False, fastmath=FASTMATH, inline=False):
     )
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Scalar building blocks
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @intrinsic
@@ -144,55 +144,55 @@ def _exp_nonpos_overload(x):
     return lambda x: _exp_nonpos_f64(x)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Row helpers: all work in place on row i of the output O (C-contiguous, 2-D). They index (O, i)
-# instead of taking a row view O[i]: a view per row costs two atomic NRT reference-count updates on
+# ------------------------------------------------------------------------------------------------
+# Row helpers: all work in place on row i of the output A (C-contiguous, 2-D). They index (A, i)
+# instead of taking a row view A[i]: a view per row costs two atomic NRT reference-count updates on
 # the array's shared counter (about 90 ns a row, and cache-line ping-pong between threads).
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @_jit(inline=True)
-def _row_load(O, i, Z, zi, b, copy):
-    """O[i] := Z[zi] (+ b). `b` has size 0 when there is no bias."""
-    K = O.shape[1]
+def _row_load(A, i, Z, zi, b, copy):
+    """A[i] := Z[zi] (+ b). `b` has size 0 when there is no bias."""
+    K = A.shape[1]
     if copy:
         for k in range(K):
-            O[i, k] = Z[zi, k]
+            A[i, k] = Z[zi, k]
     if b.shape[0] > 0:
         for k in range(K):
-            O[i, k] += b[k]
+            A[i, k] += b[k]
 
 
 @_jit(inline=True)
-def _row_max_sum(O, i):
+def _row_max_sum(A, i):
     """(max, float64 sum) of row i; the sum exposes NaN and +inf that maxnum skips. Two loops:
     fused, the max does not vectorize."""
-    m = O[i, 0]
-    for k in range(O.shape[1]):
-        m = _maxnum(m, O[i, k])
+    m = A[i, 0]
+    for k in range(A.shape[1]):
+        m = _maxnum(m, A[i, k])
     t = 0.0
-    for k in range(O.shape[1]):
-        t += O[i, k]
+    for k in range(A.shape[1]):
+        t += A[i, k]
     return m, t
 
 
 @_jit(inline=True)
-def _row_exp_inplace(O, i, m):
-    """O[i] := exp(O[i] - m); returns the float64 sum."""
+def _row_exp_inplace(A, i, m):
+    """A[i] := exp(A[i] - m); returns the float64 sum."""
     s = 0.0
-    for k in range(O.shape[1]):
-        e = _exp_nonpos(O[i, k] - m)
-        O[i, k] = e
+    for k in range(A.shape[1]):
+        e = _exp_nonpos(A[i, k] - m)
+        A[i, k] = e
         s += e
     return s
 
 
 @_jit(inline=True)
-def _row_sum_exp(O, i, m):
-    """float64 sum of exp(O[i] - m), O unchanged."""
+def _row_sum_exp(A, i, m):
+    """float64 sum of exp(A[i] - m), A unchanged."""
     s = 0.0
-    for k in range(O.shape[1]):
-        s += _exp_nonpos(O[i, k] - m)
+    for k in range(A.shape[1]):
+        s += _exp_nonpos(A[i, k] - m)
     return s
 
 
@@ -216,30 +216,30 @@ def _xent_from_stats(m, t, s, zy, eps, K):
 
 
 @_jit(inline=True)
-def _row_grad(O, i, Z, zi, b, copy, yi, wi, eps, scale):
-    """O[i] := weighted gradient of the cross-entropy of logits Z[zi] (+ b); returns
+def _row_grad(A, i, Z, zi, b, copy, yi, wi, eps, scale):
+    """A[i] := weighted gradient of the cross-entropy of logits Z[zi] (+ b); returns
     (weighted loss, bad)."""
-    K = O.shape[1]
-    _row_load(O, i, Z, zi, b, copy)
-    m, t = _row_max_sum(O, i)
-    zy = O[i, yi]
-    s = _row_exp_inplace(O, i, m)
+    K = A.shape[1]
+    _row_load(A, i, Z, zi, b, copy)
+    m, t = _row_max_sum(A, i)
+    zy = A[i, yi]
+    s = _row_exp_inplace(A, i, m)
     bad = _row_is_bad(m, t, s)
     loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, t, s, zy, eps, K)
     # (p - target) * w, written so that p == target gives exactly 0 (K = 1, a certain row).
-    inv = O.dtype.type(1.0 / s)
-    u = O.dtype.type(eps / K)
-    ws = O.dtype.type(wi * scale)
-    ey = O[i, yi]
+    inv = A.dtype.type(1.0 / s)
+    u = A.dtype.type(eps / K)
+    ws = A.dtype.type(wi * scale)
+    ey = A[i, yi]
     for k in range(K):
-        O[i, k] = (O[i, k] * inv - u) * ws
-    O[i, yi] = (ey * inv - u - O.dtype.type(1.0 - eps)) * ws
+        A[i, k] = (A[i, k] * inv - u) * ws
+    A[i, yi] = (ey * inv - u - A.dtype.type(1.0 - eps)) * ws
     return loss, bad
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Row kernels on given logits
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @_jit(parallel=True)
@@ -255,19 +255,19 @@ def _softmax_rows(Z, out, b, copy, log):
 
 
 @_jit(inline=True)
-def _softmax_row(O, i, Z, b, copy, log):
-    _row_load(O, i, Z, i, b, copy)
-    m, t = _row_max_sum(O, i)
+def _softmax_row(A, i, Z, b, copy, log):
+    _row_load(A, i, Z, i, b, copy)
+    m, t = _row_max_sum(A, i)
     if log:
-        s = _row_sum_exp(O, i, m)
-        shift = O.dtype.type(np.float64(m) + math.log(s))
-        for k in range(O.shape[1]):
-            O[i, k] -= shift
+        s = _row_sum_exp(A, i, m)
+        shift = A.dtype.type(np.float64(m) + math.log(s))
+        for k in range(A.shape[1]):
+            A[i, k] -= shift
     else:
-        s = _row_exp_inplace(O, i, m)
-        inv = O.dtype.type(1.0 / s)
-        for k in range(O.shape[1]):
-            O[i, k] *= inv
+        s = _row_exp_inplace(A, i, m)
+        inv = A.dtype.type(1.0 / s)
+        for k in range(A.shape[1]):
+            A[i, k] *= inv
     return 1 if _row_is_bad(m, t, s) else 0
 
 
@@ -319,9 +319,9 @@ def _xent_grad_rows(Z, out, b, copy, y, w, eps, scale, losses, db_parts):
     return bad
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Small-K linear layer: no BLAS, one read of X
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @_jit()
@@ -471,9 +471,9 @@ def _linear_softmax_small(X, W, b, out):
     return bad
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Small dense helpers (K x d work, no temporaries)
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @_jit()

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.optimize
 
 from fastsoftmax import functional as F
-from fastsoftmax._threads import blas_limits, numba_threads
+from fastsoftmax._threads import blas_limits
 
 __all__ = ["SolverResult", "gd", "lbfgs", "sgd"]
 
@@ -251,16 +251,10 @@ def sgd(
     """
     # One buffer per array, reused by every batch: no per-batch allocation of batch x n_features.
     batch_size = max(1, min(batch_size, X.shape[0]))
-    # The functional layer splits rows into fixed chunks (SMALL_K_CHUNK_ROWS, so results do not
-    # depend on the thread count); a batch within one chunk runs on one thread anyway, and the
-    # other Numba threads would only add a parallel-region launch per batch (measured: 235 calls
-    # of 256 x 784 x 10 took 0.27-0.60 s with 2 threads on a busy machine, 0.09 s with 1).
-    one_chunk = batch_size <= getattr(F, "SMALL_K_CHUNK_ROWS", 0)
-    with numba_threads(1 if one_chunk else None):
-        return _sgd_epochs(
-            X, y, sample_weight, W, b, alpha, label_smoothing, learning_rate, batch_size,
-            max_iter, tol, n_iter_no_change, shuffle, rng, callback, n_iter_start,
-        )
+    return _sgd_epochs(
+        X, y, sample_weight, W, b, alpha, label_smoothing, learning_rate, batch_size,
+        max_iter, tol, n_iter_no_change, shuffle, rng, callback, n_iter_start,
+    )
 
 
 def _sgd_epochs(
