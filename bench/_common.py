@@ -146,12 +146,25 @@ def memory_budget_bytes() -> int:
     return 2**62  # unknown: never skip
 
 
+# Cases skipped by run_case, with the reason; bench/conftest.py adds them to the JSON so that the report
+# shows why a cell is empty.
+SKIPPED: list[dict] = []
+
+
+def _skip(op: str, impl: str, shape, dtype, reason: str):
+    n, d, k = shape
+    SKIPPED.append({"op": op, "impl": impl, "n": n, "d": None if op in ELEMENTWISE_OPS else d,
+                    "k": k, "dtype": np.dtype(dtype).name, "reason": reason})
+    pytest.skip(reason)
+
+
 def skip_if_too_big(op: str, impl: str, shape, dtype) -> None:
     # The probe subprocess holds its own copy of the data while it measures.
     need = estimated_peak_bytes(op, impl, shape, dtype) + data_bytes(op, shape, dtype)
     budget = memory_budget_bytes()
     if need > budget:
-        pytest.skip(
+        _skip(
+            op, impl, shape, dtype,
             f"{impl} {op} at {shape_id(shape, dtype, op)} needs about {need / 2**30:.1f} GiB, "
             f"more than the {budget / 2**30:.1f} GiB budget (FASTSOFTMAX_BENCH_MEM_GB)"
         )
@@ -199,7 +212,7 @@ def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_l
 
     reason = _impls.unsupported(op, impl)
     if reason:
-        pytest.skip(reason)
+        _skip(op, impl, shape, dtype, reason)
     skip_if_too_big(op, impl, shape, dtype)
     n, d, k = shape
     benchmark.group = f"{op} {shape_id(shape, dtype, op)}"
