@@ -94,9 +94,9 @@ def data_bytes(op: str, shape, dtype) -> int:
     return (n * d + k * d + k) * item + n * 8
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Cost model: the same nominal counts for every implementation, so throughputs compare directly.
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 GEMMS = {"linear_cross_entropy": 2, "linear_cross_entropy+dX": 3, "linear_softmax": 1}
 
@@ -146,15 +146,24 @@ def memory_budget_bytes() -> int:
     return 2**62  # unknown: never skip
 
 
-# Cases skipped by run_case, with the reason; bench/conftest.py adds them to the JSON so that the report
-# shows why a cell is empty.
+# Cases skipped by run_case, with the reason; bench/conftest.py adds them to the JSON so that the
+# report shows why a cell is empty.
 SKIPPED: list[dict] = []
 
 
 def _skip(op: str, impl: str, shape, dtype, reason: str):
     n, d, k = shape
-    SKIPPED.append({"op": op, "impl": impl, "n": n, "d": None if op in ELEMENTWISE_OPS else d,
-                    "k": k, "dtype": np.dtype(dtype).name, "reason": reason})
+    SKIPPED.append(
+        {
+            "op": op,
+            "impl": impl,
+            "n": n,
+            "d": None if op in ELEMENTWISE_OPS else d,
+            "k": k,
+            "dtype": np.dtype(dtype).name,
+            "reason": reason,
+        }
+    )
     pytest.skip(reason)
 
 
@@ -164,15 +173,18 @@ def skip_if_too_big(op: str, impl: str, shape, dtype) -> None:
     budget = memory_budget_bytes()
     if need > budget:
         _skip(
-            op, impl, shape, dtype,
+            op,
+            impl,
+            shape,
+            dtype,
             f"{impl} {op} at {shape_id(shape, dtype, op)} needs about {need / 2**30:.1f} GiB, "
-            f"more than the {budget / 2**30:.1f} GiB budget (FASTSOFTMAX_BENCH_MEM_GB)"
+            f"more than the {budget / 2**30:.1f} GiB budget (FASTSOFTMAX_BENCH_MEM_GB)",
         )
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Peak extra memory, measured for real in a fresh process
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def probe_env() -> dict:
@@ -191,19 +203,28 @@ def measure_peak_extra(op: str, impl: str, shape, dtype, timeout: float = 1800) 
     the kernel's resident-set high-water mark instead (see `_peakmem.py`).
     """
     n, d, k = shape
-    cmd = [sys.executable, str(BENCH_DIR / "_peakmem.py"), op, impl, str(n), str(d), str(k),
-           np.dtype(dtype).name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=probe_env(), cwd=ROOT,
-                          timeout=timeout)
+    cmd = [
+        sys.executable,
+        str(BENCH_DIR / "_peakmem.py"),
+        op,
+        impl,
+        str(n),
+        str(d),
+        str(k),
+        np.dtype(dtype).name,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=probe_env(), cwd=ROOT, timeout=timeout
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         return {"error": tail[0][:300]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The one way a case is timed
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_loss=None):
@@ -217,8 +238,13 @@ def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_l
     n, d, k = shape
     benchmark.group = f"{op} {shape_id(shape, dtype, op)}"
     benchmark.extra_info.update(
-        op=op, impl=impl, n=n, d=None if op in ELEMENTWISE_OPS else d, k=k,
-        dtype=np.dtype(dtype).name, **nominal_cost(op, shape, dtype),
+        op=op,
+        impl=impl,
+        n=n,
+        d=None if op in ELEMENTWISE_OPS else d,
+        k=k,
+        dtype=np.dtype(dtype).name,
+        **nominal_cost(op, shape, dtype),
     )
     if impl == "torch":
         benchmark.extra_info["torch_threads"] = _impls.import_torch().get_num_threads()

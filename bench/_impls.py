@@ -9,9 +9,9 @@ computes the same quantity.
   the linear operations (2 for loss + dW + db, 3 with dX, 1 for linear_softmax); one read and one
   write of the N x K array (`np.copyto`) for the elementwise ones.
 - fastsoftmax and reference: the functional API.
-- scikit-learn: what its LogisticRegression runs: `LinearModelLoss(HalfMultinomialLoss)` for loss and
-  gradient (n_threads=1, as LogisticRegression calls it), `HalfMultinomialLoss` for the elementwise
-  operations, `LogisticRegression.predict_proba` for linear_softmax.
+- scikit-learn: what its LogisticRegression runs: `LinearModelLoss(HalfMultinomialLoss)` for loss
+  and gradient (n_threads=1, as LogisticRegression calls it), `HalfMultinomialLoss` for the
+  elementwise operations, `LogisticRegression.predict_proba` for linear_softmax.
 - torch: PyTorch CPU, `F.cross_entropy(F.linear(X, W, b), y)` and backward, with as many threads as
   cores.
 """
@@ -24,7 +24,10 @@ import numpy as np
 import pytest
 
 _SKIPS = {
-    ("linear_cross_entropy+dX", "scikit-learn"): "scikit-learn computes no gradient with respect to X",
+    (
+        "linear_cross_entropy+dX",
+        "scikit-learn",
+    ): "scikit-learn computes no gradient with respect to X",
 }
 
 
@@ -53,7 +56,7 @@ def build(op: str, impl: str, data: dict):
     return _BUILDERS[impl](op, **data)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _touched(shape, dtype):
@@ -124,7 +127,7 @@ def _sklearn(op, X=None, W=None, b=None, y=None, Z=None):
         yf = y.astype(Z.dtype)
 
         def loss_gradient():
-            # per-sample losses and gradients; reduce to the mean loss and its gradient like the others
+            # per-sample losses and gradients: reduce to the mean and its gradient, as the others
             losses, grad = loss_fn.loss_gradient(yf, Z, n_threads=1)
             grad /= Z.shape[0]
             return float(losses.sum(dtype=np.float64)) / Z.shape[0], grad

@@ -1,4 +1,4 @@
-"""Peak extra memory of one call, measured in this fresh process: `python bench/_peakmem.py OP IMPL N D K DTYPE`.
+"""Peak extra memory of one call in a fresh process: `python bench/_peakmem.py OP IMPL N D K DTYPE`
 
 Numba's allocations (and OpenBLAS's and torch's) are invisible to tracemalloc, so this reads the
 kernel's view: the resident-set high-water mark (VmHWM in /proc/self/status). After the data exist
@@ -30,10 +30,9 @@ def _reset_high_water_mark() -> None:
 
 
 def main(argv: list[str]) -> dict:
-    import numpy as np
-
     import _common
     import _impls
+    import numpy as np
 
     op, impl, n, d, k, dtype_name = argv
     shape, dtype = (int(n), int(d), int(k)), np.dtype(dtype_name).type
@@ -57,8 +56,12 @@ def main(argv: list[str]) -> dict:
     peak = _status_kib("VmHWM")
     del result
     return {
-        "op": op, "impl": impl, "shape": list(shape), "dtype": dtype_name,
-        "rss_base_bytes": base * 1024, "peak_extra_bytes": max(peak - base, 0) * 1024,
+        "op": op,
+        "impl": impl,
+        "shape": list(shape),
+        "dtype": dtype_name,
+        "rss_base_bytes": base * 1024,
+        "peak_extra_bytes": max(peak - base, 0) * 1024,
         "seconds": seconds,
     }
 

@@ -7,8 +7,14 @@ import os
 
 # Environment variables that change what the BLAS libraries and thread pools do.
 _ENV = (
-    "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-    "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "FASTSOFTMAX_BENCH_FULL",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMBA_THREADING_LAYER",
+    "OMP_WAIT_POLICY",
+    "FASTSOFTMAX_BENCH_FULL",
 )
 
 
@@ -21,10 +27,16 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     from threadpoolctl import threadpool_info
 
     info = {
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "env": {k: os.environ[k] for k in _ENV if k in os.environ},
-        "versions": {"numpy": np.__version__, "scipy": scipy.__version__, "numba": numba.__version__,
-                     "scikit-learn": sklearn.__version__},
+        "versions": {
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "numba": numba.__version__,
+            "scikit-learn": sklearn.__version__,
+        },
         "numba_threads": numba.get_num_threads(),
         "scikit_learn_n_threads": 1,
     }
@@ -40,8 +52,17 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     except ImportError:
         pass
     info["blas"] = [
-        {k: lib.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
-                                 "architecture", "filepath")}
+        {
+            k: lib.get(k)
+            for k in (
+                "internal_api",
+                "version",
+                "num_threads",
+                "threading_layer",
+                "architecture",
+                "filepath",
+            )
+        }
         for lib in threadpool_info()
     ]
     machine_info["fastsoftmax"] = info

@@ -1,8 +1,8 @@
 """Cold start: a fresh interpreter that imports the library and makes its first call.
 
-fastsoftmax compiles its kernels on first use; with a warm Numba cache (`cache=True`, the default
-location or NUMBA_CACHE_DIR) a new process loads them instead. Both are timed, beside the peers' import
-plus first call and a bare `import numpy`, in one group per (K, dtype): `cold start
+fastsoftmax compiles its kernels on first use; with a warm Numba cache (`cache=True`, the
+default location or NUMBA_CACHE_DIR) a new process loads them instead. Both are timed, beside the
+peers' import plus first call and a bare `import numpy`, in one group per (K, dtype): `cold start
 linear_cross_entropy k=10-float32`. Each round is a new process; the cold rounds each get an empty
 NUMBA_CACHE_DIR.
 """
@@ -14,7 +14,9 @@ import tempfile
 import pytest
 from _common import FULL, probe_env
 
-CASES = [(k, dt) for k in (10, 1000) for dt in ("float32", "float64")] if FULL else [(10, "float32")]
+CASES = (
+    [(k, dt) for k in (10, 1000) for dt in ("float32", "float64")] if FULL else [(10, "float32")]
+)
 ROUNDS = 3 if FULL else 1
 
 _DATA = """
@@ -25,10 +27,11 @@ W = rng.standard_normal(({k}, 64), dtype=np.{dtype})
 b = np.zeros({k}, np.{dtype})
 y = rng.integers(0, {k}, 1000)
 """
+_FASTSOFTMAX = "import fastsoftmax as fs\n{data}\nfs.linear_cross_entropy(X, W, b, y)"
 PROGRAMS = {
     "python + numpy": "import numpy",
-    "fastsoftmax (cold cache)": "import fastsoftmax as fs\n{data}\nfs.linear_cross_entropy(X, W, b, y)",
-    "fastsoftmax (warm cache)": "import fastsoftmax as fs\n{data}\nfs.linear_cross_entropy(X, W, b, y)",
+    "fastsoftmax (cold cache)": _FASTSOFTMAX,
+    "fastsoftmax (warm cache)": _FASTSOFTMAX,
     "reference": "import reference\n{data}\nreference.linear_cross_entropy(X, W, b, y)",
     "scikit-learn": (
         "from sklearn._loss.loss import HalfMultinomialLoss\n"

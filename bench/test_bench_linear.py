@@ -1,4 +1,4 @@
-"""The linear layer: loss + dW + db, the same with dX, and predict_proba, beside the floor and peers.
+"""The linear layer (loss + dW + db, the same with dX, predict_proba) beside the floor and peers.
 
 One benchmark group per operation and shape (`linear_cross_entropy n=...-d=...-k=...-float32`), each
 comparing floor, fastsoftmax, reference, scikit-learn and PyTorch side by side (see `_impls.py`).
