@@ -3,6 +3,8 @@
 The functional API (same names and signatures as the pure-NumPy ``reference`` package)::
 
     softmax, log_softmax, cross_entropy, cross_entropy_grad, linear_cross_entropy, linear_softmax
+
+and the scikit-learn estimator :class:`SoftmaxRegression` built on it.
 """
 
 from fastsoftmax.functional import (
@@ -13,10 +15,12 @@ from fastsoftmax.functional import (
     log_softmax,
     softmax,
 )
+from fastsoftmax.estimator import SoftmaxRegression
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SoftmaxRegression",
     "cross_entropy",
     "cross_entropy_grad",
     "linear_cross_entropy",

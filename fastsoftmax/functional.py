@@ -40,7 +40,7 @@ __all__ = [
 SMALL_K_MAX = 32
 # Bytes of logits held per tile on the BLAS path: bounds extra memory independently of n_samples.
 TILE_BYTES = 64 * 2**20
-TILE_ROWS_MAX = 2048
+TILE_ROWS_MAX = 8192
 TILE_ROWS_MIN = 64
 # Row chunks of the small-K kernel: at most this many (each holds a K x d partial dW), fixed by the
 # problem size only so that results do not depend on the thread count.
