@@ -94,6 +94,15 @@ def data_bytes(op: str, shape, dtype) -> int:
     return (n * d + k * d + k) * item + n * 8
 
 
+def import_torch():
+    """PyTorch with one thread per core, or a skip with the reason (an optional dependency)."""
+    torch = pytest.importorskip("torch", reason="PyTorch CPU is optional: pip install '.[bench]'")
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch
+
+
 # --------------------------------------------------------------------------------------------------
 # Cost model: the same nominal counts for every implementation, so throughputs compare directly.
 # --------------------------------------------------------------------------------------------------
@@ -247,7 +256,7 @@ def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_l
         **nominal_cost(op, shape, dtype),
     )
     if impl == "torch":
-        benchmark.extra_info["torch_threads"] = _impls.import_torch().get_num_threads()
+        benchmark.extra_info["torch_threads"] = import_torch().get_num_threads()
     fn, loss_of = _impls.build(op, impl, data)
     loss = loss_of(fn())  # warm-up: JIT compilation, thread pools, first touch of the outputs
     if expected_loss is not None and loss is not None:

@@ -18,10 +18,8 @@ computes the same quantity.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-import pytest
+from _common import import_torch
 
 _SKIPS = {
     (
@@ -33,15 +31,6 @@ _SKIPS = {
 
 def unsupported(op: str, impl: str) -> str | None:
     return _SKIPS.get((op, impl))
-
-
-def import_torch():
-    """PyTorch, or a skip with the reason (it is an optional benchmark dependency)."""
-    torch = pytest.importorskip("torch", reason="PyTorch CPU is optional: pip install '.[bench]'")
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return torch
 
 
 def _none(result):

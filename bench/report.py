@@ -396,14 +396,25 @@ def cold_table(res: Results) -> str:
     return "\n".join(lines)
 
 
+_DESCRIBED = ("op", "impl", "n", "d", "k", "dtype")
+
+
 def other_tables(res: Results) -> str:
+    """The training benchmarks (and any group the suite does not know): median per row and its
+    ratio to fastsoftmax's row in the same group."""
     out = []
     for group in sorted(res.other):
-        out.append(f"**{group}**\n\n| benchmark | median | rounds | extra |\n|---|---|---|---|")
-        for b in sorted(res.other[group], key=lambda b: b["stats"]["median"]):
-            extra = ", ".join(f"{k}={v}" for k, v in b.get("extra_info", {}).items())
-            median, rounds = fmt_time(b["stats"]["median"]), b["stats"]["rounds"]
-            out.append(f"| {b['name']} | {median} | {rounds} | {extra} |")
+        rows = sorted(res.other[group], key=lambda b: b["stats"]["median"])
+        fs = [b for b in rows if b.get("extra_info", {}).get("impl") == "fastsoftmax"]
+        out.append(f"**{group}**\n\n| benchmark | median | rounds | ×fastsoftmax | extra |")
+        out.append("|---|---|---|---|---|")
+        for b in rows:
+            info = b.get("extra_info", {})
+            extra = ", ".join(f"{k}={v}" for k, v in info.items() if k not in _DESCRIBED)
+            median, rounds = b["stats"]["median"], b["stats"]["rounds"]
+            rel = fmt_ratio(median / fs[0]["stats"]["median"]) if fs else "—"
+            name = info.get("impl", b["name"])
+            out.append(f"| {name} | {fmt_time(median)} | {rounds} | {rel} | {extra} |")
         out.append("")
     return "\n".join(out)
 
@@ -433,7 +444,7 @@ def markdown(res: Results, plot_name: str | None = None) -> str:
             "",
         ]
     if res.other:
-        parts += ["### Other benchmarks\n", other_tables(res)]
+        parts += ["### Training and other benchmarks\n", other_tables(res)]
     if res.cases:
         parts.append("<details><summary>Every group in detail</summary>\n")
         for op in OPERATIONS:

@@ -152,7 +152,9 @@ def test_report_tables_targets_and_plot(report, results_json, tmp_path):
     assert "MB beyond dW and db" in text
     # cold start and other groups
     assert "| linear_cross_entropy k=10-float32 | 9.00 s | 1.20 s |" in text
-    assert "training lbfgs" in text and "solver=lbfgs" in text
+    assert (
+        "training lbfgs" in text and "| fastsoftmax | 2.50 s | 5 | 1.00× | solver=lbfgs |" in text
+    )
     # details: throughput from the nominal flops (4 N d K / median)
     assert f"| {4 * 20000 * 512 * 1000 / 0.0105 / 1e9:.3g} |" in text
 
