@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,7 +270,7 @@ def targets(res: Results) -> str:
                 rows.append(
                     f"  - {shape_label(key)} {key[4]}: {what_value} (target {goal}): {_check(ok)}"
                 )
-        return rows
+        return rows or ["  - (not in this run)"]
 
     def lce_floor(key):
         x = ratio(res, key, "fastsoftmax", "floor")
@@ -530,10 +531,9 @@ def main(argv=None) -> int:
     plot_name = None
     if args.plot:
         plot(res, args.plot)
-        plot_name = Path(args.plot).name
-        md_dir, png = Path(args.markdown).resolve().parent, Path(args.plot).resolve()
-        if png.parent != md_dir:
-            plot_name = str(png)
+        # the image link is relative to the markdown file, so the table can be pasted next to it
+        md_dir = Path(args.markdown).resolve().parent
+        plot_name = os.path.relpath(Path(args.plot).resolve(), md_dir)
     Path(args.markdown).write_text(markdown(res, plot_name))
     print(f"wrote {args.markdown}" + (f" and {args.plot}" if args.plot else ""))
     return 0
