@@ -269,3 +269,72 @@ def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_l
         benchmark.extra_info["peak_extra_bytes"] = mem.get("peak_extra_bytes")
         if "error" in mem:
             benchmark.extra_info["peak_extra_error"] = mem["error"]
+
+
+# --------------------------------------------------------------------------------------------------
+# What the report needs beyond pytest-benchmark's JSON: the machine and the skipped cases
+# --------------------------------------------------------------------------------------------------
+# No bench/conftest.py: tests/ imports its conftest by name (`from conftest import assert_close`),
+# and `pytest tests bench` would then find bench's. Test modules import the autouse fixture below.
+
+# Environment variables that change what the BLAS libraries and thread pools do.
+_ENV = (
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMBA_THREADING_LAYER",
+    "OMP_WAIT_POLICY",
+    "FASTSOFTMAX_BENCH_FULL",
+)
+
+
+def machine_description() -> dict:
+    """Cores, BLAS libraries and their threads, thread counts, environment, versions."""
+    import numba
+    import scipy
+    import sklearn
+    from threadpoolctl import threadpool_info
+
+    info = {
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "env": {k: os.environ[k] for k in _ENV if k in os.environ},
+        "versions": {
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "numba": numba.__version__,
+            "scikit-learn": sklearn.__version__,
+        },
+        "numba_threads": numba.get_num_threads(),
+        "scikit_learn_n_threads": 1,
+    }
+    try:
+        info["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel region ran in this process
+        info["numba_threading_layer"] = None
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        info["versions"]["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    keys = ("internal_api", "version", "num_threads", "threading_layer", "architecture", "filepath")
+    info["blas"] = [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
+    return info
+
+
+class _JsonExtras:
+    """A pytest plugin: adds the machine description and the skipped cases to the JSON."""
+
+    @staticmethod
+    def pytest_benchmark_update_json(config, benchmarks, output_json):
+        output_json["fastsoftmax_machine"] = machine_description()
+        output_json["fastsoftmax_skipped"] = list(SKIPPED)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def json_extras(pytestconfig):
+    """Import into every bench module (autouse): registers `_JsonExtras` once per session."""
+    if not pytestconfig.pluginmanager.has_plugin("fastsoftmax-bench-json"):
+        pytestconfig.pluginmanager.register(_JsonExtras(), "fastsoftmax-bench-json")

@@ -92,7 +92,9 @@ def load(paths) -> Results:
     res = Results()
     for path in paths:
         doc = json.loads(Path(path).read_text())
-        res.machine = res.machine or doc.get("machine_info", {})
+        if not res.machine:
+            res.machine = dict(doc.get("machine_info", {}))
+            res.machine["fastsoftmax"] = doc.get("fastsoftmax_machine", {})
         res.commit = res.commit or doc.get("commit_info", {})
         res.datetime = res.datetime or doc.get("datetime", "")
         for b in doc.get("benchmarks", []):
@@ -511,8 +513,12 @@ def plot(res: Results, path) -> None:
             ax.set_ylabel(unit)
             if r == len(ops) - 1:
                 ax.set_xlabel("K (classes)")
-    if ops:
-        axes[0][0].legend(fontsize=8)
+    legend = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    if legend:
+        axes[0][0].legend(legend.values(), legend.keys(), fontsize=8)
     fig.suptitle("Throughput against K (higher is better)")
     fig.savefig(path, dpi=110)
     plt.close(fig)

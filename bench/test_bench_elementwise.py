@@ -5,7 +5,7 @@ One benchmark group per operation and shape (`softmax n=...-k=...-float32`).
 """
 
 import pytest
-from _common import CASES, IMPLEMENTATIONS, make_data, run_case, shape_id
+from _common import CASES, IMPLEMENTATIONS, json_extras, make_data, run_case, shape_id  # noqa: F401
 
 import fastsoftmax as fs
 

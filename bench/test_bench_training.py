@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 import pytest
-from _common import FULL, import_torch, shape_id
+from _common import FULL, import_torch, json_extras, shape_id  # noqa: F401 (autouse fixture)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits

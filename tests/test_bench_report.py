@@ -67,23 +67,23 @@ def results_json(tmp_path):
         "machine_info": {
             "cpu": {"brand_raw": "Test CPU", "count": 2},
             "python_version": "3.11",
-            "fastsoftmax": {
-                "cores": 2,
-                "env": {"OPENBLAS_CORETYPE": "Haswell"},
-                "numba_threads": 2,
-                "numba_threading_layer": "omp",
-                "torch_threads": 2,
-                "blas": [
-                    {
-                        "internal_api": "openblas",
-                        "version": "0.3",
-                        "num_threads": 2,
-                        "architecture": "Zen",
-                        "filepath": "/x/libopenblas.so",
-                    }
-                ],
-                "versions": {"numpy": "2.0"},
-            },
+        },
+        "fastsoftmax_machine": {
+            "cores": 2,
+            "env": {"OPENBLAS_CORETYPE": "Haswell"},
+            "numba_threads": 2,
+            "numba_threading_layer": "omp",
+            "torch_threads": 2,
+            "blas": [
+                {
+                    "internal_api": "openblas",
+                    "version": "0.3",
+                    "num_threads": 2,
+                    "architecture": "Zen",
+                    "filepath": "/x/libopenblas.so",
+                }
+            ],
+            "versions": {"numpy": "2.0"},
         },
         "commit_info": {"id": "abcdef1234567890", "dirty": False},
         "datetime": "2026-01-01T00:00:00",
