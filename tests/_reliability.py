@@ -343,3 +343,52 @@ def leaks_main(n_calls: int = 1000, warmup: int = 30) -> None:
             "ms_per_call": 1e3 * seconds / n_calls,
         }
     print(json.dumps({"n_calls": n_calls, "rss_kib_final": vm_kib("VmRSS"), "by_function": report}))
+
+
+# Run with ``python -c COLDSTART_CODE``: it times `import fastsoftmax` (numpy, numba and scipy
+# included) and the first call of every public function on each path, so it imports nothing before
+# the clock starts. The JSON line reports, per kernel dispatcher, the signatures it holds and its
+# cache hits and misses (a miss is a compilation).
+COLDSTART_CODE = '''
+import time
+t0 = time.perf_counter()
+import fastsoftmax as fs
+t_import = time.perf_counter() - t0
+import json, sys
+import numpy as np
+import numba
+from fastsoftmax import _kernels
+first = {}
+for dtype in sys.argv[1].split(","):
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(300, 5)).astype(dtype)
+    y = rng.integers(0, 5, 300)
+    X = rng.normal(size=(300, 4)).astype(dtype)
+    W = rng.normal(size=(5, 4)).astype(dtype)
+    W40 = rng.normal(size=(40, 4)).astype(dtype)
+    y40 = rng.integers(0, 40, 300)
+    for name, call in [
+        ("softmax", lambda: fs.softmax(Z)),
+        ("log_softmax", lambda: fs.log_softmax(Z)),
+        ("cross_entropy", lambda: fs.cross_entropy(Z, y)),
+        ("cross_entropy_grad", lambda: fs.cross_entropy_grad(Z, y)),
+        ("linear_cross_entropy small-K", lambda: fs.linear_cross_entropy(X, W, W[:, 0], y)),
+        ("linear_cross_entropy tiled", lambda: fs.linear_cross_entropy(X, W40, None, y40)),
+        ("linear_softmax small-K", lambda: fs.linear_softmax(X, W, W[:, 0])),
+        ("linear_softmax tiled", lambda: fs.linear_softmax(X, W40, None)),
+    ]:
+        t = time.perf_counter()
+        call()
+        first[f"{name} {dtype}"] = time.perf_counter() - t
+total = time.perf_counter() - t0
+kernels = {}
+for name in dir(_kernels):
+    obj = getattr(_kernels, name)
+    if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.signatures:
+        st = obj.stats
+        kernels[name] = {"signatures": [str(s) for s in obj.signatures],
+                         "hits": sum(st.cache_hits.values()),
+                         "misses": sum(st.cache_misses.values())}
+print(json.dumps({"import": t_import, "first_calls": first, "total": total,
+                  "kernels": kernels}))
+'''
