@@ -202,13 +202,24 @@ def _row_is_bad(m, t, s):
 
 
 @_jit()
-def _xent_from_stats(m, t, s, zy, eps, K):
-    """Cross-entropy of one row from its max m, raw sum t, sum of exps s and label logit zy."""
+def _row_mean_shifted(o, m):
+    """float64 mean of o - m, for the smoothing term mean_k(-log p_k) = log s - mean(o - m). The raw
+    mean(o) - m cancels catastrophically for large |m| (float64 logits of 1e30 gave a loss of -1e21)
+    and the raw sum overflows near the float64 limit."""
+    u = 0.0
+    for k in range(o.shape[0]):
+        u += np.float64(o[k]) - np.float64(m)
+    return u / o.shape[0]
+
+
+@_jit()
+def _xent_from_stats(m, mean_shifted, s, zy, eps):
+    """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy."""
     log_s = math.log(s)
     nll = log_s - (np.float64(zy) - np.float64(m))
     if eps == 0.0:
         return nll
-    smooth = log_s - (t / K - np.float64(m))
+    smooth = log_s - mean_shifted
     if eps == 1.0:
         return smooth
     return (1.0 - eps) * nll + eps * smooth
@@ -221,9 +232,10 @@ def _row_grad(o, z, b, copy, yi, wi, eps, scale):
     _row_load(o, z, b, copy)
     m, t = _row_max_sum(o)
     zy = o[yi]
+    ms = _row_mean_shifted(o, m) if eps != 0.0 else 0.0
     s = _row_exp_inplace(o, m)
     bad = _row_is_bad(m, t, s)
-    loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, t, s, zy, eps, K)
+    loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, zy, eps)
     # (p - target) * w, written so that p == target gives exactly 0 (K = 1, a certain row).
     inv = o.dtype.type(1.0 / s)
     u = o.dtype.type(eps / K)
@@ -270,7 +282,7 @@ def _softmax_row(o, z, b, copy, log):
 @_jit(parallel=True)
 def _xent_rows(Z, y, w, eps, losses):
     """losses[i] := w[i] * cross-entropy of row i (float64); Z is only read. Returns bad rows."""
-    N, K = Z.shape
+    N = Z.shape[0]
     n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     bad = 0
     for blk in prange(n_blocks):
@@ -279,7 +291,8 @@ def _xent_rows(Z, y, w, eps, losses):
             m, t = _row_max_sum(z)
             s = _row_sum_exp(z, m)
             wi = w[i] if w.shape[0] > 0 else 1.0
-            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, t, s, z[y[i]], eps, K)
+            ms = _row_mean_shifted(z, m) if eps != 0.0 and wi != 0.0 else 0.0
+            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, z[y[i]], eps)
             bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
 
