@@ -392,3 +392,18 @@ for name in dir(_kernels):
 print(json.dumps({"import": t_import, "first_calls": first, "total": total,
                   "kernels": kernels}))
 '''
+
+
+def huge_problem(N: int, d: int, K: int, period: int):
+    """float32 X (N, d), W (K, d), b (K,) and labels y whose rows repeat with `period` (prime, so no
+    power-of-two index error maps a row onto an equal one): the float64 reference then needs only
+    `period` distinct rows, while the kernels still process all N."""
+    rng = np.random.default_rng(2**31)
+    Xu = rng.normal(size=(period, d)).astype(np.float32)
+    yu = rng.integers(0, K, period)
+    reps = -(-N // period)
+    X = np.ascontiguousarray(np.tile(Xu, (reps, 1))[:N])
+    y = np.tile(yu, reps)[:N]
+    W = (rng.normal(size=(K, d)) / 2).astype(np.float32)
+    b = rng.normal(size=K).astype(np.float32)
+    return X, W, b, y
