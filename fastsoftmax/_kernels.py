@@ -40,16 +40,22 @@ ROW_BLOCK = 64  # rows per prange iteration of the row kernels
 SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernel
 
 
-def _jit(parallel=False, fastmath=FASTMATH):
-    """The one place numba options are set."""
+def _jit(parallel=False, fastmath=FASTMATH, inline=False):
+    """The one place numba options are set.
+
+    inline=True is for per-row helpers: Numba increfs array arguments at every call boundary (two
+    atomic NRT calls per array per call, which LLVM's inliner cannot remove); inlining in Numba's IR
+    removes the boundary.
+    """
     return njit(
-        nogil=True, cache=True, error_model="numpy", fastmath=fastmath, parallel=parallel
+        nogil=True, cache=True, error_model="numpy", fastmath=fastmath, parallel=parallel,
+        inline="always" if inline else "never",
     )
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Scalar building blocks
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @intrinsic
@@ -138,81 +144,85 @@ def _exp_nonpos_overload(x):
     return lambda x: _exp_nonpos_f64(x)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Row helpers: all work in place on one row `o` (1-D, contiguous) of the output
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
+# Row helpers: all work in place on row i of the output A (C-contiguous, 2-D). They index (A, i)
+# instead of taking a row view A[i]: a view per row costs two atomic NRT reference-count updates on
+# the array's shared counter (about 90 ns a row, and cache-line ping-pong between threads).
+# ------------------------------------------------------------------------------------------------
 
 
-@_jit()
-def _row_load(o, z, b, copy):
-    """o := z (+ b). `b` has size 0 when there is no bias."""
-    K = o.shape[0]
+@_jit(inline=True)
+def _row_load(A, i, Z, zi, b, copy):
+    """A[i] := Z[zi] (+ b). `b` has size 0 when there is no bias."""
+    K = A.shape[1]
     if copy:
         for k in range(K):
-            o[k] = z[k]
+            A[i, k] = Z[zi, k]
     if b.shape[0] > 0:
         for k in range(K):
-            o[k] += b[k]
+            A[i, k] += b[k]
 
 
-@_jit()
-def _row_max_sum(o):
-    """(max, float64 sum) of a row; the sum exposes NaN and +inf that maxnum skips."""
-    m = o[0]
+@_jit(inline=True)
+def _row_max_sum(A, i):
+    """(max, float64 sum) of row i; the sum exposes NaN and +inf that maxnum skips. Two loops:
+    fused, the max does not vectorize."""
+    m = A[i, 0]
+    for k in range(A.shape[1]):
+        m = _maxnum(m, A[i, k])
     t = 0.0
-    for k in range(o.shape[0]):
-        m = _maxnum(m, o[k])
-        t += o[k]
+    for k in range(A.shape[1]):
+        t += A[i, k]
     return m, t
 
 
-@_jit()
-def _row_exp_inplace(o, m):
-    """o := exp(o - m); returns the float64 sum."""
+@_jit(inline=True)
+def _row_exp_inplace(A, i, m):
+    """A[i] := exp(A[i] - m); returns the float64 sum."""
     s = 0.0
-    for k in range(o.shape[0]):
-        e = _exp_nonpos(o[k] - m)
-        o[k] = e
+    for k in range(A.shape[1]):
+        e = _exp_nonpos(A[i, k] - m)
+        A[i, k] = e
         s += e
     return s
 
 
-@_jit()
-def _row_sum_exp(o, m):
-    """float64 sum of exp(o - m), o unchanged."""
+@_jit(inline=True)
+def _row_sum_exp(A, i, m):
+    """float64 sum of exp(A[i] - m), A unchanged."""
     s = 0.0
-    for k in range(o.shape[0]):
-        s += _exp_nonpos(o[k] - m)
+    for k in range(A.shape[1]):
+        s += _exp_nonpos(A[i, k] - m)
     return s
 
 
 @_jit(fastmath=FASTMATH_EXP)
-def _row_sub_then_sub(o, m, c):
-    """o := (o - m) - c, in this order and without reassoc: folding m + c first (rounded to the data
-    dtype) loses c when |m| >> c, e.g. log_softmax of a float32 row of equal logits 1e4 was off by
-    4e-4, of a float64 row of equal logits 1e30 by log K."""
-    for k in range(o.shape[0]):
-        o[k] = (o[k] - m) - c
+def _sub_then_sub(x, m, c):
+    """(x - m) - c, in this order: without reassoc (and not inlined in Numba IR, where it would take
+    the caller's flags) LLVM cannot fold m + c first, which, rounded to the data dtype, loses c when
+    |m| >> c (log_softmax of a float32 row of equal logits 1e4 was off by 4e-4; of a float64 row of
+    equal logits 1e30, by log K)."""
+    return (x - m) - c
 
 
-@_jit()
+@_jit(inline=True)
 def _row_is_bad(m, t, s):
     """NaN or +inf somewhere in the row, or every entry -inf."""
     return not (s >= 1.0) or t != t or m == np.inf
 
 
-@_jit()
-def _row_mean_shifted(o, m):
-    """float64 mean of o - m, for the smoothing term mean_k(-log p_k) = log s - mean(o - m). The raw
-    mean(o) - m cancels catastrophically for large |m| (float64 logits of 1e30 gave a loss of -1e21)
-    and the raw sum overflows near the float64 limit."""
+@_jit(inline=True)
+def _row_mean_shifted(A, i, m):
+    """float64 mean of A[i] - m, for the smoothing term mean_k(-log p_k) = log s - mean(A[i] - m).
+    The raw mean(A[i]) - m cancels catastrophically for large |m| (float64 logits of 1e30 gave a
+    loss of -7.6e21) and the raw sum overflows near the float64 limit."""
     u = 0.0
-    for k in range(o.shape[0]):
-        u += np.float64(o[k]) - np.float64(m)
-    return u / o.shape[0]
+    for k in range(A.shape[1]):
+        u += np.float64(A[i, k]) - np.float64(m)
+    return u / A.shape[1]
 
 
-@_jit()
+@_jit(inline=True)
 def _xent_from_stats(m, mean_shifted, s, zy, eps):
     """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy."""
     log_s = math.log(s)
@@ -225,31 +235,32 @@ def _xent_from_stats(m, mean_shifted, s, zy, eps):
     return (1.0 - eps) * nll + eps * smooth
 
 
-@_jit()
-def _row_grad(o, z, b, copy, yi, wi, eps, scale):
-    """o := weighted gradient of the row's cross-entropy; returns (weighted loss, bad)."""
-    K = o.shape[0]
-    _row_load(o, z, b, copy)
-    m, t = _row_max_sum(o)
-    zy = o[yi]
-    ms = _row_mean_shifted(o, m) if eps != 0.0 else 0.0
-    s = _row_exp_inplace(o, m)
+@_jit(inline=True)
+def _row_grad(A, i, Z, zi, b, copy, yi, wi, eps, scale):
+    """A[i] := weighted gradient of the cross-entropy of logits Z[zi] (+ b); returns
+    (weighted loss, bad)."""
+    K = A.shape[1]
+    _row_load(A, i, Z, zi, b, copy)
+    m, t = _row_max_sum(A, i)
+    zy = A[i, yi]
+    ms = _row_mean_shifted(A, i, m) if eps != 0.0 else 0.0
+    s = _row_exp_inplace(A, i, m)
     bad = _row_is_bad(m, t, s)
     loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, zy, eps)
     # (p - target) * w, written so that p == target gives exactly 0 (K = 1, a certain row).
-    inv = o.dtype.type(1.0 / s)
-    u = o.dtype.type(eps / K)
-    ws = o.dtype.type(wi * scale)
-    ey = o[yi]
+    inv = A.dtype.type(1.0 / s)
+    u = A.dtype.type(eps / K)
+    ws = A.dtype.type(wi * scale)
+    ey = A[i, yi]
     for k in range(K):
-        o[k] = (o[k] * inv - u) * ws
-    o[yi] = (ey * inv - u - o.dtype.type(1.0 - eps)) * ws
+        A[i, k] = (A[i, k] * inv - u) * ws
+    A[i, yi] = (ey * inv - u - A.dtype.type(1.0 - eps)) * ws
     return loss, bad
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Row kernels on given logits
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @_jit(parallel=True)
@@ -260,22 +271,24 @@ def _softmax_rows(Z, out, b, copy, log):
     bad = 0
     for blk in prange(n_blocks):
         for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
-            bad += _softmax_row(out[i], Z[i], b, copy, log)
+            bad += _softmax_row(out, i, Z, b, copy, log)
     return bad
 
 
-@_jit()
-def _softmax_row(o, z, b, copy, log):
-    _row_load(o, z, b, copy)
-    m, t = _row_max_sum(o)
+@_jit(inline=True)
+def _softmax_row(A, i, Z, b, copy, log):
+    _row_load(A, i, Z, i, b, copy)
+    m, t = _row_max_sum(A, i)
     if log:
-        s = _row_sum_exp(o, m)
-        _row_sub_then_sub(o, m, o.dtype.type(math.log(s)))
+        s = _row_sum_exp(A, i, m)
+        log_s = A.dtype.type(math.log(s))
+        for k in range(A.shape[1]):
+            A[i, k] = _sub_then_sub(A[i, k], m, log_s)
     else:
-        s = _row_exp_inplace(o, m)
-        inv = o.dtype.type(1.0 / s)
-        for k in range(o.shape[0]):
-            o[k] *= inv
+        s = _row_exp_inplace(A, i, m)
+        inv = A.dtype.type(1.0 / s)
+        for k in range(A.shape[1]):
+            A[i, k] *= inv
     return 1 if _row_is_bad(m, t, s) else 0
 
 
@@ -287,17 +300,16 @@ def _xent_rows(Z, y, w, eps, losses):
     bad = 0
     for blk in prange(n_blocks):
         for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
-            z = Z[i]
-            m, t = _row_max_sum(z)
-            s = _row_sum_exp(z, m)
+            m, t = _row_max_sum(Z, i)
+            s = _row_sum_exp(Z, i, m)
             wi = w[i] if w.shape[0] > 0 else 1.0
-            ms = _row_mean_shifted(z, m) if eps != 0.0 and wi != 0.0 else 0.0
-            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, z[y[i]], eps)
+            ms = _row_mean_shifted(Z, i, m) if eps != 0.0 and wi != 0.0 else 0.0
+            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], eps)
             bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
 
 
-@_jit()
+@_jit(inline=True)
 def _grad_block(Z, out, b, copy, y, w, eps, scale, lo, hi, off, losses, db):
     """Rows lo..hi of out := gradient of samples off+lo..off+hi; per-sample losses; db += column
     sums of the gradient when db has size K (size 0: no bias). Returns the number of bad rows."""
@@ -305,12 +317,11 @@ def _grad_block(Z, out, b, copy, y, w, eps, scale, lo, hi, off, losses, db):
     for r in range(lo, hi):
         i = off + r
         wi = w[i] if w.shape[0] > 0 else 1.0
-        losses[i], row_bad = _row_grad(out[r], Z[r], b, copy, y[i], wi, eps, scale)
+        losses[i], row_bad = _row_grad(out, r, Z, r, b, copy, y[i], wi, eps, scale)
         bad += row_bad
         if db.shape[0] > 0:
-            o = out[r]
-            for k in range(o.shape[0]):
-                db[k] += o[k]
+            for k in range(out.shape[1]):
+                db[k] += out[r, k]
     return bad
 
 
@@ -330,9 +341,9 @@ def _xent_grad_rows(Z, out, b, copy, y, w, eps, scale, losses, db_parts):
     return bad
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Small-K linear layer: no BLAS, one read of X
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @_jit()
@@ -478,13 +489,13 @@ def _linear_softmax_small(X, W, b, out):
         zb = out[i:i + n]
         _logits_group(X, i, n, W, zb)
         for r in range(n):
-            bad += _softmax_row(zb[r], zb[r], b, False, False)
+            bad += _softmax_row(zb, r, zb, b, False, False)
     return bad
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Small dense helpers (K x d work, no temporaries)
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @_jit()

@@ -38,10 +38,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def run(parallel_kernel, serial_kernel, *args):
-    """Call the parallel kernel when that is safe in this process and thread, else the serial one."""
+def run(parallel_kernel, serial_kernel, n_tasks: int, *args):
+    """Call the parallel kernel when that is safe in this process and thread and there are at least
+    two parallel tasks (prange iterations) to share; else the serial one, which also saves the
+    launch of a parallel region (tens of microseconds, more on a busy machine)."""
     global _layer
-    if _serial_only:
+    if _serial_only or n_tasks < 2:
         return serial_kernel(*args)
     if _layer is not None and _layer != "workqueue":
         return parallel_kernel(*args)

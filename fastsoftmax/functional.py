@@ -40,20 +40,20 @@ __all__ = [
 SMALL_K_MAX = 32
 # Bytes of logits held per tile on the BLAS path: bounds extra memory independently of n_samples.
 TILE_BYTES = 64 * 2**20
-TILE_ROWS_MAX = 2048
+TILE_ROWS_MAX = 8192
 TILE_ROWS_MIN = 64
 # Row chunks of the small-K kernel: at most this many (each holds a K x d partial dW), fixed by the
 # problem size only so that results do not depend on the thread count.
 SMALL_K_CHUNKS = 16
-SMALL_K_CHUNK_ROWS = 512
+SMALL_K_CHUNK_ROWS = 128  # a 256-row SGD batch still uses two cores
 SMALL_K_PARTIALS_BYTES = 64 * 2**20
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Validation
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def _float_dtype(*arrays) -> np.dtype:
@@ -189,6 +189,11 @@ def _check_logits(Z) -> np.ndarray:
     return _as_float("Z", Z, _float_dtype(Z))
 
 
+def _row_blocks(n_rows: int) -> int:
+    """Number of prange iterations (blocks of ROW_BLOCK rows) of the row kernels."""
+    return -(-n_rows // _k.ROW_BLOCK)
+
+
 def _raise_bad_logits(n_bad: int) -> None:
     if n_bad:
         raise ValueError(
@@ -224,9 +229,9 @@ def _raise_nonfinite_params(X, W, b) -> None:
     raise ValueError("X W^T + b overflowed to infinity: the logits are not representable")
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Row functions on given logits
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -254,7 +259,7 @@ def log_softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
 def _row_softmax(Z, out, log: bool) -> np.ndarray:
     Zc = _check_logits(Z)
     target, copy = _check_out(out, Zc.shape, Zc.dtype, Zc)
-    bad = _parallel.run(_k._softmax_rows, _k._softmax_rows_serial,
+    bad = _parallel.run(_k._softmax_rows, _k._softmax_rows_serial, _row_blocks(Zc.shape[0]),
                         Zc, target, np.empty(0, Zc.dtype), copy, log)
     _raise_bad_logits(bad)
     return _finish_out(target, out)
@@ -279,7 +284,8 @@ def cross_entropy(
     reduction = _check_reduction(reduction)
     w, denom = _check_weights(sample_weight, Zc.shape[0], reduction)
     losses = np.empty(Zc.shape[0], dtype=np.float64)
-    _raise_bad_logits(_parallel.run(_k._xent_rows, _k._xent_rows_serial, Zc, y, w, eps, losses))
+    _raise_bad_logits(_parallel.run(_k._xent_rows, _k._xent_rows_serial, _row_blocks(len(y)),
+                                    Zc, y, w, eps, losses))
     if reduction == "none":
         return losses.astype(Zc.dtype, copy=False)
     return float(losses.sum()) / denom
@@ -307,18 +313,18 @@ def cross_entropy_grad(
     target, copy = _check_out(out, Zc.shape, Zc.dtype, Zc)
     N = Zc.shape[0]
     losses = np.empty(N, dtype=np.float64)
-    no_db = np.empty((-(-N // _k.ROW_BLOCK), 0), dtype=np.float64)
+    no_db = np.empty((_row_blocks(N), 0), dtype=np.float64)
     bad = _parallel.run(
-        _k._xent_grad_rows, _k._xent_grad_rows_serial,
+        _k._xent_grad_rows, _k._xent_grad_rows_serial, no_db.shape[0],
         Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses, no_db,
     )
     _raise_bad_logits(bad)
     return float(losses.sum()) / denom, _finish_out(target, out)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The linear layer
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def linear_cross_entropy(
@@ -399,7 +405,7 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX):
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
     bad = _parallel.run(
-        _k._linear_xent_small, _k._linear_xent_small_serial,
+        _k._linear_xent_small, _k._linear_xent_small_serial, C,
         X, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX,
     )
     if C == 1:
@@ -466,8 +472,9 @@ def linear_softmax(X, W, b) -> np.ndarray:
     out = np.empty((N, K), dtype=dtype)
     bias = b if b is not None else np.empty(0, dtype)
     if K <= SMALL_K_MAX:
+        n_groups = -(-N // _k.SMALL_K_GROUP)
         bad = _parallel.run(
-            _k._linear_softmax_small, _k._linear_softmax_small_serial, X, W, bias, out
+            _k._linear_softmax_small, _k._linear_softmax_small_serial, n_groups, X, W, bias, out
         )
     else:
         if N:

@@ -19,8 +19,10 @@ from reference._core import (
     log_softmax,
     softmax,
 )
+from reference._estimator import SoftmaxRegression
 
 __all__ = [
+    "SoftmaxRegression",
     "cross_entropy",
     "cross_entropy_grad",
     "linear_cross_entropy",

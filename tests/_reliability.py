@@ -183,9 +183,9 @@ def _count_dispatch() -> dict:
             return kernel(*args)
         return call
 
-    def run(parallel_kernel, serial_kernel, *args):
+    def run(parallel_kernel, serial_kernel, n_tasks, *args):
         return original(counted("parallel", parallel_kernel), counted("serial", serial_kernel),
-                        *args)
+                        n_tasks, *args)
 
     _parallel.run = run
     return counts
@@ -236,7 +236,7 @@ def threads_main(n_threads: int = 8, repeats: int = 4) -> None:
     # The serial twins (used by forked children and under a busy workqueue layer) must give the
     # same bits as the parallel kernels.
     parallel_run = _parallel.run
-    _parallel.run = lambda par, ser, *args: ser(*args)
+    _parallel.run = lambda par, ser, n_tasks, *args: ser(*args)
     serial = [digest(call()) for _, call in calls]
     _parallel.run = parallel_run
     print(json.dumps({

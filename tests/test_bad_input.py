@@ -125,5 +125,5 @@ def test_bad_input_never_modifies_arguments():
     copies = Xbad.copy(), W.copy(), B.copy()
     with pytest.raises(ValueError):
         fs.linear_cross_entropy(Xbad, W, B, Y, alpha=1.0)
-    for a, c in zip((Xbad, W, B), copies):
+    for a, c in zip((Xbad, W, B), copies, strict=False):
         np.testing.assert_array_equal(a, c)

@@ -50,14 +50,14 @@ def frozen(*arrays):
 
 
 def assert_unchanged(arrays, copies):
-    for a, c in zip(arrays, copies):
+    for a, c in zip(arrays, copies, strict=True):
         if a is not None:
             np.testing.assert_array_equal(a, c)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # softmax / log_softmax
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -128,9 +128,9 @@ def test_empty_batch():
     assert fs.linear_softmax(X, W, None).shape == (0, 3)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # cross_entropy / cross_entropy_grad
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -231,9 +231,9 @@ def test_zero_weight_rows_contribute_nothing(rng):
     assert_close(dZ[1:], want)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # linear_cross_entropy / linear_softmax
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 LINEAR_SHAPES = [(1, 3, 1), (1, 5, 2), (67, 5, 2), (300, 20, 10), (301, 8, 33), (130, 12, 1000)]
 
@@ -254,7 +254,7 @@ def test_linear_cross_entropy_matches_reference(rng, threads, options, weighted,
     want = ref.linear_cross_entropy(X, W, b, y, sample_weight=w, return_dX=True, **options)
     assert isinstance(got[0], float)
     assert_close(got[0], want[0], dtype)
-    for g, v in zip(got[1:], want[1:]):
+    for g, v in zip(got[1:], want[1:], strict=True):
         if v is None:
             assert g is None
         else:
@@ -262,7 +262,7 @@ def test_linear_cross_entropy_matches_reference(rng, threads, options, weighted,
             assert_close(g, v)
     without_dX = fs.linear_cross_entropy(X, W, b, y, sample_weight=w, **options)
     assert len(without_dX) == 3
-    for g, v in zip(without_dX, got):
+    for g, v in zip(without_dX, got, strict=True):
         assert_close(g, v, dtype) if v is not None else None
     assert_unchanged([X, W, b, y, w], copies)
 
@@ -284,7 +284,7 @@ def test_linear_layouts_and_mixed_dtypes(rng, k):
     for Xv, Wv in [(np.asfortranarray(X), W), (X, np.asfortranarray(W)),
                    (np.repeat(X, 2, axis=1)[:, ::2], W)]:
         got = fs.linear_cross_entropy(Xv, Wv, b, y)
-        for g, v in zip(got, want):
+        for g, v in zip(got, want, strict=True):
             assert_close(g, v, np.float64)
     # float32 data with float64 weights computes in float64
     got = fs.linear_cross_entropy(X.astype(np.float32), W, b, y)
@@ -301,13 +301,13 @@ def test_linear_many_tiles_and_chunks(rng, monkeypatch, k):
     w = rng.uniform(0, 1, size=1000)
     got = fs.linear_cross_entropy(X, W, b, y, sample_weight=w, return_dX=True)
     want = ref.linear_cross_entropy(X, W, b, y, sample_weight=w, return_dX=True)
-    for g, v in zip(got, want):
+    for g, v in zip(got, want, strict=True):
         assert_close(g, v, np.float64)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Finite differences (float64)
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def central_difference(f, A, index):

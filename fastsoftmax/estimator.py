@@ -1,0 +1,500 @@
+"""SoftmaxRegression: a scikit-learn classifier on the fused softmax-regression kernels."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from fastsoftmax import functional as F
+from fastsoftmax import solvers
+from fastsoftmax._threads import effective_n_jobs, thread_limits
+
+__all__ = ["SoftmaxRegression"]
+
+_SOLVERS = ("lbfgs", "sgd", "gd")
+_FLOAT_DTYPES = [np.float64, np.float32]
+
+
+class SoftmaxRegression(ClassifierMixin, BaseEstimator):
+    """Softmax regression (multinomial logistic regression) on fused, parallel kernels.
+
+    Minimizes the weighted mean cross-entropy of ``softmax(X W^T + b)`` plus ``alpha/2 ||W||^2``
+    (the intercept is not penalized)::
+
+        f(W, b) = sum_i w_i * -log softmax(x_i W^T + b)[y_i] / sum_i w_i + alpha/2 * ||W||_F^2
+
+    where ``w_i`` is ``sample_weight`` times the class weight of ``y_i``. This is
+    ``fastsoftmax.functional.linear_cross_entropy(..., reduction="mean")``: every gradient is one
+    fused pass that never holds an n_samples x n_classes array.
+
+    Relation to scikit-learn: ``LogisticRegression(C=C)`` (multinomial, lbfgs) minimizes
+    ``C * sum_i w_i CE_i + 1/2 ||W||^2``; dividing by ``C * sum_i w_i`` gives the objective above
+    with ``alpha = 1 / (C * n_samples)`` (``n_samples`` being ``sum(sample_weight)`` when weights
+    are given). Both have the same minimizer.
+
+    float32 input trains and predicts in float32 (``coef_.dtype == np.float32``, no copy of X);
+    float64 stays float64; other dtypes are converted to float64.
+
+    Parameters
+    ----------
+    alpha : float, default=1e-4
+        Strength of the L2 penalty ``alpha/2 ||W||^2`` on the coefficients (not the intercept).
+    fit_intercept : bool, default=True
+        Learn an intercept ``b``; when False the intercept is fixed at zero.
+    solver : {"lbfgs", "sgd", "gd"}, default="lbfgs"
+        - "lbfgs": scipy's L-BFGS-B, one fused loss-and-gradient call per evaluation; stops when
+          the projected gradient's max-abs is <= ``tol`` (or the objective stops decreasing to
+          within ``64 * eps`` relative, as in scikit-learn).
+        - "sgd": mini-batch SGD with a fixed ``learning_rate``, ``batch_size`` samples per step,
+          ``max_iter`` epochs, reshuffled every epoch (the Dive into Deep Learning recipe).
+        - "gd": full-batch gradient descent with a fixed ``learning_rate``, ``max_iter`` steps
+          (the textbook algorithm; ``reference.SoftmaxRegression`` is its NumPy twin).
+    max_iter : int, default=100
+        Iterations (lbfgs), epochs (sgd) or gradient steps (gd).
+    tol : float or None, default=1e-4
+        lbfgs: stop when the projected gradient's max-abs is <= tol. gd: stop (before a step) when
+        the gradient's max-abs is <= tol. sgd: stop when the epoch loss has not improved on the
+        best one by at least tol for ``n_iter_no_change`` epochs in a row. None (sgd and gd only)
+        runs exactly ``max_iter`` iterations and never warns, like a textbook training loop.
+    learning_rate : float, default=0.1
+        Step size of "sgd", "gd" and ``partial_fit``.
+    batch_size : int, default=256
+        Samples per step of "sgd" and ``partial_fit``; capped at the number of samples.
+    shuffle : bool, default=True
+        Reshuffle the samples before every epoch of "sgd" and every ``partial_fit`` call.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the shuffling. (The weights start at zero, so nothing else is random.)
+    warm_start : bool, default=False
+        Start ``fit`` from the previous ``coef_`` and ``intercept_`` when the classes and the
+        number of features match. ``n_iter_`` and ``loss_curve_`` then count the new fit only.
+    class_weight : dict, "balanced" or None, default=None
+        Weights per class, multiplied into ``sample_weight``. "balanced" uses
+        ``n_samples / (n_classes * np.bincount(y))`` (not supported by ``partial_fit``).
+    label_smoothing : float in [0, 1), default=0.0
+        Mixes the one-hot target with the uniform distribution, as in PyTorch's cross-entropy.
+    n_iter_no_change : int, default=5
+        Patience of the "sgd" stopping rule on ``tol``.
+    n_jobs : int or None, default=None
+        Numba and BLAS threads during fit and predict; restored afterwards. None leaves the
+        thread counts as they are; -1 uses all of Numba's threads.
+    verbose : int, default=0
+        Print the objective after every iteration or epoch when > 0.
+    callback : callable or None, default=None
+        Called as ``callback(iteration, estimator)`` after every iteration (lbfgs), epoch (sgd,
+        and each ``partial_fit`` call) or step (gd), ``iteration`` counting from 1. At that moment
+        ``estimator.coef_``, ``intercept_``, ``classes_``, ``n_iter_`` hold the current solution
+        (so ``estimator.predict`` and ``estimator.score`` work) and ``estimator.loss_curve_`` the
+        objective values so far. If it returns True, training stops at once, without a
+        ``ConvergenceWarning`` (the return value is ignored by ``partial_fit``).
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_classes, n_features)
+        The weights W, float32 when trained on float32 data, else float64.
+    intercept_ : ndarray of shape (n_classes,)
+        The intercept b (zeros when ``fit_intercept=False``).
+    classes_ : ndarray of shape (n_classes,)
+        The class labels, sorted; any labels work (strings, non-contiguous integers).
+    n_iter_ : int
+        Iterations, epochs or steps performed by the last ``fit`` (``partial_fit`` adds one
+        epoch per call).
+    loss_curve_ : list of float
+        The objective per iteration (lbfgs: after it), per step (gd: before it) or per epoch
+        (sgd and partial_fit: the weighted mean of the batch objectives, each before its step).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names, when X was a DataFrame with string column names.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> from fastsoftmax.estimator import SoftmaxRegression
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = SoftmaxRegression(alpha=1 / len(X)).fit(X, y)   # LogisticRegression(C=1)
+    >>> clf.predict(X[:2])
+    array([0, 0])
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 1e-4,
+        fit_intercept: bool = True,
+        solver: str = "lbfgs",
+        max_iter: int = 100,
+        tol: float | None = 1e-4,
+        learning_rate: float = 0.1,
+        batch_size: int = 256,
+        shuffle: bool = True,
+        random_state=None,
+        warm_start: bool = False,
+        class_weight=None,
+        label_smoothing: float = 0.0,
+        n_iter_no_change: int = 5,
+        n_jobs: int | None = None,
+        verbose: int = 0,
+        callback: Callable | None = None,
+    ):
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.max_iter = max_iter
+        self.tol = tol
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
+        self.n_iter_no_change = n_iter_no_change
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+        self.callback = callback
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_params(self, *, partial: bool = False) -> None:
+        def check_real(name, low, high=np.inf, low_open=False, high_open=False, none_ok=False):
+            value = getattr(self, name)
+            if value is None and none_ok:
+                return
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a real number, got {value!r}")
+            too_low = value <= low if low_open else value < low
+            too_high = value >= high if high_open else value > high
+            if not np.isfinite(value) or too_low or too_high:
+                raise ValueError(f"{name} must be in the range allowed for it, got {value!r}")
+
+        def check_int(name, low):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value!r}")
+
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
+        check_real("alpha", 0.0)
+        check_real("learning_rate", 0.0, low_open=True)
+        check_real("label_smoothing", 0.0, 1.0, high_open=True)
+        check_real("tol", 0.0, none_ok=True)
+        if self.tol is None and self.solver == "lbfgs" and not partial:
+            raise ValueError("tol=None is for the 'sgd' and 'gd' solvers; lbfgs needs a tol")
+        check_int("max_iter", 1)
+        check_int("batch_size", 1)
+        check_int("n_iter_no_change", 1)
+        effective_n_jobs(self.n_jobs)
+        cw = self.class_weight
+        if not (cw is None or isinstance(cw, dict) or (isinstance(cw, str) and cw == "balanced")):
+            raise ValueError(f"class_weight must be None, a dict or 'balanced', got {cw!r}")
+        if partial and isinstance(cw, str):
+            raise ValueError(
+                "class_weight='balanced' needs the class counts of all the data, which "
+                "partial_fit does not see; pass a dict of class weights instead"
+            )
+        if self.callback is not None and not callable(self.callback):
+            raise TypeError(f"callback must be callable or None, got {self.callback!r}")
+
+    def _sample_weight(self, X, y_codes, sample_weight, n_classes):
+        """Per-sample weights (float64) with the class weights folded in; None if all ones."""
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+            if np.any(sample_weight < 0):
+                raise ValueError("sample_weight must be non-negative")
+        if self.class_weight is not None:
+            per_class = compute_class_weight(
+                self.class_weight, classes=self.classes_, y=self.classes_[y_codes]
+            )
+            class_sw = per_class[y_codes]
+            sample_weight = class_sw if sample_weight is None else sample_weight * class_sw
+        if sample_weight is not None:
+            class_totals = np.bincount(y_codes, weights=sample_weight, minlength=n_classes)
+            if not np.any(class_totals > 0):
+                raise ValueError("sample_weight (times class_weight) is all zero: nothing to fit")
+        else:
+            class_totals = np.bincount(y_codes, minlength=n_classes)
+        return sample_weight, class_totals
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, X, y, sample_weight=None, *, coef_init=None, intercept_init=None):
+        """Fit the model with the chosen solver.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data; float32 trains in float32, anything else in float64.
+        y : array-like of shape (n_samples,)
+            Class labels of any type.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights; the loss is their weighted mean.
+        coef_init : array-like of shape (n_classes, n_features), default=None
+            Starting weights (zeros by default, or the previous ones with ``warm_start``).
+        intercept_init : array-like of shape (n_classes,), default=None
+            Starting intercept (zeros by default).
+
+        Returns
+        -------
+        self : SoftmaxRegression
+        """
+        self._check_params()
+        # C order once here: the kernels want rows contiguous, and would otherwise copy an
+        # F-ordered X at every evaluation.
+        X, y = validate_data(self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, order="C")
+        check_classification_targets(y)
+        previous = self._warm_start_params()
+        self.classes_, y_codes = np.unique(y, return_inverse=True)
+        y_codes = y_codes.astype(np.intp, copy=False)
+        n_classes = len(self.classes_)
+        sample_weight, class_totals = self._sample_weight(X, y_codes, sample_weight, n_classes)
+        if np.count_nonzero(class_totals > 0) < 2:
+            raise ValueError(
+                "SoftmaxRegression needs samples of at least 2 classes with positive weight; "
+                f"got 1 class: {self.classes_[np.argmax(class_totals > 0)]!r}"
+            )
+        W, b = self._initial_params(X, n_classes, coef_init, intercept_init, previous)
+        self._rng = check_random_state(self.random_state)
+        with thread_limits(self.n_jobs):
+            result = self._run_solver(X, y_codes, sample_weight, W, b)
+        self._set_solution(W, b, result.n_iter, result.loss_curve)
+        if not (result.converged or result.stopped) and self.tol is not None:
+            warnings.warn(
+                f"SoftmaxRegression(solver={self.solver!r}) did not converge: {result.message}. "
+                "Increase max_iter, scale the data or loosen tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _warm_start_params(self):
+        if self.warm_start and hasattr(self, "coef_"):
+            return self.classes_, self.coef_, self.intercept_
+        return None
+
+    def _initial_params(self, X, n_classes, coef_init, intercept_init, previous):
+        shape = (n_classes, X.shape[1])
+        W = np.zeros(shape, dtype=X.dtype)
+        b = np.zeros(n_classes, dtype=X.dtype) if self.fit_intercept else None
+        if previous is not None:
+            classes, coef, intercept = previous
+            if coef.shape == shape and np.array_equal(classes, self.classes_):
+                W[...] = coef
+                if b is not None:
+                    b[...] = intercept
+        if coef_init is not None:
+            coef_init = np.asarray(coef_init)
+            if coef_init.shape != shape:
+                raise ValueError(f"coef_init must have shape {shape}, got {coef_init.shape}")
+            W[...] = coef_init
+        if intercept_init is not None:
+            intercept_init = np.asarray(intercept_init)
+            if intercept_init.shape != (n_classes,):
+                raise ValueError(
+                    f"intercept_init must have shape {(n_classes,)}, got {intercept_init.shape}"
+                )
+            if b is None:
+                raise ValueError("intercept_init was given but fit_intercept=False")
+            b[...] = intercept_init
+        return W, b
+
+    def _run_solver(self, X, y_codes, sample_weight, W, b):
+        common = {
+            "alpha": float(self.alpha),
+            "label_smoothing": float(self.label_smoothing),
+            "callback": self._solver_callback(),
+        }
+        if self.solver == "lbfgs":
+            # Up to SMALL_K_MAX classes the loss kernels use no BLAS, so scipy's OpenBLAS only
+            # serves L-BFGS-B's vector updates, which gain nothing from threads whose spinning
+            # steals cores from the kernels (PERF-NOTES 1); above it the kernels' GEMMs need them.
+            small_k = W.shape[0] <= getattr(F, "SMALL_K_MAX", 0)
+            return solvers.lbfgs(
+                X,
+                y_codes,
+                sample_weight,
+                W,
+                b,
+                max_iter=self.max_iter,
+                tol=float(self.tol),
+                blas_threads=1 if small_k else None,
+                **common,
+            )
+        if self.solver == "gd":
+            return solvers.gd(
+                X,
+                y_codes,
+                sample_weight,
+                W,
+                b,
+                learning_rate=float(self.learning_rate),
+                max_iter=self.max_iter,
+                tol=self.tol,
+                **common,
+            )
+        return solvers.sgd(
+            X,
+            y_codes,
+            sample_weight,
+            W,
+            b,
+            learning_rate=float(self.learning_rate),
+            batch_size=self.batch_size,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            shuffle=self.shuffle,
+            rng=self._rng,
+            **common,
+        )
+
+    def _solver_callback(self, n_iter_offset: int = 0, loss_curve_prefix=()):
+        if self.callback is None and not self.verbose:
+            return None
+
+        def on_iteration(n_iter, W, b, loss_curve):
+            if self.verbose:
+                print(f"[SoftmaxRegression] iteration {n_iter}: loss = {loss_curve[-1]:.8g}")
+            if self.callback is None:
+                return False
+            self._set_solution(W.copy(), None if b is None else b.copy(), n_iter,
+                               [*loss_curve_prefix, *loss_curve])
+            return bool(self.callback(n_iter, self))
+
+        return on_iteration
+
+    def _set_solution(self, W, b, n_iter, loss_curve):
+        self.coef_ = W
+        self.intercept_ = b if b is not None else np.zeros(W.shape[0], dtype=W.dtype)
+        self.n_iter_ = int(n_iter)
+        self.loss_curve_ = [float(v) for v in loss_curve]
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch of mini-batch SGD over (X, y), for data that arrives in chunks.
+
+        Uses ``learning_rate``, ``batch_size``, ``shuffle`` and ``random_state`` whatever the
+        ``solver``, continues from the current solution (also one found by ``fit``), appends the
+        epoch loss to ``loss_curve_`` and adds 1 to ``n_iter_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A chunk of training data. The first call fixes the dtype (float32 or float64).
+        y : array-like of shape (n_samples,)
+            Its labels; each must be one of ``classes``.
+        classes : array-like of shape (n_classes,), default=None
+            All the labels that can occur. Required on the first call, optional later (and then
+            it must equal ``classes_``).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights.
+
+        Returns
+        -------
+        self : SoftmaxRegression
+        """
+        self._check_params(partial=True)
+        first_call = not hasattr(self, "classes_")
+        X, y = validate_data(
+            self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, order="C", reset=first_call
+        )
+        check_classification_targets(y)
+        if first_call:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit")
+            self.classes_ = np.unique(np.asarray(classes))
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(
+                f"classes={classes!r} differs from the classes of the previous calls "
+                f"{self.classes_!r}"
+            )
+        y_codes = np.searchsorted(self.classes_, y)
+        y_codes = np.minimum(y_codes, len(self.classes_) - 1).astype(np.intp, copy=False)
+        unknown = self.classes_[y_codes] != y
+        if np.any(unknown):
+            raise ValueError(f"y contains labels not in classes: {np.unique(y[unknown])!r}")
+        n_classes = len(self.classes_)
+        if first_call:
+            W, b = self._initial_params(X, n_classes, None, None, None)
+            self._set_solution(W, b, 0, [])
+            self._rng = check_random_state(self.random_state)
+        elif X.dtype != self.coef_.dtype:
+            X = X.astype(self.coef_.dtype)
+        sample_weight, _ = self._sample_weight(X, y_codes, sample_weight, n_classes)
+        W = self.coef_.copy()
+        b = self.intercept_.copy() if self.fit_intercept else None
+        n_iter, loss_curve = self.n_iter_, list(self.loss_curve_)
+        with thread_limits(self.n_jobs):
+            result = solvers.sgd(
+                X,
+                y_codes,
+                sample_weight,
+                W,
+                b,
+                alpha=float(self.alpha),
+                label_smoothing=float(self.label_smoothing),
+                learning_rate=float(self.learning_rate),
+                batch_size=self.batch_size,
+                max_iter=1,
+                tol=None,
+                n_iter_no_change=self.n_iter_no_change,
+                shuffle=self.shuffle,
+                rng=self._rng,
+                callback=self._solver_callback(n_iter, loss_curve),
+                n_iter_start=n_iter,
+            )
+        self._set_solution(W, b, n_iter + result.n_iter, loss_curve + result.loss_curve)
+        return self
+
+    # ------------------------------------------------------------------ prediction
+
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, accept_sparse=False, dtype=_FLOAT_DTYPES, reset=False)
+
+    def _logits(self, X):
+        Z = X @ self.coef_.T
+        Z += self.intercept_
+        return Z
+
+    def decision_function(self, X):
+        """The logits ``X W^T + b``, shape (n_samples, n_classes).
+
+        For two classes, the 1-D margin ``z_1 - z_0`` of shape (n_samples,), positive where
+        ``classes_[1]`` is predicted (scikit-learn's convention).
+        """
+        X = self._validate_X(X)
+        with thread_limits(self.n_jobs):
+            Z = self._logits(X)
+        if Z.shape[1] == 2:
+            return Z[:, 1] - Z[:, 0]
+        return Z
+
+    def predict(self, X):
+        """The most probable class of each sample, shape (n_samples,)."""
+        X = self._validate_X(X)
+        with thread_limits(self.n_jobs):
+            Z = self._logits(X)
+        return self.classes_[np.argmax(Z, axis=1)]
+
+    def predict_proba(self, X):
+        """Class probabilities ``softmax(X W^T + b)``, shape (n_samples, n_classes)."""
+        X = self._validate_X(X)
+        with thread_limits(self.n_jobs):
+            return F.linear_softmax(X, self.coef_, self.intercept_)
+
+    def predict_log_proba(self, X):
+        """Log-probabilities through a stable log-softmax (finite where the probability
+        underflows to 0), shape (n_samples, n_classes)."""
+        X = self._validate_X(X)
+        with thread_limits(self.n_jobs):
+            return F.log_softmax(self._logits(X))

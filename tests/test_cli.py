@@ -1,0 +1,476 @@
+"""End-to-end tests of the ``fastsoftmax`` command, run as a real subprocess.
+
+Every subprocess pays Python and Numba start-up, so the data is small and the tests share one Numba
+cache directory: the first training run compiles the kernels, the later ones load them.
+"""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+INSTALL_HINT = 'pip install "fastsoftmax[cli]"'
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory):
+    env = dict(os.environ)
+    env["NUMBA_CACHE_DIR"] = str(tmp_path_factory.mktemp("numba-cache"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def run(env, *args, cwd, extra_path=None, stderr=subprocess.PIPE):
+    """Run ``python -m fastsoftmax ARGS`` in ``cwd``; ``extra_path`` goes first on PYTHONPATH."""
+    if extra_path is not None:
+        env = {**env, "PYTHONPATH": os.pathsep.join([str(extra_path), env["PYTHONPATH"]])}
+    return subprocess.run(
+        [sys.executable, "-m", "fastsoftmax", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=600,
+    )
+
+
+def run_tty(env, *args, cwd, extra_path=None):
+    """Like :func:`run`, with stderr on a pseudo-terminal; returns (returncode, stdout, stderr)."""
+    pty = pytest.importorskip("pty")
+    if extra_path is not None:
+        env = {**env, "PYTHONPATH": os.pathsep.join([str(extra_path), env["PYTHONPATH"]])}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastsoftmax", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:  # drain the terminal while the child runs, or it blocks on a full buffer
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout = proc.stdout.read().decode()
+    proc.stdout.close()
+    os.close(master)
+    return proc.wait(timeout=600), stdout, b"".join(chunks).decode(errors="replace")
+
+
+def assert_one_line_error(result, *fragments):
+    """Exit status 2, one ``fastsoftmax: error:`` line naming the problem, nothing on stdout."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fastsoftmax: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+def hide_modules(directory: Path, *names) -> Path:
+    """A directory that, first on PYTHONPATH, makes ``import NAME`` fail as if not installed."""
+    for name in names:
+        (directory / name).mkdir(parents=True)
+        (directory / name / "__init__.py").write_text(
+            f"raise ImportError('{name} is hidden by the test')\n"
+        )
+    return directory
+
+
+def blobs(rng, n=150, d=4, k=3):
+    """Well separated Gaussian classes: any sensible classifier scores above 0.9."""
+    centers = rng.normal(0.0, 4.0, size=(k, d))
+    y = np.arange(n) % k
+    return centers[y] + rng.standard_normal((n, d)), y
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file written byte by byte."""
+    header = bytes([0, 0, 0x08, array.ndim])
+    for size in array.shape:
+        header += int(size).to_bytes(4, "big")
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_digits(directory: Path, rng, *, gz: bool, with_test: bool = True):
+    """MNIST-style files of 8x8 images: class c lights up rows 2c..2c+1, plus noise."""
+    opener = gzip.open if gz else open
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", 60), ("t10k", 24)) if with_test else (("train", 60),):
+        labels = np.arange(n) % 3
+        images = rng.integers(0, 60, size=(n, 8, 8))
+        for c in range(3):
+            images[labels == c, 2 * c : 2 * c + 2, :] += 180
+        with opener(directory / f"{prefix}-images-idx3-ubyte{suffix}", "wb") as f:
+            f.write(idx_bytes(images))
+        with opener(directory / f"{prefix}-labels-idx1-ubyte{suffix}", "wb") as f:
+            f.write(idx_bytes(labels))
+
+
+# ----------------------------------------------------------------------------- default data
+
+
+@pytest.fixture(scope="module")
+def digits_run(cli_env, tmp_path_factory):
+    """``fastsoftmax train`` with no arguments, as in the README's first command."""
+    cwd = tmp_path_factory.mktemp("default-train")
+    result = run(cli_env, "train", cwd=cwd)
+    return cwd, result
+
+
+def test_train_with_no_arguments(digits_run):
+    cwd, result = digits_run
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # stderr is not a terminal: no progress bar, and no warnings
+    out = result.stdout
+    for field in ["train accuracy:", "test accuracy:", "final objective", "wall time:"]:
+        assert field in out
+    assert "samples/s" in out
+    assert "1437 train / 360 test samples, 64 features, 10 classes, float64" in out
+    test_accuracy = float(out.split("test accuracy:")[1].split()[0])
+    assert test_accuracy > 0.93
+
+    with np.load(cwd / "model.npz", allow_pickle=False) as model:
+        assert str(model["format"]) == "fastsoftmax-model"
+        assert int(model["format_version"]) == 1
+        assert model["coef"].shape == (10, 64) and model["coef"].dtype == np.float64
+        assert model["intercept"].shape == (10,)
+        np.testing.assert_array_equal(model["classes"], np.arange(10))
+        assert int(model["n_features"]) == 64 and str(model["dtype"]) == "float64"
+        assert model["mean"].shape == (0,)  # not standardized
+    outputs = ["model.npz"]
+    if _has_matplotlib():
+        assert png_size((cwd / "training.png").read_bytes()) == (1000, 400)
+        outputs.append("training.png")
+    assert sorted(p.name for p in cwd.iterdir()) == outputs  # and no temporary files
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def test_evaluate_digits(cli_env, digits_run):
+    cwd, _ = digits_run
+    result = run(cli_env, "evaluate", "--model", "model.npz", "--data", "digits", "--json", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n_samples"] == 1797
+    assert report["classes"] == list(range(10))
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 1797
+    assert report["accuracy"] == pytest.approx(np.trace(matrix) / 1797)
+    assert report["accuracy"] > 0.95  # 80% of these rows were trained on
+    assert len(report["precision"]) == len(report["recall"]) == 10
+    assert min(report["recall"]) > 0.8
+
+    human = run(cli_env, "evaluate", "--model", "model.npz", "--data", "digits", cwd=cwd)
+    assert human.returncode == 0, human.stderr
+    assert f"accuracy:  {report['accuracy']:.4f} ({np.trace(matrix)}/1797)" in human.stdout
+    assert "confusion matrix (rows: true label, columns: predicted label):" in human.stdout
+    assert "precision  recall  support" in human.stdout
+
+
+def test_predict_digits_from_csv(cli_env, digits_run, tmp_path):
+    from sklearn.datasets import load_digits
+
+    cwd, _ = digits_run
+    X, y = load_digits(return_X_y=True)
+    np.savetxt(tmp_path / "new.csv", X[:30] / 16.0, delimiter=",")  # features only, no labels
+    model = cwd / "model.npz"
+    labels = run(cli_env, "predict", "--model", model, "--data", "new.csv", cwd=tmp_path)
+    assert labels.returncode == 0, labels.stderr
+    predicted = [int(line) for line in labels.stdout.splitlines()]
+    assert len(predicted) == 30
+    assert np.mean(np.array(predicted) == y[:30]) >= 0.9
+
+    proba = run(
+        cli_env, "predict", "--model", model, "--data", "new.csv", "--proba", "--header",
+        "--out", "proba.csv", cwd=tmp_path,
+    )  # fmt: skip
+    assert proba.returncode == 0, proba.stderr
+    assert proba.stdout == ""
+    lines = (tmp_path / "proba.csv").read_text().splitlines()
+    assert lines[0] == ",".join(str(c) for c in range(10))
+    P = np.loadtxt(lines[1:], delimiter=",")
+    assert P.shape == (30, 10)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(P.argmax(axis=1), predicted)
+
+
+# ----------------------------------------------------------------------------- file formats
+
+
+def _write_npz(directory, rng):
+    X, y = blobs(rng)
+    np.savez(directory / "data.npz", X=X, y=y)
+    return ["--data", "data.npz"], 4, 3
+
+
+def _write_tsv(directory, rng):
+    X, y = blobs(rng, d=5)
+    np.savetxt(directory / "data.tsv", np.column_stack([X, y]), delimiter="\t", fmt="%.6g")
+    return ["--data", "data.tsv"], 5, 3
+
+
+def _write_svmlight(directory, rng):
+    from sklearn.datasets import dump_svmlight_file
+
+    X, y = blobs(rng, d=6, k=4)
+    dump_svmlight_file(X, y, str(directory / "train.svm"))
+    X_test, y_test = X[:40] + 0.1 * rng.standard_normal((40, 6)), y[:40]
+    dump_svmlight_file(X_test, y_test, str(directory / "test.svm"))
+    return ["--data", "train.svm", "--test-data", "test.svm"], 6, 4
+
+
+def _write_idx_directory(directory, rng):
+    write_idx_digits(directory, rng, gz=True)
+    return ["--data", "."], 64, 3
+
+
+def _write_idx_file(directory, rng):
+    write_idx_digits(directory, rng, gz=False, with_test=False)
+    return ["--data", "train-images-idx3-ubyte", "--standardize"], 64, 3
+
+
+def _synthetic(directory, rng):
+    return ["--data", "synthetic:600,5,3,1", "--dtype", "float32", "--threads", "1"], 5, 3
+
+
+@pytest.mark.parametrize(
+    "write",
+    [_write_npz, _write_tsv, _write_svmlight, _write_idx_directory, _write_idx_file, _synthetic],
+    ids=["npz", "tsv", "svmlight", "idx-dir-gz", "idx-file", "synthetic-float32"],
+)
+def test_train_on_each_format(cli_env, tmp_path, rng, write):
+    args, n_features, n_classes = write(tmp_path, rng)
+    result = run(
+        cli_env, "train", *args, "--json", "--no-plot", "--model-out", "m.npz", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    summary = json.loads(result.stdout)
+    assert summary["n_features"] == n_features
+    assert summary["n_classes"] == n_classes
+    assert summary["plot"] is None and summary["model"] == "m.npz"
+    assert summary["n_iter"] >= 1 and summary["final_objective"] > 0
+    assert summary["throughput_samples_per_second"] > 0
+    assert len(summary["history"]["loss"]) == summary["n_iter"]
+    # synthetic:600,5,3 has Bayes accuracy about 0.9; the others are nearly separable.
+    assert summary["test_accuracy"] > (0.75 if write is _synthetic else 0.9)
+    if write is _write_idx_directory:
+        assert summary["n_train"] == 60 and summary["n_test"] == 24  # the t10k files
+        assert "t10k" in summary["test_data"]
+    elif write is _write_svmlight:
+        assert summary["n_train"] == 150 and summary["n_test"] == 40
+    else:
+        assert summary["n_test"] == round(0.2 * (summary["n_train"] + summary["n_test"]))
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as model:
+        assert model["coef"].shape == (n_classes, n_features)
+        assert str(model["dtype"]) == ("float32" if write is _synthetic else "float64")
+        assert model["coef"].dtype == model["dtype"]
+        assert model["mean"].shape == ((64,) if write is _write_idx_file else (0,))
+
+
+def test_csv_string_labels_sgd_standardized_then_evaluate_and_predict(cli_env, tmp_path, rng):
+    X, y = blobs(rng, n=120, d=3)
+    X = X * [1000.0, 0.01, 1.0] + [5e4, -3.0, 0.0]  # wildly different scales: standardize
+    species = np.array(["setosa", "versicolor", "virginica"])[y]
+    rows = ["width,species,height,depth"]
+    rows += [f"{a:.8g},{s},{b:.8g},{c:.8g}" for (a, b, c), s in zip(X, species, strict=True)]
+    (tmp_path / "iris.csv").write_text("\n".join(rows) + "\n")
+    train = run(
+        cli_env, "train", "--data", "iris.csv", "--label-column", "species", "--standardize",
+        "--solver", "sgd", "--epochs", "30", "--learning-rate", "0.1", "--batch-size", "16",
+        "--test-size", "0", "--alpha", "0", "--seed", "3", "--json", "--plot", "curves.png",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    summary = json.loads(train.stdout)
+    assert summary["n_train"] == 120 and summary["n_test"] == 0
+    assert summary["test_accuracy"] is None
+    assert summary["train_accuracy"] > 0.9
+    assert len(summary["history"]["train_accuracy"]) == summary["n_iter"]
+    if _has_matplotlib():
+        png_size((tmp_path / "curves.png").read_bytes())
+
+    # evaluate must apply the stored standardization: same rows, same accuracy.
+    evaluate = run(
+        cli_env, "evaluate", "--model", "model.npz", "--data", "iris.csv",
+        "--label-column", "species", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert evaluate.returncode == 0, evaluate.stderr
+    report = json.loads(evaluate.stdout)
+    assert report["classes"] == ["setosa", "versicolor", "virginica"]
+    assert report["accuracy"] == pytest.approx(summary["train_accuracy"])
+
+    # predict: features only (the label column dropped from a copy of the file).
+    features = ["width,height,depth"] + [f"{a:.8g},{b:.8g},{c:.8g}" for a, b, c in X]
+    (tmp_path / "new.csv").write_text("\n".join(features) + "\n")
+    predict = run(cli_env, "predict", "--model", "model.npz", "--data", "new.csv", cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr
+    predicted = predict.stdout.splitlines()
+    assert len(predicted) == 120 and set(predicted) <= set(species)
+    assert np.mean(np.array(predicted) == species) == pytest.approx(report["accuracy"])
+    same = run(
+        cli_env, "predict", "--model", "model.npz", "--data", "iris.csv",
+        "--label-column", "species", cwd=tmp_path,
+    )  # fmt: skip
+    assert same.stdout.splitlines() == predicted
+
+
+# ----------------------------------------------------------------------------- terminals
+
+
+def test_progress_bar_only_on_a_terminal_and_not_when_quiet(cli_env, tmp_path):
+    args = ["train", "--data", "synthetic:400,5,3", "--no-plot", "--max-iter", "30"]
+    code, stdout, stderr = run_tty(cli_env, *args, cwd=tmp_path)
+    assert code == 0, stderr
+    assert "training (lbfgs):" in stderr and "/30 [" in stderr  # tqdm's bar with its total
+    assert "test accuracy:" in stdout and "training (lbfgs)" not in stdout
+
+    code, stdout, stderr = run_tty(cli_env, *args, "--quiet", cwd=tmp_path)
+    assert code == 0
+    assert stderr == ""
+    assert "test accuracy:" in stdout
+
+
+def test_without_tqdm_and_matplotlib(cli_env, tmp_path):
+    hidden = hide_modules(tmp_path / "hidden", "tqdm", "matplotlib")
+    work = tmp_path / "work"
+    work.mkdir()
+    code, stdout, stderr = run_tty(
+        cli_env, "train", "--data", "synthetic:300,4,3", cwd=work, extra_path=hidden
+    )
+    assert code == 0, stderr
+    assert f"no progress bar: tqdm is not installed ({INSTALL_HINT})" in stderr
+    assert f"not writing training.png: matplotlib is not installed ({INSTALL_HINT})" in stderr
+    assert "plot written" not in stdout
+    assert sorted(p.name for p in work.iterdir()) == ["model.npz"]
+
+    explicit = run(cli_env, "train", "--plot", "p.png", cwd=work, extra_path=hidden)
+    assert_one_line_error(explicit, "--plot needs matplotlib", INSTALL_HINT)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.fixture
+def error_dir(tmp_path, digits_run, rng):
+    """A directory of good and bad inputs, with the default digits model as model.npz."""
+    shutil.copy(digits_run[0] / "model.npz", tmp_path / "model.npz")
+    (tmp_path / "ragged.csv").write_text("a,b,y\n1,2,0\n3,4\n")
+    (tmp_path / "word.csv").write_text("a,b,y\n1,2,0\n3,oops,1\n")
+    (tmp_path / "good.csv").write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    np.savetxt(tmp_path / "five.csv", rng.random((4, 5)), delimiter=",")
+    (tmp_path / "one-class.csv").write_text("1,2,0\n3,4,0\n5,6,0\n7,8,0\n9,9,0\n")
+    (tmp_path / "notes.npz").write_text("not a model, not even a zip file\n")
+    np.savez(tmp_path / "other.npz", X=np.zeros((2, 64)), y=np.zeros(2))
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "model.npz").read_bytes()[:2000])
+    return tmp_path
+
+
+ERRORS = {
+    "missing-data": (["train", "--data", "missing.csv"], "missing.csv: no such file or directory"),
+    "unknown-builtin": (["train", "--data", "mnist"], "built-in data: digits"),
+    "ragged-csv": (["train", "--data", "ragged.csv"], "line 3: expected 3 fields, found 2"),
+    "non-numeric-csv": (["train", "--data", "word.csv"], "column 'b': 'oops' is not a number"),
+    "unknown-label-column": (
+        ["train", "--data", "good.csv", "--label-column", "target"],
+        "unknown label column 'target' (columns: a, b, y)",
+    ),
+    "label-column-out-of-range": (
+        ["train", "--data", "good.csv", "--label-column", "9"],
+        "unknown label column 9",
+    ),
+    "bad-synthetic": (["train", "--data", "synthetic:10,2"], "bad synthetic data"),
+    "one-class": (
+        ["train", "--data", "one-class.csv", "--test-size", "0"],
+        "training data has only one class (0)",
+    ),
+    "negative-alpha": (["train", "--alpha", "-1"], "argument --alpha: expected a number >= 0"),
+    "bad-test-size": (["train", "--test-size", "1.5"], "argument --test-size"),
+    "zero-epochs": (["train", "--epochs", "0"], "argument --max-iter/--epochs"),
+    "bad-solver": (["train", "--solver", "newton"], "invalid choice: 'newton'"),
+    "bad-dtype": (["train", "--dtype", "int8"], "argument --dtype"),
+    "bad-threads": (["train", "--threads", "many"], "argument --threads"),
+    "no-output-dir": (["train", "--model-out", "nodir/m.npz"], "does not exist"),
+    "same-outputs": (["train", "--model-out", "x.npz", "--plot", "x.npz"], "the same file"),
+    "unknown-command": (["fit"], "invalid choice: 'fit'"),
+    "missing-model": (["evaluate", "--model", "nope.npz", "--data", "digits"], "no such model"),
+    "model-not-npz": (
+        ["evaluate", "--model", "notes.npz", "--data", "digits"],
+        "notes.npz: not a fastsoftmax model file",
+    ),
+    "model-from-other-tool": (
+        ["evaluate", "--model", "other.npz", "--data", "digits"],
+        "other.npz: not a fastsoftmax model file (no format marker)",
+    ),
+    "truncated-model": (
+        ["predict", "--model", "truncated.npz", "--data", "five.csv"],
+        "truncated.npz: not a readable fastsoftmax model file",
+    ),
+    "feature-mismatch-evaluate": (
+        ["evaluate", "--model", "model.npz", "--data", "five.csv", "--label-column", "4"],
+        "data five.csv has 4 features, the model expects 64",
+    ),
+    "feature-mismatch-predict": (
+        ["predict", "--model", "model.npz", "--data", "five.csv"],
+        "data five.csv has 5 features, the model expects 64",
+    ),
+    "evaluate-needs-model": (["evaluate", "--data", "digits"], "--model"),
+    "predict-no-output-dir": (
+        ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "nodir/p.csv"],
+        "does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_errors_are_one_line_with_status_2_and_write_nothing(cli_env, error_dir, case):
+    args, message = ERRORS[case]
+    before = sorted(p.name for p in error_dir.iterdir())
+    result = run(cli_env, *args, cwd=error_dir)
+    assert_one_line_error(result, message)
+    assert sorted(p.name for p in error_dir.iterdir()) == before  # no output, no temp files
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_help_has_examples(cli_env, tmp_path, command):
+    result = run(cli_env, command, "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: fastsoftmax {command}")
+    assert "examples:" in result.stdout and f"fastsoftmax {command} " in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("fastsoftmax") is None, reason="package not installed")
+def test_installed_console_script(tmp_path):
+    result = subprocess.run(
+        ["fastsoftmax", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "evaluate" in result.stdout and "predict" in result.stdout

@@ -1,0 +1,342 @@
+"""fastsoftmax.datasets: every format read from small files written here, and every bad input."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from fastsoftmax.datasets import (
+    DataError,
+    guess_format,
+    has_test_split,
+    load_csv,
+    load_dataset,
+    load_digits,
+    load_idx,
+    load_npz,
+    load_svmlight,
+    make_synthetic,
+    parse_synthetic,
+    read_idx,
+)
+
+DTYPES = [np.float32, np.float64]
+
+
+def idx_bytes(array: np.ndarray, type_code: int) -> bytes:
+    """An IDX file written byte by byte: 0, 0, type code, ndim, big-endian uint32 dims, data."""
+    header = bytes([0, 0, type_code, array.ndim])
+    for size in array.shape:
+        header += int(size).to_bytes(4, "big")
+    big_endian = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    return header + array.astype(big_endian[type_code]).tobytes()
+
+
+def write_mnist_like(directory, rng, *, split="train", n=12, gz=False, sep="-"):
+    """A tiny MNIST-style pair of files: n images of 3x4 uint8 pixels and their labels."""
+    images = rng.integers(0, 256, size=(n, 3, 4), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    prefix = "train" if split == "train" else "t10k"
+    suffix = ".gz" if gz else ""
+    opener = gzip.open if gz else open
+    with opener(directory / f"{prefix}-images{sep}idx3-ubyte{suffix}", "wb") as f:
+        f.write(idx_bytes(images, 0x08))
+    with opener(directory / f"{prefix}-labels{sep}idx1-ubyte{suffix}", "wb") as f:
+        f.write(idx_bytes(labels, 0x08))
+    return images, labels
+
+
+# ----------------------------------------------------------------------------- built-in data
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_digits(dtype):
+    X, y = load_digits(dtype=dtype)
+    assert X.shape == (1797, 64) and X.dtype == dtype
+    assert X.min() == 0.0 and X.max() == 1.0
+    assert y.dtype == np.int64 and set(np.unique(y)) == set(range(10))
+    data = load_dataset("digits", dtype=dtype, labels=False)
+    assert data.y is None and data.X.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_synthetic_shapes_dtype_and_determinism(dtype):
+    X, y = make_synthetic(500, 7, 4, seed=3, dtype=dtype)
+    assert X.shape == (500, 7) and X.dtype == dtype
+    assert y.shape == (500,) and y.dtype == np.int64
+    assert set(np.unique(y)) == {0, 1, 2, 3}
+    X2, y2 = make_synthetic(500, 7, 4, seed=3, dtype=dtype)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    X3, _ = make_synthetic(500, 7, 4, seed=4, dtype=dtype)
+    assert not np.array_equal(X, X3)
+
+
+def test_synthetic_is_learnable_and_seed_draws_fresh_samples_of_one_problem():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = make_synthetic(3000, 5, 3, seed=0)
+    X_new, y_new = make_synthetic(3000, 5, 3, seed=1)
+    model = LogisticRegression().fit(X, y)
+    # Bayes accuracy of this problem is about 0.9: far above chance (1/3), below 1.
+    assert 0.8 < model.score(X_new, y_new) < 0.99
+
+
+def test_synthetic_spec():
+    assert parse_synthetic("synthetic:100,5,3") == (100, 5, 3, 0)
+    assert parse_synthetic("synthetic:100,5,3,7") == (100, 5, 3, 7)
+    data = load_dataset("synthetic:50,4,3,1", dtype=np.float32)
+    assert data.X.shape == (50, 4) and data.X.dtype == np.float32
+    for bad in [
+        "synthetic:",
+        "synthetic:1,2",
+        "synthetic:a,b,c",
+        "synthetic:10,5,1",
+        "synthetic:0,5,3",
+    ]:
+        with pytest.raises(DataError, match="synthetic"):
+            parse_synthetic(bad)
+
+
+# ----------------------------------------------------------------------------- npz
+
+
+def test_npz_roundtrip(tmp_path, rng):
+    X = rng.standard_normal((6, 3))
+    y = np.array([0, 1, 2, 0, 1, 2])
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    X32, y_read = load_npz(tmp_path / "d.npz", dtype=np.float32)
+    assert X32.dtype == np.float32
+    np.testing.assert_array_equal(X32, X.astype(np.float32))
+    np.testing.assert_array_equal(y_read, y)
+    _, none = load_npz(tmp_path / "d.npz", labels=False)
+    assert none is None
+
+
+def test_npz_errors(tmp_path, rng):
+    np.savez(tmp_path / "noX.npz", features=rng.standard_normal((3, 2)))
+    with pytest.raises(DataError, match="no array 'X'.*features"):
+        load_npz(tmp_path / "noX.npz")
+    np.savez(tmp_path / "noy.npz", X=rng.standard_normal((3, 2)))
+    with pytest.raises(DataError, match="no array 'y'"):
+        load_npz(tmp_path / "noy.npz")
+    assert load_npz(tmp_path / "noy.npz", labels=False)[1] is None
+    np.savez(tmp_path / "bady.npz", X=rng.standard_normal((3, 2)), y=np.arange(4))
+    with pytest.raises(DataError, match=r"y must have shape \(3,\)"):
+        load_npz(tmp_path / "bady.npz")
+    np.savez(tmp_path / "obj.npz", X=np.array([[1, "a"]], dtype=object), y=np.arange(1))
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_npz(tmp_path / "obj.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(DataError, match="not an .npz file"):
+        load_npz(tmp_path / "text.npz")
+
+
+# ----------------------------------------------------------------------------- CSV / TSV
+
+
+def test_csv_with_header_and_label_column_by_name(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,label,b\n1,0,2\n3,1,4.5\n5,0,-6\n")
+    X, y = load_csv(path, label_column="label")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4.5], [5, -6]])
+    np.testing.assert_array_equal(y, [0, 1, 0])
+    assert y.dtype == np.int64
+    X_idx, y_idx = load_dataset(path, label_column=1, dtype=np.float32)[:2]
+    np.testing.assert_array_equal(X_idx, X.astype(np.float32))
+    np.testing.assert_array_equal(y_idx, y)
+
+
+def test_csv_without_header_default_last_column_and_string_labels(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("1,2,cat\n3,4,dog\n5,6,cat\n")
+    X, y = load_csv(path)
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(y, ["cat", "dog", "cat"])
+    X0, y0 = load_csv(path, label_column=-1)
+    np.testing.assert_array_equal(y0, y)
+
+
+def test_csv_header_with_string_labels(tmp_path):
+    path = tmp_path / "iris.csv"
+    path.write_text('x1,x2,species\n1.0,2.0,"setosa"\n3.0,4.0,virginica\n')
+    X, y = load_csv(path, label_column="species")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(y, ["setosa", "virginica"])
+
+
+def test_csv_features_only_and_dropped_column(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("1,2,3\n4,5,6\n")
+    X, y = load_csv(path, labels=False)
+    assert y is None
+    np.testing.assert_array_equal(X, [[1, 2, 3], [4, 5, 6]])
+    X, y = load_csv(path, labels=False, label_column=0)
+    assert y is None
+    np.testing.assert_array_equal(X, [[2, 3], [5, 6]])
+    single = tmp_path / "single.csv"
+    single.write_text("1,2,0\n")
+    X, y = load_csv(single)
+    assert X.shape == (1, 2) and y.tolist() == [0]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_tsv_and_gzip(tmp_path, gz):
+    text = "f1\tf2\ty\n0.5\t1\t2\n1.5\t2\t1\n"
+    path = tmp_path / ("d.tsv.gz" if gz else "d.tsv")
+    if gz:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    assert guess_format(path) == "tsv"
+    X, y, _ = load_dataset(path)
+    np.testing.assert_array_equal(X, [[0.5, 1], [1.5, 2]])
+    np.testing.assert_array_equal(y, [2, 1])
+
+
+def test_csv_errors(tmp_path):
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b,y\n1,2,0\n3,4,1\n5,1\n")
+    with pytest.raises(DataError, match="line 4: expected 3 fields, found 2"):
+        load_csv(ragged)
+    extra = tmp_path / "extra.csv"
+    extra.write_text("1,2,0\n3,4,5,1\n")
+    with pytest.raises(DataError, match="line 2: expected 3 fields, found 4"):
+        load_csv(extra)
+    word = tmp_path / "word.csv"
+    word.write_text("a,b,y\n1,2,0\n3,oops,1\n")
+    with pytest.raises(DataError, match="line 3, column 'b': 'oops' is not a number"):
+        load_csv(word)
+    with pytest.raises(DataError, match=r"unknown label column 'target' \(columns: a, b, y\)"):
+        load_csv(word, label_column="target")
+    with pytest.raises(DataError, match="unknown label column 7"):
+        load_csv(word, label_column=7)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty file"):
+        load_csv(empty)
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("a,b,y\n")
+    with pytest.raises(DataError, match="no data rows"):
+        load_csv(header_only)
+
+
+# ----------------------------------------------------------------------------- svmlight
+
+
+def test_svmlight(tmp_path):
+    path = tmp_path / "d.svm"
+    path.write_text("1 1:0.5 3:2\n0 2:1.5\n2 1:-1 2:1 3:1\n")
+    X, y = load_svmlight(path, dtype=np.float32)
+    assert X.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(X, [[0.5, 0, 2], [0, 1.5, 0], [-1, 1, 1]])
+    np.testing.assert_array_equal(y, [1, 0, 2])
+    X5, _, _ = load_dataset(path, n_features=5)
+    assert X5.shape == (3, 5)
+    bad = tmp_path / "bad.libsvm"
+    bad.write_text("1 1:0.5 nonsense\n")
+    with pytest.raises(DataError, match="not a readable svmlight"):
+        load_dataset(bad)
+
+
+# ----------------------------------------------------------------------------- IDX
+
+
+@pytest.mark.parametrize(
+    ("type_code", "values"),
+    [
+        (0x08, np.array([0, 7, 255], dtype=np.uint8)),
+        (0x09, np.array([-128, 0, 127], dtype=np.int8)),
+        (0x0B, np.array([-300, 2, 30000], dtype=np.int16)),
+        (0x0C, np.array([-(2**31), 1, 2**31 - 1], dtype=np.int32)),
+        (0x0D, np.array([-1.5, 0.25, 3e38], dtype=np.float32)),
+        (0x0E, np.array([-1e300, 0.1, np.pi], dtype=np.float64)),
+    ],
+)
+def test_read_idx_every_type(tmp_path, type_code, values):
+    array = np.stack([values, values[::-1]])
+    path = tmp_path / "x.idx"
+    path.write_bytes(idx_bytes(array, type_code))
+    read = read_idx(path)
+    assert read.shape == (2, 3) and read.dtype == values.dtype and read.dtype.isnative
+    np.testing.assert_array_equal(read, array)
+
+
+def test_read_idx_errors(tmp_path, rng):
+    images = rng.integers(0, 256, size=(4, 2, 2), dtype=np.uint8)
+    data = idx_bytes(images, 0x08)
+    for name, content, message in [
+        ("truncated", data[:-1], "truncated IDX file"),
+        ("header", data[:6], "truncated IDX header"),
+        ("magic", b"\x01" + data[1:], "bad magic number"),
+        ("type", data[:2] + b"\x42" + data[3:], "bad magic number"),
+        ("trailing", data + b"\x00", "1 unexpected bytes"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=message):
+            read_idx(tmp_path / name)
+    (tmp_path / "fake.gz").write_bytes(data)
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(tmp_path / "fake.gz")
+
+
+@pytest.mark.parametrize(("gz", "sep"), [(False, "-"), (True, "-"), (False, ".")])
+def test_idx_directory(tmp_path, rng, gz, sep):
+    images, labels = write_mnist_like(tmp_path, rng, gz=gz, sep=sep)
+    assert not has_test_split(tmp_path)
+    test_images, test_labels = write_mnist_like(tmp_path, rng, split="test", n=5, gz=gz, sep=sep)
+    assert has_test_split(tmp_path)
+    assert guess_format(tmp_path) == "idx"
+    X, y, _ = load_dataset(tmp_path, dtype=np.float32)
+    assert X.shape == (12, 12) and X.dtype == np.float32
+    np.testing.assert_array_equal(X, images.reshape(12, 12).astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(y, labels)
+    X_test, y_test = load_idx(tmp_path, split="test")
+    np.testing.assert_array_equal(X_test, test_images.reshape(5, 12) / 255.0)
+    np.testing.assert_array_equal(y_test, test_labels)
+    # One images file names its labels file.
+    images_file = next(tmp_path.glob("train-images*"))
+    X_file, y_file, _ = load_dataset(images_file)
+    np.testing.assert_array_equal(y_file, labels)
+
+
+def test_idx_directory_errors(tmp_path, rng):
+    with pytest.raises(DataError, match="no train IDX files"):
+        load_idx(tmp_path)
+    write_mnist_like(tmp_path, rng)
+    with pytest.raises(DataError, match="no test IDX files"):
+        load_idx(tmp_path, split="test")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8), 0x08))
+    with pytest.raises(DataError, match="3 labels for 12 images"):
+        load_idx(tmp_path)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def test_guess_format_and_missing_files(tmp_path):
+    assert guess_format("a.npz") == "npz"
+    assert guess_format("a.CSV") == "csv"
+    assert guess_format("a.csv.gz") == "csv"
+    assert guess_format("a.libsvm") == "svmlight"
+    assert guess_format("t10k-images-idx3-ubyte.gz") == "idx"
+    with pytest.raises(DataError, match="cannot tell the format"):
+        guess_format("a.parquet")
+    with pytest.raises(DataError, match="no such file or directory"):
+        load_dataset(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match="built-in data: digits"):
+        load_dataset("digitz")
+    with pytest.raises(DataError, match="unknown format"):
+        load_dataset("digits", fmt="xls")
+    with pytest.raises(DataError, match="float32 or float64"):
+        load_dataset("digits", dtype=np.int32)
+
+
+def test_explicit_format_overrides_the_name(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("1,2,0\n3,4,1\n")
+    with pytest.raises(DataError, match="cannot tell the format"):
+        load_dataset(path)
+    X, y, _ = load_dataset(path, fmt="csv")
+    np.testing.assert_array_equal(y, [0, 1])

@@ -1,0 +1,548 @@
+"""SoftmaxRegression: the textbook recipe, scikit-learn's optimum, the API, the contracts."""
+
+import pickle
+import warnings
+
+import numba
+import numpy as np
+import pytest
+from conftest import assert_close
+from sklearn.datasets import load_digits, load_iris, load_wine
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
+from threadpoolctl import threadpool_info
+
+import reference
+from fastsoftmax import functional as F
+from fastsoftmax.estimator import SoftmaxRegression
+
+DTYPES = [np.float64, np.float32]
+LOADERS = {"iris": load_iris, "wine": load_wine, "digits": load_digits}
+
+
+def standardized(name):
+    X, y = LOADERS[name](return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def objective(X, y, W, b, alpha, sample_weight=None, label_smoothing=0.0):
+    """The estimator's objective, evaluated in float64 by the reference."""
+    loss, _, _ = reference.linear_cross_entropy(
+        np.asarray(X, np.float64),
+        np.asarray(W, np.float64),
+        np.asarray(b, np.float64),
+        y,
+        sample_weight=sample_weight,
+        label_smoothing=label_smoothing,
+        alpha=alpha,
+    )
+    return loss
+
+
+def record_iterates(history):
+    """A callback that stores a copy of the solution after every iteration."""
+
+    def callback(iteration, est):
+        history.append((iteration, est.coef_.copy(), est.intercept_.copy(), list(est.loss_curve_)))
+
+    return callback
+
+
+# ---------------------------------------------------------------- the textbook recipe
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_gd_follows_textbook_reference_step_for_step(rng, dtype, fit_intercept, weighted):
+    X, y = standardized("iris")
+    X = X.astype(dtype)
+    sample_weight = rng.uniform(0.5, 2.0, len(y)) if weighted else None
+    coef0 = rng.normal(0, 0.01, (3, X.shape[1]))  # D2L's initialization
+    intercept0 = rng.normal(0, 0.01, 3) if fit_intercept else None
+    params = {"learning_rate": 0.5, "alpha": 1e-2, "fit_intercept": fit_intercept}
+    n_steps = 12
+
+    history = []
+    est = SoftmaxRegression(solver="gd", max_iter=n_steps, tol=None,
+                            callback=record_iterates(history), **params)
+    est.fit(X, y, sample_weight, coef_init=coef0, intercept_init=intercept0)
+    assert [h[0] for h in history] == list(range(1, n_steps + 1))
+
+    for step, coef, intercept, _ in history:
+        ref = reference.SoftmaxRegression(max_iter=step, **params)
+        ref.fit(X, y, sample_weight, coef_init=coef0, intercept_init=intercept0)
+        assert coef.dtype == ref.coef_.dtype == dtype
+        assert_close(coef, ref.coef_, dtype)
+        assert_close(intercept, ref.intercept_, dtype)
+    assert_close(est.loss_curve_, ref.loss_curve_, dtype)
+    assert est.n_iter_ == n_steps
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_sgd_is_the_minibatch_recipe(rng, shuffle):
+    """Batches of batch_size from a fresh permutation each epoch, one step per batch."""
+    X = rng.normal(size=(70, 5))
+    y = rng.integers(0, 4, 70)
+    lr, batch, epochs, alpha, seed = 0.3, 16, 3, 1e-3, 7
+    est = SoftmaxRegression(solver="sgd", learning_rate=lr, batch_size=batch, max_iter=epochs,
+                            tol=None, alpha=alpha, shuffle=shuffle, random_state=seed).fit(X, y)
+
+    W, b = np.zeros((4, 5)), np.zeros(4)
+    perms = np.random.RandomState(seed)
+    epoch_losses = []
+    for _ in range(epochs):
+        order = perms.permutation(len(y)) if shuffle else np.arange(len(y))
+        total = 0.0
+        for start in range(0, len(y), batch):
+            rows = order[start:start + batch]
+            loss, dW, db = reference.linear_cross_entropy(X[rows], W, b, y[rows], alpha=alpha)
+            W, b = W - lr * dW, b - lr * db
+            total += loss * len(rows)
+        epoch_losses.append(total / len(y))
+    assert_close(est.coef_, W)
+    assert_close(est.intercept_, b)
+    assert_close(est.loss_curve_, epoch_losses)
+
+
+# ---------------------------------------------------------------- scikit-learn's optimum
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["iris", "wine", "digits"])
+def test_lbfgs_reaches_logistic_regression_optimum(name, dtype):
+    X, y = standardized(name)
+    C = 1.0
+    alpha = 1.0 / (C * len(y))
+    sk = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    tol = 1e-8 if dtype == np.float64 else 1e-5
+    est = SoftmaxRegression(alpha=alpha, tol=tol, max_iter=10_000).fit(X.astype(dtype), y)
+
+    assert est.coef_.dtype == est.intercept_.dtype == dtype
+    f_sk = objective(X, y, sk.coef_, sk.intercept_, alpha)
+    f_est = objective(X, y, est.coef_, est.intercept_, alpha)
+    # float64: 1e-7 relative; float32: 1e-4 relative (the issue's acceptance bounds)
+    bound = 1e-7 if dtype == np.float64 else 1e-4
+    assert f_est <= f_sk * (1 + bound)
+    assert f_sk <= f_est * (1 + bound)  # the same optimum, not a different one
+    np.testing.assert_array_equal(est.predict(X), sk.predict(X))
+
+
+def test_lbfgs_sample_weight_matches_logistic_regression(rng):
+    X, y = standardized("wine")
+    sample_weight = rng.uniform(0.1, 3.0, len(y))
+    C = 0.5
+    alpha = 1.0 / (C * sample_weight.sum())
+    sk = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y, sample_weight)
+    est = SoftmaxRegression(alpha=alpha, tol=1e-8, max_iter=10_000).fit(X, y, sample_weight)
+    f_sk = objective(X, y, sk.coef_, sk.intercept_, alpha, sample_weight)
+    f_est = objective(X, y, est.coef_, est.intercept_, alpha, sample_weight)
+    assert abs(f_est - f_sk) <= 1e-7 * f_sk
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_lbfgs_solution_is_stationary(label_smoothing, fit_intercept):
+    X, y = standardized("iris")
+    alpha = 1e-2
+    est = SoftmaxRegression(alpha=alpha, tol=1e-9, max_iter=1000, fit_intercept=fit_intercept,
+                            label_smoothing=label_smoothing).fit(X, y)
+    b = est.intercept_ if fit_intercept else None
+    _, dW, db = reference.linear_cross_entropy(X, est.coef_, b, y, alpha=alpha,
+                                               label_smoothing=label_smoothing)
+    # the gradient starts near 0.3; ftol = 64 eps may stop L-BFGS-B just before tol=1e-9
+    assert np.abs(dW).max() <= 1e-6
+    if fit_intercept:
+        assert np.abs(db).max() <= 1e-6
+    else:
+        np.testing.assert_array_equal(est.intercept_, np.zeros(3))
+
+
+# ---------------------------------------------------------------- sgd, partial_fit
+
+
+def test_sgd_matches_lbfgs_accuracy_on_digits():
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0)
+    scaler = StandardScaler().fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    alpha = 1e-3
+    lbfgs = SoftmaxRegression(alpha=alpha, max_iter=1000).fit(X_train, y_train)
+    sgd = SoftmaxRegression(solver="sgd", alpha=alpha, batch_size=32, learning_rate=0.1,
+                            max_iter=30, tol=None, random_state=0).fit(X_train, y_train)
+    assert sgd.score(X_test, y_test) >= lbfgs.score(X_test, y_test) - 0.01
+    assert sgd.loss_curve_[-1] < sgd.loss_curve_[0]
+
+
+def test_partial_fit_over_chunks_approaches_fit():
+    X, y = standardized("digits")
+    alpha, lr, batch, passes = 1e-3, 0.1, 32, 10
+    full = SoftmaxRegression(alpha=alpha, tol=1e-8, max_iter=1000).fit(X, y)
+    f_opt = objective(X, y, full.coef_, full.intercept_, alpha)
+
+    est = SoftmaxRegression(alpha=alpha, batch_size=batch, learning_rate=lr, random_state=0)
+    chunks = np.array_split(np.arange(len(y)), 6)
+    gaps = []
+    for _ in range(passes):
+        for chunk in chunks:
+            est.partial_fit(X[chunk], y[chunk], classes=np.arange(10))
+        gaps.append(objective(X, y, est.coef_, est.intercept_, alpha) - f_opt)
+    assert est.n_iter_ == 6 * passes and len(est.loss_curve_) == 6 * passes
+    assert np.all(np.diff(gaps) < 0)
+    assert gaps[-1] < 0.2 * gaps[0]
+    # as close to the optimum as fit(solver="sgd") gets with the same number of passes
+    sgd = SoftmaxRegression(solver="sgd", alpha=alpha, batch_size=batch, learning_rate=lr,
+                            max_iter=passes, tol=None, random_state=0).fit(X, y)
+    assert gaps[-1] < 1.25 * (objective(X, y, sgd.coef_, sgd.intercept_, alpha) - f_opt)
+    assert np.mean(est.predict(X) == full.predict(X)) > 0.97
+
+
+def test_partial_fit_continues_from_fit(rng):
+    X, y = standardized("iris")
+    est = SoftmaxRegression(alpha=1e-2, random_state=0).fit(X, y)
+    coef, n_iter = est.coef_.copy(), est.n_iter_
+    est.partial_fit(X, y)
+    assert est.n_iter_ == len(est.loss_curve_) == n_iter + 1  # fit's iterations plus one epoch
+    # one small SGD epoch from the optimum stays near it
+    assert np.abs(est.coef_ - coef).max() < 0.1 * np.abs(coef).max()
+
+
+def test_partial_fit_errors():
+    X, y = standardized("iris")
+    est = SoftmaxRegression()
+    with pytest.raises(ValueError, match="classes must be passed"):
+        est.partial_fit(X, y)
+    est.partial_fit(X[y < 2], y[y < 2], classes=[0, 1, 2])
+    np.testing.assert_array_equal(est.classes_, [0, 1, 2])
+    with pytest.raises(ValueError, match="not in classes"):
+        est.partial_fit(X, y + 1)
+    with pytest.raises(ValueError, match="differs from the classes"):
+        est.partial_fit(X, y, classes=[0, 1])
+    with pytest.raises(ValueError, match="balanced"):
+        SoftmaxRegression(class_weight="balanced").partial_fit(X, y, classes=[0, 1, 2])
+
+
+# ---------------------------------------------------------------- dtype and memory
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd", "gd"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dtype_is_kept_and_X_is_not_copied(monkeypatch, solver, dtype):
+    X, y = standardized("iris")
+    X = np.asarray(X, dtype=dtype)
+    X.flags.writeable = False  # read-only input works and is never written
+    seen = []
+    original = F.linear_cross_entropy
+
+    def spy(X_arg, *args, **kwargs):
+        seen.append((X_arg.dtype, np.shares_memory(X_arg, X), args[0].dtype))
+        return original(X_arg, *args, **kwargs)
+
+    monkeypatch.setattr(F, "linear_cross_entropy", spy)
+    est = SoftmaxRegression(solver=solver, tol=None if solver != "lbfgs" else 1e-4, max_iter=5,
+                            batch_size=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert seen
+    assert all(x_dtype == dtype and w_dtype == dtype for x_dtype, _, w_dtype in seen)
+    if solver != "sgd":  # sgd gathers shuffled batches into its buffer by design
+        assert all(shared for _, shared, _ in seen)
+    assert est.coef_.dtype == est.intercept_.dtype == dtype
+    assert est.predict_proba(X).dtype == dtype
+    assert est.predict_log_proba(X).dtype == dtype
+    assert est.decision_function(X).dtype == dtype
+
+
+def test_other_dtypes_train_in_float64():
+    X, y = load_iris(return_X_y=True)
+    est = SoftmaxRegression(max_iter=500).fit((X * 10).astype(np.int64), y)
+    assert est.coef_.dtype == np.float64
+
+
+# ---------------------------------------------------------------- predictions
+
+
+def test_predictions_match_reference(rng):
+    X, y = standardized("wine")
+    est = SoftmaxRegression(alpha=1e-2).fit(X, y)
+    P = est.predict_proba(X)
+    assert_close(P, reference.linear_softmax(X, est.coef_, est.intercept_))
+    Z = X @ est.coef_.T + est.intercept_
+    assert_close(est.decision_function(X), Z)
+    assert_close(est.predict_log_proba(X), reference.log_softmax(Z))
+    np.testing.assert_array_equal(est.predict(X), est.classes_[P.argmax(axis=1)])
+    assert est.score(X, y) == np.mean(est.predict(X) == y)
+
+
+def test_predict_log_proba_is_finite_where_proba_underflows():
+    est = SoftmaxRegression().fit([[-1.0], [1.0]], [0, 1])
+    est.coef_ = np.array([[-1000.0], [1000.0]])
+    est.intercept_ = np.zeros(2)
+    X = np.array([[1.0], [-1.0]])
+    assert est.predict_proba(X)[0, 0] == 0.0
+    log_proba = est.predict_log_proba(X)
+    assert np.all(np.isfinite(log_proba))
+    assert_close(log_proba, [[-2000.0, 0.0], [0.0, -2000.0]])
+
+
+def test_binary_decision_function_is_one_dimensional(rng):
+    X = rng.normal(size=(40, 3))
+    y = np.where(X[:, 0] > 0, "yes", "no")
+    est = SoftmaxRegression().fit(X, y)
+    d = est.decision_function(X)
+    assert d.shape == (40,)
+    np.testing.assert_array_equal(est.predict(X), est.classes_[(d > 0).astype(int)])
+    assert est.coef_.shape == (2, 3)
+
+
+@pytest.mark.parametrize("labels", [["cat", "dog", "emu"], [-5, 3, 100]], ids=["str", "int"])
+def test_any_labels(labels):
+    X, y = standardized("iris")
+    y_labels = np.asarray(labels)[y]
+    est = SoftmaxRegression().fit(X, y_labels)
+    np.testing.assert_array_equal(est.classes_, np.sort(labels))
+    assert est.score(X, y_labels) > 0.95
+
+
+def test_feature_names_in_from_a_dataframe():
+    pd = pytest.importorskip("pandas")
+    X, y = standardized("iris")
+    names = ["sepal_len", "sepal_wid", "petal_len", "petal_wid"]
+    est = SoftmaxRegression().fit(pd.DataFrame(X, columns=names), y)
+    np.testing.assert_array_equal(est.feature_names_in_, names)
+    assert est.n_features_in_ == 4
+    with pytest.raises(ValueError, match="feature names"):
+        est.predict(pd.DataFrame(X, columns=names[::-1]))
+
+
+def test_unfitted_raises():
+    with pytest.raises(NotFittedError):
+        SoftmaxRegression().predict(np.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------- sklearn workflow
+
+
+def test_pipeline_grid_search_and_cross_val_score():
+    X, y = load_iris(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), SoftmaxRegression())
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.85
+    search = GridSearchCV(pipe, {"softmaxregression__alpha": [1e-3, 1e-1, 10.0]}, cv=3).fit(X, y)
+    assert search.best_params_["softmaxregression__alpha"] in (1e-3, 1e-1)
+    assert search.best_score_ > 0.9
+    # a huge penalty shrinks the coefficients towards zero
+    strong = search.best_estimator_.set_params(softmaxregression__alpha=1e3).fit(X, y)
+    assert np.abs(strong[-1].coef_).max() < 1e-2
+
+
+def test_warm_start_continues_exactly_for_gd():
+    X, y = standardized("wine")
+    params = {"solver": "gd", "tol": None, "learning_rate": 0.3}
+    once = SoftmaxRegression(max_iter=20, **params).fit(X, y)
+    twice = SoftmaxRegression(max_iter=10, warm_start=True, **params).fit(X, y)
+    first_curve = twice.loss_curve_
+    twice.fit(X, y)
+    assert_close(twice.coef_, once.coef_)
+    assert_close(twice.intercept_, once.intercept_)
+    assert_close(first_curve + twice.loss_curve_, once.loss_curve_)
+    assert twice.n_iter_ == 10
+
+
+def test_warm_start_lbfgs_starts_at_the_optimum():
+    X, y = standardized("wine")
+    est = SoftmaxRegression(warm_start=True, tol=1e-6, max_iter=1000).fit(X, y)
+    cold_iters = est.n_iter_
+    coef = est.coef_.copy()
+    est.fit(X, y)
+    assert est.n_iter_ <= 2 < cold_iters
+    assert_close(est.coef_, coef, scale=1e4)  # ~1e-6 relative
+    cold = SoftmaxRegression(warm_start=False, tol=1e-6, max_iter=1000).fit(X, y)
+    assert cold.n_iter_ == cold_iters
+
+
+def test_class_weight_balanced_equals_sample_weight():
+    X, y = standardized("wine")
+    keep = np.r_[np.flatnonzero(y == 0), np.flatnonzero(y == 1)[:20], np.flatnonzero(y == 2)]
+    X, y = X[keep], y[keep]
+    balanced = SoftmaxRegression(class_weight="balanced", tol=1e-8).fit(X, y)
+    weighted = SoftmaxRegression(tol=1e-8).fit(X, y, compute_sample_weight("balanced", y))
+    assert_close(balanced.coef_, weighted.coef_)
+    assert_close(balanced.intercept_, weighted.intercept_)
+
+
+def test_class_weight_dict_multiplies_sample_weight(rng):
+    X, y = standardized("iris")
+    sample_weight = rng.uniform(0.5, 1.5, len(y))
+    class_weight = {0: 2.0, 1: 0.5, 2: 1.0}
+    a = SoftmaxRegression(class_weight=class_weight, tol=1e-8).fit(X, y, sample_weight)
+    b = SoftmaxRegression(tol=1e-8).fit(
+        X, y, sample_weight * np.array([2.0, 0.5, 1.0])[y]
+    )
+    assert_close(a.coef_, b.coef_)
+
+
+# ---------------------------------------------------------------- callback, warnings, pickle
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd", "gd"])
+def test_callback_sees_current_solution_and_can_stop(solver):
+    X, y = standardized("iris")
+    calls = []
+
+    def callback(iteration, est):
+        calls.append(iteration)
+        assert len(est.loss_curve_) == iteration == est.n_iter_
+        assert est.coef_.shape == (3, 4) and list(est.classes_) == [0, 1, 2]
+        assert_close(est.predict_proba(X),
+                     reference.linear_softmax(X, est.coef_, est.intercept_))
+        est.score(X, y)
+        return iteration == 3
+
+    est = SoftmaxRegression(solver=solver, max_iter=50, tol=1e-12, callback=callback,
+                            batch_size=32, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stopping through the callback does not warn
+        est.fit(X, y)
+    assert calls == [1, 2, 3]
+    assert est.n_iter_ == 3 and len(est.loss_curve_) == 3
+
+
+def test_callback_in_partial_fit_counts_epochs():
+    X, y = standardized("iris")
+    calls = []
+    est = SoftmaxRegression(callback=lambda i, e: calls.append((i, len(e.loss_curve_))))
+    for _ in range(3):
+        est.partial_fit(X, y, classes=[0, 1, 2])
+    assert calls == [(1, 1), (2, 2), (3, 3)]
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd", "gd"])
+def test_convergence_warning_when_max_iter_is_reached(solver):
+    X, y = standardized("digits")
+    est = SoftmaxRegression(solver=solver, max_iter=2, tol=1e-10, alpha=0.0, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        est.fit(X, y)
+    assert est.n_iter_ == 2
+
+
+def test_tol_none_runs_max_iter_without_warning():
+    X, y = standardized("digits")
+    est = SoftmaxRegression(solver="sgd", max_iter=3, tol=None, random_state=0).fit(X, y)
+    assert est.n_iter_ == 3 and len(est.loss_curve_) == 3
+
+
+def test_loss_curve_decreases_and_lbfgs_records_objective():
+    X, y = standardized("wine")
+    est = SoftmaxRegression(alpha=1e-2, tol=1e-8).fit(X, y)
+    curve = np.asarray(est.loss_curve_)
+    assert len(curve) == est.n_iter_
+    assert np.all(np.diff(curve) <= 1e-12)
+    assert curve[-1] == pytest.approx(objective(X, y, est.coef_, est.intercept_, 1e-2), rel=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pickle_round_trip(solver, dtype):
+    X, y = standardized("digits")
+    X = X.astype(dtype)
+    est = SoftmaxRegression(solver=solver, tol=None if solver == "sgd" else 1e-4, max_iter=20,
+                            random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    clone = pickle.loads(pickle.dumps(est))
+    for method in ["predict", "predict_proba", "predict_log_proba", "decision_function"]:
+        np.testing.assert_array_equal(getattr(clone, method)(X), getattr(est, method)(X))
+    clone.partial_fit(X, y)
+    est.partial_fit(X, y)  # the shuffling state travels too
+    np.testing.assert_array_equal(clone.coef_, est.coef_)
+
+
+def test_sgd_is_reproducible_with_random_state():
+    X, y = standardized("iris")
+    params = {"solver": "sgd", "batch_size": 16, "max_iter": 3, "tol": None}
+    a = SoftmaxRegression(random_state=1, **params).fit(X, y)
+    b = SoftmaxRegression(random_state=1, **params).fit(X, y)
+    c = SoftmaxRegression(random_state=2, **params).fit(X, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert not np.array_equal(a.coef_, c.coef_)
+
+
+# ---------------------------------------------------------------- threads and parameters
+
+
+def _blas_threads():
+    return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd"])
+def test_n_jobs_sets_threads_during_fit_and_restores_them(solver):
+    X, y = standardized("iris")
+    before = (numba.get_num_threads(), _blas_threads())
+    during = []
+
+    def callback(iteration, est):
+        during.append((numba.get_num_threads(), _blas_threads()))
+        return True
+
+    SoftmaxRegression(solver=solver, n_jobs=1, callback=callback).fit(X, y)
+    assert during == [(1, [1])]
+    assert (numba.get_num_threads(), _blas_threads()) == before
+
+
+def test_thread_counts_are_restored_after_an_error():
+    before = (numba.get_num_threads(), _blas_threads())
+    with pytest.raises(ValueError):
+        SoftmaxRegression(n_jobs=1).fit(np.zeros((3, 2)), [0, 1, 0], sample_weight=[1, -1, 1])
+
+    def failing(iteration, est):
+        raise RuntimeError("boom")
+
+    X, y = standardized("iris")
+    with pytest.raises(RuntimeError, match="boom"):
+        SoftmaxRegression(n_jobs=1, callback=failing).fit(X, y)
+    assert (numba.get_num_threads(), _blas_threads()) == before
+
+
+def test_n_jobs_gives_the_same_model(rng):
+    X, y = standardized("digits")
+    one = SoftmaxRegression(n_jobs=1).fit(X, y)
+    all_ = SoftmaxRegression(n_jobs=-1).fit(X, y)
+    assert_close(one.coef_, all_.coef_)
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({"solver": "newton"}, ValueError),
+        ({"alpha": -1.0}, ValueError),
+        ({"learning_rate": 0.0}, ValueError),
+        ({"label_smoothing": 1.0}, ValueError),
+        ({"max_iter": 0}, ValueError),
+        ({"batch_size": 2.5}, TypeError),
+        ({"tol": None}, ValueError),  # lbfgs needs a tol
+        ({"n_jobs": 0}, ValueError),
+        ({"class_weight": "uniform"}, ValueError),
+        ({"callback": 3}, TypeError),
+    ],
+)
+def test_bad_parameters_raise(params, error):
+    X, y = standardized("iris")
+    with pytest.raises(error):
+        SoftmaxRegression(**params).fit(X, y)
+
+
+def test_bad_fit_inputs_raise():
+    X, y = standardized("iris")
+    with pytest.raises(ValueError, match="2 classes"):
+        SoftmaxRegression().fit(X, np.zeros(len(y)))
+    with pytest.raises(ValueError, match="non-negative"):
+        SoftmaxRegression().fit(X, y, sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError, match="coef_init"):
+        SoftmaxRegression().fit(X, y, coef_init=np.zeros((2, 4)))
