@@ -1,39 +1,340 @@
-"""Shared pieces of the benchmark suite: problem shapes, data, and the peers' implementations.
+"""Shared pieces of the benchmark suite: problem shapes, data, cost model, memory probe.
 
 By default the suite runs small shapes (a smoke test for CI: `pytest bench --benchmark-disable`).
 Set FASTSOFTMAX_BENCH_FULL=1 for the large N x d x K problems the README reports.
+
+Every timed case goes through `run_case`, which gives it one benchmark group per operation and
+shape (`"<op> n=...-d=...-k=...-<dtype>"`), warms it up, times it, and records in `extra_info` what
+the report needs (operation, implementation, shape, dtype, nominal flops and bytes, peak extra
+memory). The implementations themselves live in `_impls.py`, so the timed run and the memory probe
+(`_peakmem.py`, run in a fresh subprocess) build exactly the same callables.
 """
 
+from __future__ import annotations
+
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 FULL = os.environ.get("FASTSOFTMAX_BENCH_FULL", "") not in ("", "0")
+# Peak memory of every case is measured in a fresh subprocess when the benchmark is timed (not under
+# --benchmark-disable). FASTSOFTMAX_BENCH_MEMORY=0 turns it off to save time.
+MEASURE_MEMORY = os.environ.get("FASTSOFTMAX_BENCH_MEMORY", "1") not in ("", "0")
 
-LINEAR_SHAPES = (
-    [(60000, 784, 10), (100000, 256, 100), (20000, 512, 1000)]
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+
+# (N, d, K): MNIST-sized, many samples, 100 and 1000 classes, a language-model-sized head.
+SHAPES = (
+    [
+        (60000, 784, 10),
+        (1000000, 128, 10),
+        (100000, 256, 100),
+        (20000, 512, 1000),
+        (4096, 1024, 32000),
+    ]
     if FULL
     else [(2000, 64, 10), (1000, 32, 100)]
 )
 DTYPES = [np.float32, np.float64]
+CASES = [(s, dt) for s in SHAPES for dt in DTYPES]
+
+LINEAR_OPS = ("linear_cross_entropy", "linear_cross_entropy+dX", "linear_softmax")
+ELEMENTWISE_OPS = ("softmax", "cross_entropy_grad")
+OPERATIONS = LINEAR_OPS + ELEMENTWISE_OPS
+IMPLEMENTATIONS = ("floor", "fastsoftmax", "reference", "scikit-learn", "torch")
 
 
-def shape_id(shape, dtype):
+def shape_id(shape, dtype, op: str | None = None) -> str:
+    """`n=...-d=...-k=...-float32`; the elementwise operations never see d, so it is left out."""
     n, d, k = shape
-    return f"n={n}-d={d}-k={k}-{np.dtype(dtype).name}"
+    dims = f"n={n}-k={k}" if op in ELEMENTWISE_OPS else f"n={n}-d={d}-k={k}"
+    return f"{dims}-{np.dtype(dtype).name}"
 
 
 def make_problem(shape, dtype, seed=0):
+    """X (N, d), W (K, d), b (K,), y (N,) int64, generated directly in `dtype` (no float64 copy)."""
     n, d, k = shape
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d), dtype=np.float64).astype(dtype)
-    W = (rng.standard_normal((k, d)) / np.sqrt(d)).astype(dtype)
-    b = (0.1 * rng.standard_normal(k)).astype(dtype)
+    X = rng.standard_normal((n, d), dtype=dtype)
+    W = (rng.standard_normal((k, d), dtype=dtype) / dtype(np.sqrt(d))).astype(dtype)
+    b = (0.1 * rng.standard_normal(k, dtype=dtype)).astype(dtype)
     y = rng.integers(0, k, size=n)
     return X, W, b, y
 
 
+def make_logits(shape, dtype, seed=0):
+    """Logits Z (N, K) of the size a trained linear layer gives (standard deviation 3), labels y."""
+    n, _, k = shape
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((n, k), dtype=dtype)
+    Z *= dtype(3.0)
+    y = rng.integers(0, k, size=n)
+    return Z, y
+
+
+def make_data(op: str, shape, dtype, seed=0) -> dict:
+    if op in ELEMENTWISE_OPS:
+        Z, y = make_logits(shape, dtype, seed)
+        return {"Z": Z, "y": y}
+    X, W, b, y = make_problem(shape, dtype, seed)
+    return {"X": X, "W": W, "b": b, "y": y}
+
+
+def data_bytes(op: str, shape, dtype) -> int:
+    n, d, k = shape
+    item = np.dtype(dtype).itemsize
+    if op in ELEMENTWISE_OPS:
+        return n * k * item + n * 8
+    return (n * d + k * d + k) * item + n * 8
+
+
 def import_torch():
-    """PyTorch, or a skip with the reason (it is an optional benchmark dependency)."""
-    return pytest.importorskip("torch", reason="PyTorch CPU is optional: pip install '.[bench]'")
+    """PyTorch with one thread per core, or a skip with the reason (an optional dependency)."""
+    torch = pytest.importorskip("torch", reason="PyTorch CPU is optional: pip install '.[bench]'")
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost model: the same nominal counts for every implementation, so throughputs compare directly.
+# --------------------------------------------------------------------------------------------------
+
+GEMMS = {"linear_cross_entropy": 2, "linear_cross_entropy+dX": 3, "linear_softmax": 1}
+
+
+def nominal_cost(op: str, shape, dtype) -> dict:
+    """Useful flops (2NdK per matrix product) for the linear operations; for the elementwise ones,
+    the bytes of one read and one write of the N x K array (their floor)."""
+    n, d, k = shape
+    item = np.dtype(dtype).itemsize
+    if op in ELEMENTWISE_OPS:
+        return {"flops": None, "bytes": 2 * n * k * item}
+    return {"flops": 2 * n * d * k * GEMMS[op], "bytes": None}
+
+
+# Peak extra memory, outputs included, in N x K float64 arrays, as the probe measured it at
+# n=20000, d=256, k=1000 float64 (see bench/_peakmem.py), rounded up. Used only to skip, with the
+# reason, the cases that would not fit in this machine's memory. The floor counts its preallocated
+# outputs; fastsoftmax's linear layer holds at most a 64 MB tile of logits.
+_NK_ARRAYS = {
+    "floor": dict(linear_cross_entropy=1, linear_softmax=1, softmax=1, cross_entropy_grad=1),
+    "fastsoftmax": dict(linear_softmax=1.5, softmax=1, cross_entropy_grad=1),
+    "reference": dict(linear_cross_entropy=6, linear_softmax=4, softmax=3, cross_entropy_grad=5),
+    "scikit-learn": dict(linear_cross_entropy=3, linear_softmax=3, softmax=2, cross_entropy_grad=2),
+    "torch": dict(linear_cross_entropy=4, linear_softmax=3, softmax=2, cross_entropy_grad=4),
+}
+
+
+def estimated_peak_bytes(op: str, impl: str, shape, dtype) -> int:
+    n, d, k = shape
+    base_op = "linear_cross_entropy" if op == "linear_cross_entropy+dX" else op
+    need = _NK_ARRAYS[impl].get(base_op, 0) * n * k * 8 + 2 * k * d * 8
+    if op == "linear_cross_entropy+dX":
+        need += n * d * 8
+    if impl == "fastsoftmax" and op in LINEAR_OPS:
+        need += 128 * 2**20
+    return int(need)
+
+
+def memory_budget_bytes() -> int:
+    """What a case may use: FASTSOFTMAX_BENCH_MEM_GB, else 70% of what the OS reports available."""
+    if os.environ.get("FASTSOFTMAX_BENCH_MEM_GB"):
+        return int(float(os.environ["FASTSOFTMAX_BENCH_MEM_GB"]) * 2**30)
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(0.7 * int(line.split()[1]) * 1024)
+    return 2**62  # unknown: never skip
+
+
+# Cases skipped by run_case, with the reason; bench/conftest.py adds them to the JSON so that the
+# report shows why a cell is empty.
+SKIPPED: list[dict] = []
+
+
+def _skip(op: str, impl: str, shape, dtype, reason: str):
+    n, d, k = shape
+    SKIPPED.append(
+        {
+            "op": op,
+            "impl": impl,
+            "n": n,
+            "d": None if op in ELEMENTWISE_OPS else d,
+            "k": k,
+            "dtype": np.dtype(dtype).name,
+            "reason": reason,
+        }
+    )
+    pytest.skip(reason)
+
+
+def skip_if_too_big(op: str, impl: str, shape, dtype) -> None:
+    # The probe subprocess holds its own copy of the data while it measures.
+    need = estimated_peak_bytes(op, impl, shape, dtype) + data_bytes(op, shape, dtype)
+    budget = memory_budget_bytes()
+    if need > budget:
+        _skip(
+            op,
+            impl,
+            shape,
+            dtype,
+            f"{impl} {op} at {shape_id(shape, dtype, op)} needs about {need / 2**30:.1f} GiB, "
+            f"more than the {budget / 2**30:.1f} GiB budget (FASTSOFTMAX_BENCH_MEM_GB)",
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Peak extra memory, measured for real in a fresh process
+# --------------------------------------------------------------------------------------------------
+
+
+def probe_env() -> dict:
+    env = dict(os.environ)
+    paths = [str(ROOT), str(BENCH_DIR)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def measure_peak_extra(op: str, impl: str, shape, dtype, timeout: float = 1800) -> dict:
+    """Run `_peakmem.py` for one case in a fresh interpreter and return its JSON answer.
+
+    Numba's (and OpenBLAS's, and torch's) allocations are invisible to tracemalloc; the probe reads
+    the kernel's resident-set high-water mark instead (see `_peakmem.py`).
+    """
+    n, d, k = shape
+    cmd = [
+        sys.executable,
+        str(BENCH_DIR / "_peakmem.py"),
+        op,
+        impl,
+        str(n),
+        str(d),
+        str(k),
+        np.dtype(dtype).name,
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=probe_env(), cwd=ROOT, timeout=timeout
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        return {"error": tail[0][:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# The one way a case is timed
+# --------------------------------------------------------------------------------------------------
+
+
+def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_loss=None):
+    """Time `impl` on `op`, after one warm-up call, and record what the report needs."""
+    import _impls
+
+    reason = _impls.unsupported(op, impl)
+    if reason:
+        _skip(op, impl, shape, dtype, reason)
+    skip_if_too_big(op, impl, shape, dtype)
+    n, d, k = shape
+    benchmark.group = f"{op} {shape_id(shape, dtype, op)}"
+    benchmark.extra_info.update(
+        op=op,
+        impl=impl,
+        n=n,
+        d=None if op in ELEMENTWISE_OPS else d,
+        k=k,
+        dtype=np.dtype(dtype).name,
+        **nominal_cost(op, shape, dtype),
+    )
+    if impl == "torch":
+        benchmark.extra_info["torch_threads"] = import_torch().get_num_threads()
+    fn, loss_of = _impls.build(op, impl, data)
+    loss = loss_of(fn())  # warm-up: JIT compilation, thread pools, first touch of the outputs
+    if expected_loss is not None and loss is not None:
+        # the peers must compute the same quantity, or the comparison means nothing
+        rel = 1e-3 if np.dtype(dtype) == np.float32 else 1e-8
+        assert loss == pytest.approx(expected_loss, rel=rel), (impl, loss, expected_loss)
+    benchmark(fn)
+    if MEASURE_MEMORY and not benchmark.disabled:
+        mem = measure_peak_extra(op, impl, shape, dtype)
+        benchmark.extra_info["peak_extra_bytes"] = mem.get("peak_extra_bytes")
+        if "error" in mem:
+            benchmark.extra_info["peak_extra_error"] = mem["error"]
+
+
+# --------------------------------------------------------------------------------------------------
+# What the report needs beyond pytest-benchmark's JSON: the machine and the skipped cases
+# --------------------------------------------------------------------------------------------------
+# No bench/conftest.py: tests/ imports its conftest by name (`from conftest import assert_close`),
+# and `pytest tests bench` would then find bench's. Test modules import the autouse fixture below.
+
+# Environment variables that change what the BLAS libraries and thread pools do.
+_ENV = (
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMBA_THREADING_LAYER",
+    "OMP_WAIT_POLICY",
+    "FASTSOFTMAX_BENCH_FULL",
+)
+
+
+def machine_description() -> dict:
+    """Cores, BLAS libraries and their threads, thread counts, environment, versions."""
+    import numba
+    import scipy
+    import sklearn
+    from threadpoolctl import threadpool_info
+
+    info = {
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "env": {k: os.environ[k] for k in _ENV if k in os.environ},
+        "versions": {
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "numba": numba.__version__,
+            "scikit-learn": sklearn.__version__,
+        },
+        "numba_threads": numba.get_num_threads(),
+        "scikit_learn_n_threads": 1,
+    }
+    try:
+        info["numba_threading_layer"] = numba.threading_layer()
+    except ValueError:  # no parallel region ran in this process
+        info["numba_threading_layer"] = None
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        info["versions"]["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    keys = ("internal_api", "version", "num_threads", "threading_layer", "architecture", "filepath")
+    info["blas"] = [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
+    return info
+
+
+class _JsonExtras:
+    """A pytest plugin: adds the machine description and the skipped cases to the JSON."""
+
+    @staticmethod
+    def pytest_benchmark_update_json(config, benchmarks, output_json):
+        output_json["fastsoftmax_machine"] = machine_description()
+        output_json["fastsoftmax_skipped"] = list(SKIPPED)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def json_extras(pytestconfig):
+    """Import into every bench module (autouse): registers `_JsonExtras` once per session."""
+    if not pytestconfig.pluginmanager.has_plugin("fastsoftmax-bench-json"):
+        pytestconfig.pluginmanager.register(_JsonExtras(), "fastsoftmax-bench-json")

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 import pytest
-from _common import FULL, import_torch, shape_id
+from _common import FULL, import_torch, json_extras, shape_id  # noqa: F401 (autouse fixture)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
@@ -60,6 +60,14 @@ def run(benchmark, fn):
     return benchmark.pedantic(fn, rounds=ROUNDS, iterations=1)
 
 
+def label(benchmark, group, impl, dtype):
+    """The group, and what bench/report.py needs to put the row in its training table."""
+    n, d, k = SHAPE
+    benchmark.group = group
+    benchmark.extra_info.update(op="training", impl=impl, n=n, d=d, k=k,
+                                dtype=np.dtype(dtype).name)
+
+
 # ---------------------------------------------------------------- lbfgs: time to the optimum
 
 
@@ -84,14 +92,14 @@ def _check_reached(X, y, model, alpha, f_sk):
 
 def test_lbfgs_sklearn(benchmark, lbfgs_problem):
     group, X, y, alpha, f_sk = lbfgs_problem
-    benchmark.group = f"lbfgs {group}"
+    label(benchmark, f"lbfgs {group}", "scikit-learn", X.dtype)
     model = run(benchmark, lambda: LogisticRegression(C=C, tol=TOL, max_iter=1000).fit(X, y))
     _check_reached(X, y, model, alpha, f_sk)
 
 
 def test_lbfgs_sklearn_blas_1_thread(benchmark, lbfgs_problem):
     group, X, y, alpha, f_sk = lbfgs_problem
-    benchmark.group = f"lbfgs {group}"
+    label(benchmark, f"lbfgs {group}", "scikit-learn (BLAS 1 thread)", X.dtype)
 
     def fit():
         with threadpool_limits(1, user_api="blas"):
@@ -102,7 +110,7 @@ def test_lbfgs_sklearn_blas_1_thread(benchmark, lbfgs_problem):
 
 def test_lbfgs_fastsoftmax(benchmark, lbfgs_problem):
     group, X, y, alpha, f_sk = lbfgs_problem
-    benchmark.group = f"lbfgs {group}"
+    label(benchmark, f"lbfgs {group}", "fastsoftmax", X.dtype)
     model = run(benchmark, lambda: SoftmaxRegression(alpha=alpha, tol=TOL, max_iter=1000).fit(X, y))
     assert model.coef_.dtype == X.dtype
     _check_reached(X, y, model, alpha, f_sk)
@@ -122,7 +130,7 @@ def sgd_problem():
 
 def test_sgd_fastsoftmax(benchmark, sgd_problem):
     group, X, y = sgd_problem
-    benchmark.group = group
+    label(benchmark, group, "fastsoftmax", X.dtype)
     est = SoftmaxRegression(solver="sgd", alpha=0.0, batch_size=BATCH, learning_rate=LEARNING_RATE,
                             max_iter=EPOCHS, tol=None, random_state=0)
     model = run(benchmark, lambda: est.fit(X, y))
@@ -133,7 +141,7 @@ def test_sgd_fastsoftmax(benchmark, sgd_problem):
 def test_sgd_matrix_work(benchmark, sgd_problem):
     """One full-batch fused loss-and-gradient call per epoch: the work the epochs do."""
     group, X, y = sgd_problem
-    benchmark.group = group
+    label(benchmark, group, "matrix work (1 full-batch call per epoch)", X.dtype)
     n_classes, n_features = SHAPE[2], SHAPE[1]
     W, b = np.zeros((n_classes, n_features), np.float32), np.zeros(n_classes, np.float32)
 
@@ -147,7 +155,7 @@ def test_sgd_matrix_work(benchmark, sgd_problem):
 def test_sgd_reference_numpy(benchmark, sgd_problem):
     """The textbook NumPy loop: gather a batch, reference.linear_cross_entropy, update."""
     group, X, y = sgd_problem
-    benchmark.group = group
+    label(benchmark, group, "reference", X.dtype)
     n_classes, n_features = SHAPE[2], SHAPE[1]
 
     def train():
@@ -170,7 +178,7 @@ def test_sgd_torch(benchmark, sgd_problem, threads):
     """The same recipe as a plain PyTorch CPU loop: nn.Linear, cross_entropy, optim.SGD."""
     torch = import_torch()
     group, X, y = sgd_problem
-    benchmark.group = group
+    label(benchmark, group, f"torch (threads={threads})", X.dtype)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     previous = torch.get_num_threads()
 

@@ -262,7 +262,7 @@ def test_linear_cross_entropy_matches_reference(rng, threads, options, weighted,
             assert_close(g, v)
     without_dX = fs.linear_cross_entropy(X, W, b, y, sample_weight=w, **options)
     assert len(without_dX) == 3
-    for g, v in zip(without_dX, got, strict=True):
+    for g, v in zip(without_dX, got[:3], strict=True):
         assert_close(g, v, dtype) if v is not None else None
     assert_unchanged([X, W, b, y, w], copies)
 
