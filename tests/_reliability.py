@@ -407,3 +407,77 @@ def huge_problem(N: int, d: int, K: int, period: int):
     W = (rng.normal(size=(K, d)) / 2).astype(np.float32)
     b = rng.normal(size=K).astype(np.float32)
     return X, W, b, y
+
+
+def estimators_main(n_threads: int = 8) -> None:
+    """n_threads Python threads each fit SoftmaxRegression models at once (as GridSearchCV with a
+    threading backend, or a web service, does): every solver, both dtypes, both linear paths, n_jobs
+    None / 1 / 2. Fitted coefficients, iteration counts and predicted probabilities must be bitwise
+    those of the same fits run one at a time, and the process-wide BLAS thread count must be what
+    it was before."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_info
+
+    from fastsoftmax import SoftmaxRegression
+
+    warnings.simplefilter("ignore", ConvergenceWarning)  # short fits; catch_warnings is not
+    # thread-safe, so the filter is set once for the process
+
+    rng = np.random.default_rng(3)
+    data = {}
+    for k in (5, 40):
+        X = rng.normal(size=(600, 16))
+        y = np.argmax(X @ rng.normal(size=(16, k)) + rng.normal(size=(600, k)), axis=1)
+        data[k] = (X, y)
+    configs = []
+    for k in (5, 40):
+        for dtype in (np.float64, np.float32):
+            for solver, extra in (("lbfgs", {"max_iter": 30}),
+                                  ("sgd", {"max_iter": 3, "random_state": 0, "batch_size": 64}),
+                                  ("gd", {"max_iter": 10})):
+                configs.append((k, dtype, dict(solver=solver, n_jobs=[None, 1, 2][len(configs) % 3],
+                                               **extra)))
+
+    def fit(c: int) -> str:
+        k, dtype, params = configs[c]
+        X, y = data[k]
+        model = SoftmaxRegression(alpha=1e-3, **params).fit(X.astype(dtype), y)
+        return digest((model.coef_, model.intercept_, np.array(model.n_iter_),
+                       model.predict_proba(X.astype(dtype))))
+
+    def blas_threads():
+        return sorted((i["internal_api"], i["filepath"], i["num_threads"])
+                      for i in threadpool_info() if i["user_api"] == "blas")
+
+    blas_before = blas_threads()
+    results: list[tuple[int, str]] = []
+    errors: list[str] = []
+    barrier = threading.Barrier(n_threads)
+
+    def worker(t: int) -> None:
+        try:
+            barrier.wait()
+            for c in np.random.default_rng(t).permutation(len(configs)):
+                results.append((int(c), fit(int(c))))
+        except BaseException as exc:  # noqa: B036 - report anything; the test asserts
+            errors.append(f"thread {t}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    blas_after = blas_threads()
+    expected = [fit(c) for c in range(len(configs))]
+    mismatches = sorted({f"K={configs[c][0]} {np.dtype(configs[c][1]).name} {configs[c][2]}"
+                         for c, h in results if h != expected[c]})
+    print(json.dumps({
+        "fits": len(results),
+        "configs": len(configs),
+        "mismatches": mismatches,
+        "errors": errors,
+        "blas_threads_before": blas_before,
+        "blas_threads_after": blas_after,
+    }))
