@@ -222,7 +222,10 @@ def _row_mean_shifted(A, i, m):
     return u / A.shape[1]
 
 
-@_jit(inline=True)
+# Not inlined in Numba IR and without contract/reassoc: inlined, the parallel kernels and their
+# serial twins contracted (1 - eps) * nll + eps * smooth into different FMAs, and forked children or
+# workqueue-contended calls got losses 1 ulp away from the parent's (tests/test_reliability.py).
+@_jit(fastmath={"nsz", "arcp", "afn"})
 def _xent_from_stats(m, mean_shifted, s, zy, eps):
     """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy."""
     log_s = math.log(s)
