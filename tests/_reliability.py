@@ -90,7 +90,7 @@ def identical(a: list, b: list) -> bool:
     """Bitwise equality of two snapshots (same dtypes, shapes and bytes)."""
     if len(a) != len(b):
         return False
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         if (u is None) != (v is None):
             return False
         if u is not None and (u.dtype != v.dtype or u.shape != v.shape
@@ -291,8 +291,8 @@ def fork_main(parent_first: bool = True, timeout: float = 120.0) -> None:
         "parent_layer_at_fork": parent_layer,
         "child": None if got is None else {
             "layer": got["layer"], "serial_only": got["serial_only"],
-            "mismatches": [calls[i][0] for i, (a, b) in enumerate(zip(parent, got["digests"]))
-                           if a != b],
+            "mismatches": [calls[i][0] for i in range(len(calls))
+                           if parent[i] != got["digests"][i]],
         },
         "exitcode": proc.exitcode,
         "hung": hung,

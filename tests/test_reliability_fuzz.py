@@ -62,7 +62,7 @@ def frozen(*arrays):
 
 
 def assert_unchanged(arrays, copies):
-    for a, c in zip(arrays, copies):
+    for a, c in zip(arrays, copies, strict=True):
         if a is not None:
             np.testing.assert_array_equal(a, c)
 
@@ -147,7 +147,7 @@ def test_fuzz_linear_layer(seed, n, d, k, dtypes, layouts, bias, alpha, return_d
     assert len(got) == len(want) == (4 if return_dX else 3)
     assert isinstance(got[0], float)
     assert_close(got[0], want[0], dtype)
-    for a, e in zip(got[1:], want[1:]):
+    for a, e in zip(got[1:], want[1:], strict=True):
         if e is None:
             assert a is None
         else:

@@ -255,7 +255,7 @@ def test_extreme_widths(rng, dtype, k, d):
     got = fs.linear_cross_entropy(X, W, b, y, **kw, return_dX=True)
     want = ref.linear_cross_entropy(X, W, b, y, **kw, return_dX=True)
     assert_close(got[0], want[0], dtype)
-    for a, e in zip(got[1:], want[1:]):
+    for a, e in zip(got[1:], want[1:], strict=True):
         assert a.dtype == dtype
         assert_close(a, e)
     assert_close(fs.linear_softmax(X, W, b), ref.linear_softmax(X, W, b))
@@ -278,7 +278,7 @@ def test_linear_layer_extremes(rng, dtype, k):
         want = reference("linear_cross_entropy", X, W, bias, y)
         assert np.isfinite(got[0]) and all(np.isfinite(a).all() for a in got[1:] if a is not None)
         assert_close(got[0], want[0], dtype)
-        for a, e in zip(got[1:], want[1:]):
+        for a, e in zip(got[1:], want[1:], strict=True):
             if a is not None:
                 assert_close(a, e)
         P = fs.linear_softmax(X, W, bias)
