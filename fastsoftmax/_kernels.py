@@ -196,6 +196,15 @@ def _row_sum_exp(A, i, m):
     return s
 
 
+@_jit(fastmath=FASTMATH_EXP)
+def _sub_then_sub(x, m, c):
+    """(x - m) - c, in this order: without reassoc (and not inlined in Numba IR, where it would take
+    the caller's flags) LLVM cannot fold m + c first, which, rounded to the data dtype, loses c when
+    |m| >> c (log_softmax of a float32 row of equal logits 1e4 was off by 4e-4; of a float64 row of
+    equal logits 1e30, by log K)."""
+    return (x - m) - c
+
+
 @_jit(inline=True)
 def _row_is_bad(m, t, s):
     """NaN or +inf somewhere in the row, or every entry -inf."""
@@ -203,13 +212,27 @@ def _row_is_bad(m, t, s):
 
 
 @_jit(inline=True)
-def _xent_from_stats(m, t, s, zy, eps, K):
-    """Cross-entropy of one row from its max m, raw sum t, sum of exps s and label logit zy."""
+def _row_mean_shifted(A, i, m):
+    """float64 mean of A[i] - m, for the smoothing term mean_k(-log p_k) = log s - mean(A[i] - m).
+    The raw mean(A[i]) - m cancels catastrophically for large |m| (float64 logits of 1e30 gave a
+    loss of -7.6e21) and the raw sum overflows near the float64 limit."""
+    u = 0.0
+    for k in range(A.shape[1]):
+        u += np.float64(A[i, k]) - np.float64(m)
+    return u / A.shape[1]
+
+
+# Not inlined in Numba IR and without contract/reassoc: inlined, the parallel kernels and their
+# serial twins contracted (1 - eps) * nll + eps * smooth into different FMAs, and forked children or
+# workqueue-contended calls got losses 1 ulp away from the parent's (tests/test_reliability.py).
+@_jit(fastmath={"nsz", "arcp", "afn"})
+def _xent_from_stats(m, mean_shifted, s, zy, eps):
+    """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy."""
     log_s = math.log(s)
     nll = log_s - (np.float64(zy) - np.float64(m))
     if eps == 0.0:
         return nll
-    smooth = log_s - (t / K - np.float64(m))
+    smooth = log_s - mean_shifted
     if eps == 1.0:
         return smooth
     return (1.0 - eps) * nll + eps * smooth
@@ -223,9 +246,10 @@ def _row_grad(A, i, Z, zi, b, copy, yi, wi, eps, scale):
     _row_load(A, i, Z, zi, b, copy)
     m, t = _row_max_sum(A, i)
     zy = A[i, yi]
+    ms = _row_mean_shifted(A, i, m) if eps != 0.0 else 0.0
     s = _row_exp_inplace(A, i, m)
     bad = _row_is_bad(m, t, s)
-    loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, t, s, zy, eps, K)
+    loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, zy, eps)
     # (p - target) * w, written so that p == target gives exactly 0 (K = 1, a certain row).
     inv = A.dtype.type(1.0 / s)
     u = A.dtype.type(eps / K)
@@ -260,9 +284,9 @@ def _softmax_row(A, i, Z, b, copy, log):
     m, t = _row_max_sum(A, i)
     if log:
         s = _row_sum_exp(A, i, m)
-        shift = A.dtype.type(np.float64(m) + math.log(s))
+        log_s = A.dtype.type(math.log(s))
         for k in range(A.shape[1]):
-            A[i, k] -= shift
+            A[i, k] = _sub_then_sub(A[i, k], m, log_s)
     else:
         s = _row_exp_inplace(A, i, m)
         inv = A.dtype.type(1.0 / s)
@@ -274,7 +298,7 @@ def _softmax_row(A, i, Z, b, copy, log):
 @_jit(parallel=True)
 def _xent_rows(Z, y, w, eps, losses):
     """losses[i] := w[i] * cross-entropy of row i (float64); Z is only read. Returns bad rows."""
-    N, K = Z.shape
+    N = Z.shape[0]
     n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     bad = 0
     for blk in prange(n_blocks):
@@ -282,7 +306,8 @@ def _xent_rows(Z, y, w, eps, losses):
             m, t = _row_max_sum(Z, i)
             s = _row_sum_exp(Z, i, m)
             wi = w[i] if w.shape[0] > 0 else 1.0
-            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, t, s, Z[i, y[i]], eps, K)
+            ms = _row_mean_shifted(Z, i, m) if eps != 0.0 and wi != 0.0 else 0.0
+            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], eps)
             bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
 

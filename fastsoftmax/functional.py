@@ -77,9 +77,19 @@ def _as_numeric(name: str, a, ndim: int) -> np.ndarray:
     return arr
 
 
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view. Numba compiles a separate specialization for read-only arrays (seconds, and
+    one per combination of arguments): every input reaches the kernels read-only, whatever the
+    caller's flags, so one specialization per dtype serves them all."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def _as_float(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """C-contiguous array of `dtype` (a view when possible; never the caller's array to write)."""
-    return np.ascontiguousarray(arr, dtype=dtype)
+    """C-contiguous read-only array of `dtype` (a view when possible; never the caller's array to
+    write)."""
+    return _readonly(np.ascontiguousarray(arr, dtype=dtype))
 
 
 def _check_labels(y, n_samples: int, n_classes: int) -> np.ndarray:
@@ -98,7 +108,7 @@ def _check_labels(y, n_samples: int, n_classes: int) -> np.ndarray:
         if lo < 0 or hi >= n_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(f"y holds label {bad}, outside [0, n_classes={n_classes})")
-    return np.ascontiguousarray(y, dtype=np.intp)
+    return _readonly(np.ascontiguousarray(y, dtype=np.intp))
 
 
 def _check_scalar(name: str, value, low: float, high: float = np.inf) -> float:
@@ -119,7 +129,7 @@ def _check_reduction(reduction, allowed=_REDUCTIONS) -> str:
 def _check_weights(sample_weight, n_samples: int, reduction: str):
     """float64 weights (size 0 for None) and the normalizer of the reduction."""
     if sample_weight is None:
-        w = np.empty(0, dtype=np.float64)
+        w = _readonly(np.empty(0, dtype=np.float64))
         total = float(n_samples)
     else:
         w = _as_numeric("sample_weight", sample_weight, 1)
@@ -127,7 +137,7 @@ def _check_weights(sample_weight, n_samples: int, reduction: str):
             raise ValueError(
                 f"sample_weight has {w.shape[0]} entries but there are {n_samples} samples"
             )
-        w = np.ascontiguousarray(w, dtype=np.float64)
+        w = _readonly(np.ascontiguousarray(w, dtype=np.float64))
         if not np.isfinite(w).all():
             raise ValueError("sample_weight must be finite")
         if n_samples and w.min() < 0:
@@ -438,7 +448,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
         if db is not None:
             db_parts[:] = 0.0
         bad += _k._xent_grad_rows_serial(
-            Zt, Zt, bias, False, y[lo:hi], w[lo:hi] if w.size else w, eps, scale,
+            _readonly(Zt), Zt, bias, False, y[lo:hi], w[lo:hi] if w.size else w, eps, scale,
             losses[lo:hi], db_parts,
         )
         if db is not None:
@@ -470,7 +480,7 @@ def linear_softmax(X, W, b) -> np.ndarray:
         if N:
             gemm = _blas.get_blas_funcs("gemm", dtype=dtype)
             gemm(1.0, W.T, X.T, c=out.T, trans_a=1, overwrite_c=1)
-        bad = _k._softmax_rows_serial(out, out, bias, False, False)
+        bad = _k._softmax_rows_serial(_readonly(out), out, bias, False, False)
     if bad:
         _raise_nonfinite_params(X, W, b)
     return out
