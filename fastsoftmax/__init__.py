@@ -7,7 +7,6 @@ The functional API (same names and signatures as the pure-NumPy ``reference`` pa
 and the scikit-learn estimator :class:`SoftmaxRegression` built on it.
 """
 
-from fastsoftmax.estimator import SoftmaxRegression
 from fastsoftmax.functional import (
     cross_entropy,
     cross_entropy_grad,
@@ -28,3 +27,13 @@ __all__ = [
     "log_softmax",
     "softmax",
 ]
+
+
+def __getattr__(name: str):
+    # The estimator imports scikit-learn (0.85 s): load it on first use so that the functional API
+    # alone starts fast (PEP 562).
+    if name == "SoftmaxRegression":
+        from fastsoftmax.estimator import SoftmaxRegression
+
+        return SoftmaxRegression
+    raise AttributeError(f"module 'fastsoftmax' has no attribute {name!r}")

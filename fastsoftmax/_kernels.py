@@ -165,14 +165,15 @@ def _row_load(A, i, Z, zi, b, copy):
 
 @_jit(inline=True)
 def _row_max_sum(A, i):
-    """(max, float64 sum) of row i; the sum exposes NaN and +inf that maxnum skips. Two loops:
-    fused, the max does not vectorize."""
+    """(max, float64 sum of row - max) of row i; the sum is NaN exactly when the row holds NaN or
+    +inf (or is all -inf), which maxnum skips. Shifted by the max it cannot overflow to +inf for
+    finite rows. Two loops: fused, the max does not vectorize."""
     m = A[i, 0]
     for k in range(A.shape[1]):
         m = _maxnum(m, A[i, k])
     t = 0.0
     for k in range(A.shape[1]):
-        t += A[i, k]
+        t += np.float64(A[i, k]) - np.float64(m)
     return m, t
 
 

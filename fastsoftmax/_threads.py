@@ -3,18 +3,21 @@
 ``n_jobs`` follows the joblib convention: ``None`` leaves every thread count as it is, a positive
 integer asks for that many threads, ``-1`` for all of them, ``-2`` for all but one, and so on. The
 count is capped at Numba's pool size (``numba.config.NUMBA_NUM_THREADS``), which cannot grow after
-start-up. Numba's setting is thread-local and threadpoolctl's is process-wide; both are restored in
-``finally`` blocks, so an exception inside the block leaves no trace.
+start-up. Numba's setting is thread-local and is restored in a ``finally`` block. BLAS limits are
+process-wide: blocks that overlap in time (concurrent fits from several threads) share one limit,
+set by the first block to enter and restored by the last one to leave, under a lock and a count per
+selection of libraries, so overlapping blocks can never leave BLAS limited for good.
 """
 
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numba
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 __all__ = ["blas_limits", "effective_n_jobs", "numba_threads", "thread_limits"]
 
@@ -54,10 +57,29 @@ def thread_limits(n_jobs: int | None) -> Iterator[int | None]:
     previous = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:
-        with threadpool_limits(limits=n_threads, user_api="blas"):
+        with blas_limits(n_threads):
             yield n_threads
     finally:
         numba.set_num_threads(previous)
+
+
+_controller: ThreadpoolController | None = None
+_limits_lock = threading.Lock()
+_open_limits: dict = {}  # library filter -> [number of open blocks, threadpoolctl limiter]
+
+
+def _blas_controller(library: str | None):
+    """The BLAS libraries to limit. Inspecting the process costs milliseconds (more than a small
+    predict), so the controller is built once; fastsoftmax imports both numpy's and scipy's BLAS."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    blas = _controller.select(user_api="blas")
+    if library is None:
+        return blas
+    return _controller.select(
+        filepath=[lib.filepath for lib in blas.lib_controllers if library in lib.filepath]
+    )
 
 
 @contextmanager
@@ -66,18 +88,24 @@ def blas_limits(n_threads: int | None, *, library: str | None = None) -> Iterato
 
     ``library`` selects the BLAS copies whose file path contains that string (numpy and scipy
     each bundle their own OpenBLAS; ``"scipy.libs"`` picks scipy's, which L-BFGS-B uses);
-    None selects every BLAS library loaded.
+    None selects every BLAS library loaded. Overlapping blocks share the first one's limit.
     """
     if n_threads is None:
         yield
         return
-    controller = ThreadpoolController().select(user_api="blas")
-    if library is not None:
-        controller = ThreadpoolController().select(
-            filepath=[lib.filepath for lib in controller.lib_controllers if library in lib.filepath]
-        )
-    with controller.limit(limits=n_threads):
+    with _limits_lock:
+        entry = _open_limits.get(library)
+        if entry is None:
+            entry = _open_limits[library] = [0, _blas_controller(library).limit(limits=n_threads)]
+        entry[0] += 1
+    try:
         yield
+    finally:
+        with _limits_lock:
+            entry[0] -= 1
+            if entry[0] == 0:
+                entry[1].restore_original_limits()
+                del _open_limits[library]
 
 
 @contextmanager

@@ -266,12 +266,13 @@ def _split(X, y, test_size, seed, args):
     try:
         return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
     except ValueError:
-        # Stratification needs at least 2 samples of every class; fall back to a plain split.
-        _note(args, "some class has fewer than 2 samples: held-out split is not stratified")
+        pass  # stratification needs at least 2 samples of every class: try a plain split
     try:
-        return train_test_split(X, y, test_size=test_size, random_state=seed)
+        split = train_test_split(X, y, test_size=test_size, random_state=seed)
     except ValueError as exc:
         raise CLIError(f"--test-size {test_size}: {_reason(exc)}") from None
+    _note(args, "some class has fewer than 2 samples: held-out split is not stratified")
+    return split
 
 
 # ----------------------------------------------------------------------------- train

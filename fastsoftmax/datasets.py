@@ -151,6 +151,27 @@ def load_dataset(
         raise DataError(f"{source}: no such file or directory{hint}")
     if fmt == "auto":
         fmt = guess_format(source)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, by file and row
+        X, y = _load_file(source, fmt, dtype, labels, label_column, split, n_features)
+    _check_finite(X, source)
+    return Dataset(X, y, f"{source} ({fmt})")
+
+
+def _check_finite(X, source) -> None:
+    """A data file whose features hold NaN or infinity (or overflow the dtype) is an error."""
+    finite = np.isfinite(X.data if hasattr(X, "tocsr") else X)
+    if finite.all():
+        return
+    if hasattr(X, "tocsr"):
+        raise DataError(f"{source}: features hold NaN or infinity (or overflow {X.dtype})")
+    row, col = (int(i) for i in np.argwhere(~finite)[0])
+    raise DataError(
+        f"{source}: row {row + 1}, feature {col + 1} is {X[row, col]} "
+        f"(NaN, infinite, or beyond the range of {X.dtype})"
+    )
+
+
+def _load_file(source, fmt, dtype, labels, label_column, split, n_features):
     if fmt == "npz":
         X, y = load_npz(source, dtype=dtype, labels=labels)
     elif fmt in ("csv", "tsv"):
@@ -167,7 +188,7 @@ def load_dataset(
     else:
         X, y = load_idx(source, split=split, dtype=dtype)
         y = y if labels else None
-    return Dataset(X, y, f"{source} ({fmt})")
+    return X, y
 
 
 def has_test_split(source: str | os.PathLike) -> bool:

@@ -58,7 +58,8 @@ def cross_entropy(Z, y, *, sample_weight=None, label_smoothing=0.0, reduction="m
     """Weighted cross-entropy of logits Z against integer labels y."""
     y = np.asarray(y)
     w = _weights(y, sample_weight)
-    losses = w * _row_losses(Z, y, label_smoothing)
+    # a sample of weight 0 contributes nothing, even where its loss is infinite (a masked label)
+    losses = np.where(w > 0, w * _row_losses(Z, y, label_smoothing), 0.0)
     if reduction == "none":
         return losses.astype(_float_dtype(Z))
     return float(losses.sum() / _normalizer(w, reduction))

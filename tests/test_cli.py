@@ -40,7 +40,7 @@ def run(env, *args, cwd, extra_path=None, stderr=subprocess.PIPE):
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
-        timeout=600,
+        timeout=300,
     )
 
 
@@ -70,7 +70,7 @@ def run_tty(env, *args, cwd, extra_path=None):
     stdout = proc.stdout.read().decode()
     proc.stdout.close()
     os.close(master)
-    return proc.wait(timeout=600), stdout, b"".join(chunks).decode(errors="replace")
+    return proc.wait(timeout=300), stdout, b"".join(chunks).decode(errors="replace")
 
 
 def assert_one_line_error(result, *fragments):
@@ -390,6 +390,11 @@ def error_dir(tmp_path, digits_run, rng):
     (tmp_path / "notes.npz").write_text("not a model, not even a zip file\n")
     np.savez(tmp_path / "other.npz", X=np.zeros((2, 64)), y=np.zeros(2))
     (tmp_path / "truncated.npz").write_bytes((tmp_path / "model.npz").read_bytes()[:2000])
+    (tmp_path / "huge.csv").write_text("a,b,y\n1,2,0\n3,1e300,1\n5,6,0\n7,8,1\n")
+    (tmp_path / "nan.csv").write_text("1,2,3,4,5\n1,2,nan,4,5\n")
+    X = rng.random((6, 64))
+    X[4, 9] = np.nan
+    np.savez(tmp_path / "nan.npz", X=X, y=np.arange(6) % 2)
     return tmp_path
 
 
@@ -442,6 +447,19 @@ ERRORS = {
         "data five.csv has 5 features, the model expects 64",
     ),
     "evaluate-needs-model": (["evaluate", "--data", "digits"], "--model"),
+    "overflowing-float32-csv": (
+        ["train", "--data", "huge.csv", "--dtype", "float32", "--test-size", "0"],
+        "huge.csv: row 2, feature 2 is inf (NaN, infinite, or beyond the range of float32)",
+    ),
+    "nan-npz-evaluate": (
+        ["evaluate", "--model", "model.npz", "--data", "nan.npz"],
+        "nan.npz: row 5, feature 10 is nan",
+    ),
+    "nan-csv-predict": (
+        ["predict", "--model", "model.npz", "--data", "nan.csv"],
+        "nan.csv: row 2, feature 3 is nan",
+    ),
+    "test-size-too-large": (["train", "--test-size", "100000"], "--test-size 100000"),
     "predict-no-output-dir": (
         ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "nodir/p.csv"],
         "does not exist",

@@ -292,6 +292,18 @@ def test_linear_layouts_and_mixed_dtypes(rng, k):
 
 
 @pytest.mark.parametrize("k", [3, 40], ids=["small-k", "tiled"])
+def test_linear_without_features(rng, k):
+    """d = 0: the logits are the bias alone (BLAS rejects empty operands; the tiled path skips it)."""
+    X, W = np.empty((9, 0)), np.empty((k, 0))
+    b, y = rng.normal(size=k), rng.integers(0, k, size=9)
+    got = fs.linear_cross_entropy(X, W, b, y, return_dX=True, alpha=0.5)
+    want = ref.linear_cross_entropy(X, W, b, y, return_dX=True, alpha=0.5)
+    for g, v in zip(got, want, strict=True):
+        assert_close(g, v, np.float64)
+    assert_close(fs.linear_softmax(X, W, b), ref.linear_softmax(X, W, b))
+
+
+@pytest.mark.parametrize("k", [3, 40], ids=["small-k", "tiled"])
 def test_linear_many_tiles_and_chunks(rng, monkeypatch, k):
     """Force many small tiles / chunks so tile and chunk boundaries are exercised."""
     monkeypatch.setattr(F, "TILE_BYTES", 1)

@@ -135,7 +135,7 @@ def test_bitwise_identical_with_one_and_two_threads(tmp_path):
         env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
         result = subprocess.run(
             [sys.executable, "-c", DETERMINISM_SCRIPT.format(threads=threads)],
-            env=env, capture_output=True, text=True, timeout=600, check=False,
+            env=env, capture_output=True, text=True, timeout=300, check=False,
         )
         assert result.returncode == 0, result.stderr
         digests.append(result.stdout.strip())

@@ -101,7 +101,7 @@ def test_linear_cross_entropy_beyond_2_31_elements(tmp_path):
     assert N * K > 2**31
     path = tmp_path / "huge.npz"
     code = HUGE_CODE.format(kw=HUGE, path=str(path), rows=HUGE_SPOT_ROWS)
-    report = run_python(code, timeout=900).json()
+    report = run_python(code, timeout=420).json()
     got = np.load(path)
     X, W, b, y = _huge_inputs()
     loss, dW, db, dX = huge_reference(X, W, b, y, HUGE["period"], HUGE_SPOT_ROWS)
