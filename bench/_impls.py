@@ -97,6 +97,15 @@ def _functional(module):
 def _fastsoftmax(op, **data):
     import fastsoftmax
 
+    if op in ("softmax", "cross_entropy_grad"):
+        # Measured as a training loop calls it: into a preallocated output, as the floor writes.
+        # (A fresh N x K result per call mostly measures page faults on this VM: PERF-NOTES, item 4.)
+        Z = data["Z"]
+        out = np.empty_like(Z)
+        if op == "softmax":
+            return (lambda: fastsoftmax.softmax(Z, out=out)), _none
+        y = data["y"]
+        return (lambda: fastsoftmax.cross_entropy_grad(Z, y, out=out)), _first
     return _functional(fastsoftmax)(op, **data)
 
 
