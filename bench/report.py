@@ -462,13 +462,16 @@ def markdown(res: Results, plot_name: str | None = None) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def plot(res: Results, path) -> None:
+def plot(res: Results, path) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ops = [op for op in OPERATIONS if _sorted_keys(res, op)]
+    if not ops:  # e.g. a run of the training benchmarks only: nothing to plot against K
+        print(f"no per-operation results: {path} not written")
+        return False
     dtypes = ("float32", "float64")
     fig, axes = plt.subplots(
         len(ops),
@@ -522,6 +525,7 @@ def plot(res: Results, path) -> None:
     fig.suptitle("Throughput against K (higher is better)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def main(argv=None) -> int:
@@ -535,13 +539,12 @@ def main(argv=None) -> int:
         if out:
             Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
     plot_name = None
-    if args.plot:
-        plot(res, args.plot)
+    if args.plot and plot(res, args.plot):
         # the image link is relative to the markdown file, so the table can be pasted next to it
         md_dir = Path(args.markdown).resolve().parent
         plot_name = os.path.relpath(Path(args.plot).resolve(), md_dir)
     Path(args.markdown).write_text(markdown(res, plot_name))
-    print(f"wrote {args.markdown}" + (f" and {args.plot}" if args.plot else ""))
+    print(f"wrote {args.markdown}" + (f" and {args.plot}" if plot_name else ""))
     return 0
 
 
