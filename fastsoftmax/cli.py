@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastsoftmax.datasets import FORMATS, DataError, has_test_split, load_dataset
+from fastsoftmax.datasets import FORMATS, DataError, _reason, has_test_split, load_dataset
 
 __all__ = ["CLIError", "Model", "load_model", "main", "save_model"]
 
@@ -201,11 +201,6 @@ def _write_atomically(contents: dict[str, bytes]) -> None:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-
-def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _note(args, message: str) -> None:

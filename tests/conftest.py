@@ -33,6 +33,17 @@ def assert_close(actual, desired, dtype=None, scale=None):
     np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * max(scale, 1e-300))
 
 
+def frozen(*arrays):
+    """Copies to compare with afterwards, to prove inputs are not modified."""
+    return [None if a is None else np.array(a, copy=True) for a in arrays]
+
+
+def assert_unchanged(arrays, copies):
+    for a, c in zip(arrays, copies, strict=True):
+        if a is not None:
+            np.testing.assert_array_equal(a, c)
+
+
 @pytest.fixture
 def rng():
     """All test randomness comes from here, seeded, so every failure reproduces."""

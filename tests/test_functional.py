@@ -6,7 +6,7 @@ import contextlib
 import numba
 import numpy as np
 import pytest
-from conftest import FD_RTOL, FD_STEP, assert_close
+from conftest import FD_RTOL, FD_STEP, assert_close, assert_unchanged, frozen
 
 import fastsoftmax as fs
 import reference as ref
@@ -42,17 +42,6 @@ def make_linear(rng, n, d, k, dtype, bias=True):
     b = rng.normal(size=k).astype(dtype) if bias else None
     y = rng.integers(0, k, size=n)
     return X, W, b, y
-
-
-def frozen(*arrays):
-    """Copies to compare with afterwards, to prove inputs are not modified."""
-    return [None if a is None else np.array(a, copy=True) for a in arrays]
-
-
-def assert_unchanged(arrays, copies):
-    for a, c in zip(arrays, copies, strict=True):
-        if a is not None:
-            np.testing.assert_array_equal(a, c)
 
 
 # ------------------------------------------------------------------------------------------------

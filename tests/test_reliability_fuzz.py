@@ -6,7 +6,7 @@ Values come from a drawn seed through NumPy (fast, reproducible); the structure 
 """
 
 import numpy as np
-from conftest import assert_close
+from conftest import assert_close, assert_unchanged, frozen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,16 +55,6 @@ def draw_labels_and_weights(rng, n, k, opts):
             w[rng.random(n) < 0.3] = 0.0
         w[0] = 1.0  # the mean stays defined
     return y, w
-
-
-def frozen(*arrays):
-    return [None if a is None else np.array(a, copy=True) for a in arrays]
-
-
-def assert_unchanged(arrays, copies):
-    for a, c in zip(arrays, copies, strict=True):
-        if a is not None:
-            np.testing.assert_array_equal(a, c)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
