@@ -9,17 +9,23 @@ RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 # about FD_STEP**2 * (third derivative) + eps / FD_STEP; 1e-6 relative is comfortably above both.
 FD_STEP = 1e-5
 FD_RTOL = 1e-6
+# A quantity of order one computed in float64 carries an absolute rounding error of a few ulps of 1
+# in any implementation, the reference included: log(s) for a sum of exponentials s near 1 (a
+# confident row's loss), p - 1 for a probability near 1. Where such a quantity is small (a loss of
+# 3e-12), compare it with at least this absolute tolerance (assert_close's `floor`).
+F64_ROUNDING = 16 * np.finfo(np.float64).eps
 
 
 def rtol_for(dtype) -> float:
     return RTOL[np.dtype(dtype)]
 
 
-def assert_close(actual, desired, dtype=None, scale=None):
+def assert_close(actual, desired, dtype=None, scale=None, floor=0.0):
     """Assert agreement to the dtype's tolerance, relative to the largest magnitude of `desired`.
 
     Entries much smaller than the largest one carry absolute error of the size of the large ones'
-    rounding, so the absolute tolerance is rtol * max|desired| (or rtol * scale when given).
+    rounding, so the absolute tolerance is rtol * max|desired| (or rtol * scale when given), and
+    at least `floor` (F64_ROUNDING for losses and gradients, which are of order one by nature).
     """
     actual = np.asarray(actual)
     desired = np.asarray(desired)
@@ -30,7 +36,8 @@ def assert_close(actual, desired, dtype=None, scale=None):
     if scale is None:
         scale = float(np.abs(finite).max()) if finite.size else 0.0
         scale = scale or 1.0  # an all-zero expectation: judge on the scale of O(1) quantities
-    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * max(scale, 1e-300))
+    atol = max(rtol * max(scale, 1e-300), floor)
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol)
 
 
 def frozen(*arrays):
