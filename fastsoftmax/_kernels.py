@@ -452,32 +452,54 @@ def _dX_group(W, i, n, zb, dX):
                 row[j] += g * W[k, j]
 
 
+@_jit()
+def _gather_group(X, rows, i, n, xb):
+    """xb[:n] := X[rows[i:i+n]] (an L1-sized copy: the rows are read from memory once, as in place)."""
+    d = X.shape[1]
+    for r in range(n):
+        src = rows[i + r]
+        for j in range(d):
+            xb[r, j] = X[src, j]
+
+
 @_jit(parallel=True)
-def _linear_xent_small(X, W, b, y, w, eps, scale, losses, dW_parts, db_parts, dX):
+def _linear_xent_small(X, rows, W, b, y, w, eps, scale, losses, dW_parts, db_parts, dX):
     """Fused loss and gradients of softmax(X W^T + b) for small K, chunked over rows.
 
-    Chunk c (of dW_parts.shape[0], fixed by the caller from the problem size) owns rows
-    [c N / C, (c+1) N / C) and accumulates into dW_parts[c] (data dtype) and db_parts[c] (float64;
-    shape (C, 0) when there is no bias).
+    rows: the rows of X that form the problem, in order (a mini-batch, gathered 4 rows at a time
+    into a buffer that stays in L1: no copy of X[rows] is ever made), or empty for all of X; the
+    caller guarantees they are valid indices. y, w, losses and dX are indexed by position in the
+    problem. Chunk c (of dW_parts.shape[0], fixed by the caller from the problem size) owns
+    positions [c N / C, (c+1) N / C) and accumulates into dW_parts[c] (data dtype) and db_parts[c]
+    (float64; shape (C, 0) when there is no bias).
     dX has shape (N, d) to be written, or (0, 0) when not wanted. Returns the number of bad rows.
     """
-    N = X.shape[0]
-    K = W.shape[0]
+    gather = rows.shape[0] > 0
+    N = rows.shape[0] if gather else X.shape[0]
+    K, d = W.shape
     n_chunks = dW_parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
         lo = c * N // n_chunks
         hi = (c + 1) * N // n_chunks
         zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+        xb = np.empty((SMALL_K_GROUP if gather else 0, d), dtype=X.dtype)
         dW = dW_parts[c]
         db = db_parts[c]
         dW[:, :] = 0
         db[:] = 0.0
         for i in range(lo, hi, SMALL_K_GROUP):
             n = min(SMALL_K_GROUP, hi - i)
-            _logits_group(X, i, n, W, zb)
+            if gather:
+                _gather_group(X, rows, i, n, xb)
+                _logits_group(xb, 0, n, W, zb)
+            else:
+                _logits_group(X, i, n, W, zb)
             bad += _grad_block(zb, zb, b, False, y, w, eps, scale, 0, n, i, losses, db)
-            _accumulate_dW_group(X, i, n, zb, dW)
+            if gather:
+                _accumulate_dW_group(xb, 0, n, zb, dW)
+            else:
+                _accumulate_dW_group(X, i, n, zb, dW)
             if dX.shape[0] > 0:
                 _dX_group(W, i, n, zb, dX)
     return bad

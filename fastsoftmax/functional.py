@@ -370,18 +370,31 @@ def linear_cross_entropy(
     n_samples (beyond the (n_samples,) float64 per-sample losses).
     """
     X, W, b, dtype = _check_linear(X, W, b)
-    N, d = X.shape
-    K = W.shape[0]
-    y = _check_labels(y, N, K)
+    N = X.shape[0]
+    y = _check_labels(y, N, W.shape[0])
     eps = _check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
     alpha = _check_scalar("alpha", alpha, 0.0)
     reduction = _check_reduction(reduction, ("mean", "sum"))
     w, denom = _check_weights(sample_weight, N, reduction)
-    dX = np.empty((N, d) if return_dX else (0, 0), dtype=dtype)
+    return _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX)
+
+
+_ALL_ROWS = _readonly(np.empty(0, dtype=np.intp))
+
+
+def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=False, rows=_ALL_ROWS):
+    """`linear_cross_entropy` on arguments already validated and converted (as the solvers hold
+    them: read-only C-contiguous views, intp labels, float64 weights or an empty array), for the
+    problem made of the rows `rows` of X (a mini-batch; empty for all of X) with labels and weights
+    given per row of that problem. Small K reads the rows in place; larger K gathers them first."""
+    if rows.shape[0] and W.shape[0] > SMALL_K_MAX:
+        X, rows = _readonly(np.take(X, rows, axis=0)), _ALL_ROWS
+    N = rows.shape[0] if rows.shape[0] else X.shape[0]
+    dX = np.empty((N, X.shape[1]) if return_dX else (0, 0), dtype=X.dtype)
     losses = np.empty(N, dtype=np.float64)
     args = (X, W, b, y, w, eps, 1.0 / denom, losses, dX)
-    if K <= SMALL_K_MAX:
-        dW, db, bad = _linear_small_k(*args)
+    if W.shape[0] <= SMALL_K_MAX:
+        dW, db, bad = _linear_small_k(*args, rows)
     else:
         dW, db, bad = _linear_tiled(*args)
     loss = float(losses.sum()) / denom
@@ -401,16 +414,16 @@ def _small_k_chunks(N: int, K: int, d: int, itemsize: int) -> int:
     return max(1, min(SMALL_K_CHUNKS, by_rows, by_memory))
 
 
-def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX):
-    N, d = X.shape
-    K = W.shape[0]
+def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows):
+    N = losses.shape[0]
+    K, d = W.shape
     C = _small_k_chunks(N, K, d, X.dtype.itemsize)
     dW_parts = np.empty((C, K, d), dtype=X.dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
     bad = _parallel.run(
         _k._linear_xent_small, _k._linear_xent_small_serial, C,
-        X, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX,
+        X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX,
     )
     if C == 1:
         dW = dW_parts[0]

@@ -9,8 +9,9 @@ gradients without an N x K array.
 
 - :func:`lbfgs`: scipy's L-BFGS-B, one fused call per function evaluation.
 - :func:`sgd`: mini-batch stochastic gradient descent with a fixed learning rate, reshuffled every
-  epoch (the Dive into Deep Learning recipe). Each batch is gathered into one preallocated buffer
-  (``np.take(..., out=)``), so an epoch reads X once and allocates nothing of size N.
+  epoch (the Dive into Deep Learning recipe). Inputs are validated once per call, not per batch;
+  up to 32 classes the kernel reads a batch's rows of X in place (no gathered copy), so an epoch
+  reads X once and allocates nothing of size N.
 - :func:`gd`: full-batch gradient descent with a fixed learning rate (the textbook algorithm).
 
 Conventions: X ``(n_samples, n_features)`` float32 or float64, W ``(n_classes, n_features)`` and b
@@ -261,32 +262,43 @@ def _sgd_epochs(
     X, y, sample_weight, W, b, alpha, label_smoothing, learning_rate, batch_size,
     max_iter, tol, n_iter_no_change, shuffle, rng, callback, n_iter_start,
 ):
-    n_samples, n_features = X.shape
-    X_buf = np.empty((batch_size, n_features), dtype=X.dtype)
-    y_buf = np.empty(batch_size, dtype=y.dtype)
-    sw_buf = None if sample_weight is None else np.empty(batch_size, dtype=sample_weight.dtype)
+    # Validated once for all batches (read-only C-contiguous views, as the functional API makes
+    # them; a copy only for non-C-contiguous X); each batch then skips validation, and for small K
+    # its rows are read from X in place.
+    n_samples = X.shape[0]
+    if W.dtype != X.dtype or not W.flags.c_contiguous or (b is not None and b.dtype != X.dtype):
+        raise ValueError("W and b must be C-contiguous arrays of X's dtype (updated in place)")
+    X = F._as_float("X", X, X.dtype)
+    y = F._check_labels(y, n_samples, W.shape[0])
+    w, _ = F._check_weights(sample_weight, n_samples, "sum")
+    W_in, b_in = F._readonly(W), None if b is None else F._readonly(b)  # views: see the updates
+    y_buf = np.empty(batch_size, dtype=np.intp)
+    w_buf = np.empty(batch_size if w.size else 0, dtype=np.float64)
+    y_batch, w_batch = F._readonly(y_buf), F._readonly(w_buf)
     result = SolverResult()
     best_loss, n_bad_epochs = np.inf, 0
     for _ in range(max_iter):
-        order = rng.permutation(n_samples) if shuffle else None
+        order = F._readonly(rng.permutation(n_samples).astype(np.intp)) if shuffle else None
         loss_sum, weight_sum = 0.0, 0.0
         for start in range(0, n_samples, batch_size):
             stop = min(start + batch_size, n_samples)
+            m = stop - start
             if order is None:
-                X_b, y_b = X[start:stop], y[start:stop]
-                sw_b = None if sample_weight is None else sample_weight[start:stop]
+                X_b, rows = X[start:stop], F._ALL_ROWS
+                y_b, w_b = y[start:stop], w[start:stop]
             else:
-                rows = order[start:stop]
-                m = stop - start
-                sw_b = None
-                X_b = np.take(X, rows, axis=0, out=X_buf[:m])
-                y_b = np.take(y, rows, out=y_buf[:m])
-                if sample_weight is not None:
-                    sw_b = np.take(sample_weight, rows, out=sw_buf[:m])
-            batch_weight = float(stop - start) if sw_b is None else float(sw_b.sum())
+                X_b, rows = X, order[start:stop]
+                np.take(y, rows, out=y_buf[:m])
+                y_b = y_batch[:m]
+                if w.size:
+                    np.take(w, rows, out=w_buf[:m])
+                w_b = w_batch[:m]
+            batch_weight = float(m) if not w.size else float(w_b.sum())
             if batch_weight == 0.0:
                 continue
-            loss, dW, db = _loss_grad(X_b, W, b, y_b, sw_b, alpha, label_smoothing)
+            loss, dW, db = F._linear_cross_entropy_checked(
+                X_b, W_in, b_in, y_b, w_b, label_smoothing, alpha, batch_weight, rows=rows
+            )
             dW *= learning_rate
             W -= dW
             if b is not None:

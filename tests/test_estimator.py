@@ -236,13 +236,13 @@ def test_dtype_is_kept_and_X_is_not_copied(monkeypatch, solver, dtype):
     X = np.asarray(X, dtype=dtype)
     X.flags.writeable = False  # read-only input works and is never written
     seen = []
-    original = F.linear_cross_entropy
+    original = F._linear_cross_entropy_checked  # every solver's loss and gradient goes through it
 
     def spy(X_arg, *args, **kwargs):
         seen.append((X_arg.dtype, np.shares_memory(X_arg, X), args[0].dtype))
         return original(X_arg, *args, **kwargs)
 
-    monkeypatch.setattr(F, "linear_cross_entropy", spy)
+    monkeypatch.setattr(F, "_linear_cross_entropy_checked", spy)
     est = SoftmaxRegression(solver=solver, tol=None if solver != "lbfgs" else 1e-4, max_iter=5,
                             batch_size=1000)
     with warnings.catch_warnings():
@@ -250,8 +250,7 @@ def test_dtype_is_kept_and_X_is_not_copied(monkeypatch, solver, dtype):
         est.fit(X, y)
     assert seen
     assert all(x_dtype == dtype and w_dtype == dtype for x_dtype, _, w_dtype in seen)
-    if solver != "sgd":  # sgd gathers shuffled batches into its buffer by design
-        assert all(shared for _, shared, _ in seen)
+    assert all(shared for _, shared, _ in seen)  # sgd too: its batches are read from X in place
     assert est.coef_.dtype == est.intercept_.dtype == dtype
     assert est.predict_proba(X).dtype == dtype
     assert est.predict_log_proba(X).dtype == dtype

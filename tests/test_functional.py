@@ -306,6 +306,37 @@ def test_linear_many_tiles_and_chunks(rng, monkeypatch, k):
         assert_close(g, v, np.float64)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 3, 10, 32, 40])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_linear_rows_are_the_gathered_batch(rng, threads, weighted, bias, k, dtype):
+    """The solvers' entry point on rows of X (read in place up to 32 classes, gathered above) is
+    bitwise the public function on the gathered batch X[rows], dX included."""
+    X, W, b, y = make_linear(rng, 300, 37, k, dtype)
+    b = b if bias else None
+    w = rng.uniform(0, 2, size=300) if weighted else None
+    rows = rng.permutation(300)[:101]
+    want = fs.linear_cross_entropy(X[rows], W, b, y[rows], label_smoothing=0.1, alpha=0.3,
+                                   sample_weight=None if w is None else w[rows], return_dX=True)
+    X_in = F._as_float("X", X, X.dtype)
+    y_in = F._readonly(y[rows].astype(np.intp))
+    w_in = F._readonly(np.empty(0) if w is None else w[rows])
+    denom = float(len(rows)) if w is None else float(w_in.sum())
+    copies = frozen(X, W, b)
+    got = F._linear_cross_entropy_checked(
+        X_in, F._readonly(W), None if b is None else F._readonly(b), y_in, w_in, 0.1, 0.3, denom,
+        return_dX=True, rows=F._readonly(rows.astype(np.intp)),
+    )
+    assert got[0] == want[0]
+    for g, v in zip(got[1:], want[1:], strict=True):
+        if v is None:
+            assert g is None
+        else:
+            np.testing.assert_array_equal(g, v)
+    assert_unchanged([X, W, b], copies)
+
+
 # ------------------------------------------------------------------------------------------------
 # Finite differences (float64)
 # ------------------------------------------------------------------------------------------------
