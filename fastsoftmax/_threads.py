@@ -6,27 +6,21 @@ count is capped at Numba's pool size (``numba.config.NUMBA_NUM_THREADS``), which
 start-up. Numba's setting is thread-local and is restored in a ``finally`` block. BLAS limits are
 process-wide: blocks that overlap in time (concurrent fits from several threads) share one limit,
 set by the first block to enter and restored by the last one to leave, under a lock and a count per
-library. Every change is made from one owner thread (threadpoolctl ignores OpenBLAS changes from a
-second thread while another holds a limit), so overlapping blocks can never leave BLAS limited for
-good, and the caller's own ``threadpool_limits`` still work afterwards.
+library, so overlapping blocks can never leave BLAS limited for good; changes bypass threadpoolctl
+3.8's one-controlling-thread policy (see ``_set_threads``), so they take effect from any thread and
+the caller's own ``threadpool_limits`` keep working, inside our blocks and after them.
 """
 
 from __future__ import annotations
 
-import functools
 import operator
 import os
-import queue
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager
-from typing import TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numba
 from threadpoolctl import ThreadpoolController
-
-T = TypeVar("T")
 
 __all__ = ["blas_limits", "effective_n_jobs", "numba_threads", "thread_limits"]
 
@@ -74,74 +68,52 @@ def thread_limits(n_jobs: int | None) -> Iterator[int | None]:
 
 _controller: ThreadpoolController | None = None
 _limits_lock = threading.Lock()
-_open_limits: dict = {}  # BLAS library file -> [number of open blocks, ExitStack restoring it]
-_owner: tuple[int, queue.SimpleQueue] | None = None  # (pid, request queue) of the owner thread
+# Process-wide BLAS pools (pthreads OpenBLAS): library file -> [open blocks, thread count to restore]
+_open_limits: dict = {}
 
 
-def _blas_files(library: str | None) -> list[str]:
-    """File paths of the BLAS libraries to limit. Inspecting the process costs milliseconds (more
-    than a small predict), so the controller is built once; fastsoftmax imports both numpy's and
-    scipy's BLAS before any limit is set."""
+def _blas_libraries(library: str | None) -> list:
+    """threadpoolctl controllers of the BLAS libraries to limit. Inspecting the process costs
+    milliseconds (more than a small predict), so the controller is built once; fastsoftmax imports
+    both numpy's and scipy's BLAS before any limit is set."""
     global _controller
     if _controller is None:
         _controller = ThreadpoolController()
     blas = _controller.select(user_api="blas").lib_controllers
-    return [lib.filepath for lib in blas if library is None or library in lib.filepath]
+    return [lib for lib in blas if library is None or library in lib.filepath]
 
 
-def _serve(requests: queue.SimpleQueue) -> None:
-    while True:
-        call, done = requests.get()
-        try:
-            done.set_result(call())
-        except BaseException as exc:  # handed to the caller, which re-raises it
-            done.set_exception(exc)
+def _set_threads(lib, n_threads: int) -> None:
+    """Set a library's thread count from this thread, whichever thread it is.
 
-
-def _on_owner_thread(call: Callable[[], T]) -> T:
-    """Run ``call`` on the one thread that makes every BLAS thread-count change (call with
-    ``_limits_lock`` held).
-
-    OpenBLAS's pthreads pool is process-wide, so threadpoolctl 3.8 lets only one live thread change
-    it and silently ignores the others until that thread's limits are closed: with blocks from
-    several threads, the last one out could not restore a limit the first one set, and BLAS stayed
-    single-threaded for the rest of the process (tests/test_reliability.py). One owner thread makes
-    every change. A forked child starts its own owner.
+    threadpoolctl 3.8's ``set_num_threads`` lets only one live thread change a process-wide
+    OpenBLAS pool and silently drops the others' changes: with blocks from two threads, the last
+    one out could not restore the limit the first one set, and BLAS stayed single-threaded for the
+    rest of the process (tests/test_reliability.py). Our blocks are already serialized by
+    ``_limits_lock`` and counted, so they use the raw setter behind that policy where it exists,
+    and leave threadpoolctl's record of who controls OpenBLAS (the caller's own limits) untouched.
     """
-    global _owner
-    if _owner is None or _owner[0] != os.getpid():
-        requests: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=_serve, args=(requests,), name="fastsoftmax-blas-limits",
-                         daemon=True).start()
-        _owner = (os.getpid(), requests)
-    done: Future = Future()
-    _owner[1].put((call, done))
-    return done.result()
+    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n_threads)
 
 
-def _limit(paths: list[str], n_threads: int) -> list[ExitStack]:
-    """Limit each library (on the owner thread); closing its stack restores it. Entered as
-    context managers, so threadpoolctl (3.8+) hands OpenBLAS control back when they are closed
-    instead of leaving the owner thread as the only one whose changes count."""
-    stacks = []
-    for path in paths:
-        stack = ExitStack()
-        stack.enter_context(_controller.select(filepath=[path]).limit(limits=n_threads))
-        stacks.append(stack)
-    return stacks
+def _process_wide(lib) -> bool:
+    """Whether the library has one thread count for the whole process. OpenMP-based BLAS keeps
+    it per thread (``omp_set_num_threads``): each block sets and restores its own thread's."""
+    return getattr(lib, "threading_layer", None) != "openmp"
 
 
-def _close(stacks: list[ExitStack]) -> None:
-    for stack in stacks:
-        stack.close()
-
-
-def _reset_after_fork() -> None:
+def _after_fork_in_child() -> None:
     global _limits_lock
     _limits_lock = threading.Lock()  # another thread may have held it at the fork
+    # The blocks open at the fork belong to threads the child does not have: undo their limits.
+    for lib in _blas_libraries(None) if _open_limits else []:
+        entry = _open_limits.get(lib.filepath)
+        if entry is not None:
+            _set_threads(lib, entry[1])
+    _open_limits.clear()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
@@ -150,38 +122,55 @@ def blas_limits(n_threads: int | None, *, library: str | None = None) -> Iterato
 
     ``library`` selects the BLAS copies whose file path contains that string (numpy and scipy
     each bundle their own OpenBLAS; ``"scipy.libs"`` picks scipy's, which L-BFGS-B uses);
-    None selects every BLAS library loaded. Counts are kept per library file, so blocks that
-    select different sets of libraries may overlap in any order: while any block holds a library,
-    the first one's limit stays; the last one out restores the library's own thread count. Every
-    change is made on one owner thread (see ``_on_owner_thread``).
+    None selects every BLAS library loaded. For a process-wide pool, counts are kept per library
+    file, so blocks from any threads, selecting any libraries, may overlap in any order: while any
+    block holds a library the first one's limit stays, and the last one out restores the count the
+    first one found. A per-thread (OpenMP) pool is set and restored by each block for its thread.
     """
     if n_threads is None:
         yield
         return
+    shared, own = [], []  # own: (library, count to restore) of per-thread pools
     with _limits_lock:
-        files = _blas_files(library)
-        new = [path for path in files if path not in _open_limits]
-        if new:  # one round trip to the owner thread (about 0.1 ms each)
-            stacks = _on_owner_thread(functools.partial(_limit, new, n_threads))
-            for path, stack in zip(new, stacks, strict=True):
-                _open_limits[path] = [0, stack]
-        for path in files:
-            _open_limits[path][0] += 1
+        libraries = _blas_libraries(library)
+        try:
+            for lib in libraries:
+                if not _process_wide(lib):
+                    own.append((lib, lib.get_num_threads()))
+                    _set_threads(lib, n_threads)
+                    continue
+                entry = _open_limits.get(lib.filepath)
+                if entry is None:
+                    entry = _open_limits[lib.filepath] = [0, lib.get_num_threads()]
+                    entry[0] += 1  # counted before the change: an interruption still restores
+                    shared.append(lib)
+                    _set_threads(lib, n_threads)
+                else:
+                    entry[0] += 1
+                    shared.append(lib)
+        except BaseException:
+            _release(shared, own)
+            raise
     try:
         yield
     finally:
         with _limits_lock:
-            done = []
-            for path in files:
-                entry = _open_limits.get(path)
-                if entry is None:  # opened in the parent of this forked child
-                    continue
-                entry[0] -= 1
-                if entry[0] == 0:
-                    done.append(entry[1])
-                    del _open_limits[path]
-            if done:
-                _on_owner_thread(functools.partial(_close, done))
+            _release(shared, own)
+
+
+def _release(shared: list, own: list) -> None:
+    """Leave a block (with ``_limits_lock`` held): the last one out of a shared library restores
+    it; per-thread pools are restored in reverse order of setting."""
+    for lib in shared:
+        entry = _open_limits.get(lib.filepath)
+        if entry is None:  # cleared in a forked child
+            continue
+        entry[0] -= 1
+        if entry[0] == 0:
+            del _open_limits[lib.filepath]
+            _set_threads(lib, entry[1])
+    for lib, previous in reversed(own):
+        _set_threads(lib, previous)
 
 
 @contextmanager

@@ -10,8 +10,9 @@ gradients without an N x K array.
 - :func:`lbfgs`: scipy's L-BFGS-B, one fused call per function evaluation.
 - :func:`sgd`: mini-batch stochastic gradient descent with a fixed learning rate, reshuffled every
   epoch (the Dive into Deep Learning recipe). Inputs are validated once per call, not per batch;
-  up to 32 classes the kernel reads a batch's rows of X in place (no gathered copy), so an epoch
-  reads X once and allocates nothing of size N.
+  up to 32 classes the kernel reads a batch's rows of X in place (no gathered copy), above that
+  each batch is gathered (one batch x n_features copy). Beyond the epoch's permutation, nothing of
+  size N is allocated.
 - :func:`gd`: full-batch gradient descent with a fixed learning rate (the textbook algorithm).
 
 Conventions: X ``(n_samples, n_features)`` float32 or float64, W ``(n_classes, n_features)`` and b
@@ -250,7 +251,6 @@ def sgd(
     ``n_iter_no_change`` epochs in a row (scikit-learn's SGD rule). ``n_iter_start`` offsets the
     epoch numbers passed to the callback (for partial_fit).
     """
-    # One buffer per array, reused by every batch: no per-batch allocation of batch x n_features.
     batch_size = max(1, min(batch_size, X.shape[0]))
     return _sgd_epochs(
         X, y, sample_weight, W, b, alpha, label_smoothing, learning_rate, batch_size,
@@ -266,19 +266,20 @@ def _sgd_epochs(
     # them; a copy only for non-C-contiguous X); each batch then skips validation, and for small K
     # its rows are read from X in place.
     n_samples = X.shape[0]
-    if W.dtype != X.dtype or not W.flags.c_contiguous or (b is not None and b.dtype != X.dtype):
-        raise ValueError("W and b must be C-contiguous arrays of X's dtype (updated in place)")
-    X = F._as_float("X", X, X.dtype)
+    # W_in, b_in: read-only views of W and b, which see the in-place updates.
+    X, W_in, b_in, dtype = F._check_linear(X, W, b)
+    for name, a in (("W", W), ("b", b)):
+        if a is not None and not (a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable):
+            raise ValueError(f"{name} must be a writable C-contiguous {dtype} array (updated in place)")
     y = F._check_labels(y, n_samples, W.shape[0])
     w, _ = F._check_weights(sample_weight, n_samples, "sum")
-    W_in, b_in = F._readonly(W), None if b is None else F._readonly(b)  # views: see the updates
     y_buf = np.empty(batch_size, dtype=np.intp)
     w_buf = np.empty(batch_size if w.size else 0, dtype=np.float64)
     y_batch, w_batch = F._readonly(y_buf), F._readonly(w_buf)
     result = SolverResult()
     best_loss, n_bad_epochs = np.inf, 0
     for _ in range(max_iter):
-        order = F._readonly(rng.permutation(n_samples).astype(np.intp)) if shuffle else None
+        order = F._readonly(rng.permutation(n_samples).astype(np.intp, copy=False)) if shuffle else None
         loss_sum, weight_sum = 0.0, 0.0
         for start in range(0, n_samples, batch_size):
             stop = min(start + batch_size, n_samples)

@@ -313,10 +313,10 @@ def test_linear_many_tiles_and_chunks(rng, monkeypatch, k):
 def test_linear_rows_are_the_gathered_batch(rng, threads, weighted, bias, k, dtype):
     """The solvers' entry point on rows of X (read in place up to 32 classes, gathered above) is
     bitwise the public function on the gathered batch X[rows], dX included."""
-    X, W, b, y = make_linear(rng, 300, 37, k, dtype)
+    X, W, b, y = make_linear(rng, 600, 37, k, dtype)
     b = b if bias else None
-    w = rng.uniform(0, 2, size=300) if weighted else None
-    rows = rng.permutation(300)[:101]
+    w = rng.uniform(0, 2, size=600) if weighted else None
+    rows = rng.permutation(600)[:301]  # three chunks of the small-K kernel: the parallel one
     want = fs.linear_cross_entropy(X[rows], W, b, y[rows], label_smoothing=0.1, alpha=0.3,
                                    sample_weight=None if w is None else w[rows], return_dX=True)
     X_in = F._as_float("X", X, X.dtype)

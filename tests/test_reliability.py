@@ -84,20 +84,28 @@ for t in threads:
 after = blas()
 with threadpool_limits(1):  # the caller's own limits still take effect afterwards
     user = blas()
-print(json.dumps({"before": before, "after": after, "user": user}))
+with threadpool_limits(2):  # and ours take effect inside the caller's
+    with blas_limits(1):
+        nested = blas()
+    nested_after = blas()
+print(json.dumps({"before": before, "after": after, "user": user, "nested": nested,
+                  "nested_after": nested_after}))
 """
 
 
 def test_overlapping_blas_limits_restore_the_thread_count():
     """Two threads whose BLAS-limit blocks overlap (A enters, B enters, A leaves, B leaves) leave
-    every BLAS library with the thread count it had before, and a limit the main thread sets
-    itself afterwards still takes effect (threadpoolctl 3.8 ignores OpenBLAS changes from all but
-    one thread while that thread holds a limit)."""
+    every BLAS library with the thread count it had before; the caller's own threadpoolctl limits
+    still take effect afterwards, and ours inside theirs (threadpoolctl 3.8 drops OpenBLAS changes
+    from all but one thread while that thread holds a limit)."""
     report = run_python(BLAS_LIMITS_OVERLAP, timeout=120).json()
     if not any(n > 1 for _, n in report["before"]):
         pytest.skip("needs a multithreaded BLAS (more than one core)")
     assert report["after"] == report["before"]
-    assert [n for _, n in report["user"]] == [1] * len(report["before"])
+    n_libraries = len(report["before"])
+    assert [n for _, n in report["user"]] == [1] * n_libraries
+    assert [n for _, n in report["nested"]] == [1] * n_libraries
+    assert [n for _, n in report["nested_after"]] == [2] * n_libraries
 
 
 # ---------------------------------------------------------------------------------------------------
