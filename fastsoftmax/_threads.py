@@ -140,14 +140,13 @@ def blas_limits(n_threads: int | None, *, library: str | None = None) -> Iterato
                     _set_threads(lib, n_threads)
                     continue
                 entry = _open_limits.get(lib.filepath)
-                if entry is None:
+                first = entry is None
+                if first:
                     entry = _open_limits[lib.filepath] = [0, lib.get_num_threads()]
-                    entry[0] += 1  # counted before the change: an interruption still restores
-                    shared.append(lib)
+                entry[0] += 1  # counted before the change: an interruption still restores
+                shared.append(lib)
+                if first:
                     _set_threads(lib, n_threads)
-                else:
-                    entry[0] += 1
-                    shared.append(lib)
         except BaseException:
             _release(shared, own)
             raise
