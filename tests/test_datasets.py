@@ -4,6 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
+from conftest import idx_bytes
 
 from fastsoftmax.datasets import (
     DataError,
@@ -21,15 +22,6 @@ from fastsoftmax.datasets import (
 )
 
 DTYPES = [np.float32, np.float64]
-
-
-def idx_bytes(array: np.ndarray, type_code: int) -> bytes:
-    """An IDX file written byte by byte: 0, 0, type code, ndim, big-endian uint32 dims, data."""
-    header = bytes([0, 0, type_code, array.ndim])
-    for size in array.shape:
-        header += int(size).to_bytes(4, "big")
-    big_endian = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    return header + array.astype(big_endian[type_code]).tobytes()
 
 
 def write_mnist_like(directory, rng, *, split="train", n=12, gz=False, sep="-"):
