@@ -70,7 +70,7 @@ def memory_budget_bytes() -> int:
     return 2**62  # unknown: never skip
 
 
-# Cases skipped by run_case, with the reason; bench/conftest.py adds them to the JSON so that the
+# Cases skipped by run_case, with the reason; `_JsonExtras` below adds them to the JSON so that the
 # report shows why a cell is empty.
 SKIPPED: list[dict] = []
 

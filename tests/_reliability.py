@@ -35,7 +35,7 @@ PUBLIC = (
 
 def blas_threads() -> list[tuple[str, str, int]]:
     """``(internal_api, filepath, num_threads)`` of every loaded BLAS library, sorted: the one probe
-    of BLAS thread counts, in test processes (through conftest) and in the children started here."""
+    of BLAS thread counts, in test processes and in the children started here."""
     from threadpoolctl import threadpool_info
 
     return sorted((lib["internal_api"], lib["filepath"], lib["num_threads"])

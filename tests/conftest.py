@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from _reliability import blas_threads  # noqa: F401 (the one BLAS thread probe, for test modules)
 
 # docs/design.md ("Numerics"): float64 agrees with reference/ to about 1e-10 relative, float32 to
 # about 1e-5.

@@ -2,7 +2,7 @@
 
 import numba
 import pytest
-from conftest import blas_threads
+from _reliability import blas_threads
 
 from fastsoftmax._threads import effective_n_jobs, numba_threads, thread_limits
 
