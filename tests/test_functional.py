@@ -11,6 +11,7 @@ from conftest import FD_RTOL, FD_STEP, assert_close, assert_unchanged, frozen
 import fastsoftmax as fs
 import reference as ref
 from fastsoftmax import functional as F
+from fastsoftmax.datasets import make_synthetic
 
 DTYPES = [np.float64, np.float32]
 
@@ -37,11 +38,10 @@ def make_logits(rng, n, k, dtype, order="C", scale=3.0):
 
 
 def make_linear(rng, n, d, k, dtype, bias=True):
-    X = rng.normal(size=(n, d)).astype(dtype)
-    W = (rng.normal(size=(k, d)) / np.sqrt(d)).astype(dtype)
-    b = rng.normal(size=k).astype(dtype) if bias else None
-    y = rng.integers(0, k, size=n)
-    return X, W, b, y
+    """X, W, b (None without bias), y of the project's one problem generator, drawn from `rng`;
+    separation 1 keeps the logits of order one, as a linear layer at initialization gives."""
+    X, y, W, b = make_synthetic(n, d, k, seed=rng, dtype=dtype, separation=1.0, coef=True)
+    return X, W, b if bias else None, y
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,12 +307,12 @@ def test_linear_many_tiles_and_chunks(rng, monkeypatch, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [1, 3, 10, 32, 40])
+@pytest.mark.parametrize("k", [1, 3, 10, F.SMALL_K_MAX, F.SMALL_K_MAX + 8])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 def test_linear_rows_are_the_gathered_batch(rng, threads, weighted, bias, k, dtype):
-    """The solvers' entry point on rows of X (read in place up to 32 classes, gathered above) is
-    bitwise the public function on the gathered batch X[rows], dX included."""
+    """The solvers' entry point on rows of X (read in place up to SMALL_K_MAX classes, gathered
+    above) is bitwise the public function on the gathered batch X[rows], dX included."""
     X, W, b, y = make_linear(rng, 600, 37, k, dtype)
     b = b if bias else None
     w = rng.uniform(0, 2, size=600) if weighted else None
