@@ -158,7 +158,7 @@ def check_grad_range(w: np.ndarray, denom: float, dtype: np.dtype, summed: bool)
     if not w.size:
         return
     bound = float(w.sum() if summed else w.max()) / denom
-    if bound > np.finfo(dtype).max:
+    if bound > float(np.finfo(dtype).max):
         what = "sum(sample_weight)" if summed else "max(sample_weight)"
         raise ValueError(
             f"{what} = {bound:.3g} is beyond the {dtype} range, and with reduction='sum' the "

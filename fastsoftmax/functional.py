@@ -222,7 +222,7 @@ def cross_entropy(
     >>> from fastsoftmax import cross_entropy
     >>> Z = np.array([[2.0, 0.0], [0.0, 0.0]])
     >>> round(cross_entropy(Z, [0, 1]), 6)
-    0.409132
+    0.410038
     >>> cross_entropy(Z, [0, 1], reduction="none")
     array([0.12692801, 0.69314718])
     """
