@@ -7,7 +7,9 @@ Conventions (shared by every function here and by ``reference``):
 * ``X``: ``(n_samples, n_features)``; ``W``: ``(n_classes, n_features)`` (scikit-learn's ``coef_``,
   torch's ``Linear.weight``); ``b``: ``(n_classes,)`` or None; ``Z``: logits ``(n_samples, n_classes)``.
 * ``y``: integer class codes in ``[0, n_classes)``, shape ``(n_samples,)``.
-* ``sample_weight``: ``(n_samples,)``, finite and non-negative, or None (all ones).
+* ``sample_weight``: ``(n_samples,)``, finite and non-negative, or None (all ones). Any scale is
+  legal: the mean is computed as for the same weights rescaled to order one (5e-324 and 1e308
+  included); a ``"sum"`` or ``"none"`` result beyond the float range raises ``ValueError``.
 * dtype: float32 inputs give float32 results; anything else is converted to float64. The loss is a
   Python float accumulated in float64 whatever the dtype.
 * ``reduction="mean"`` divides by ``sum(sample_weight)`` (n_samples when None), ``"sum"`` does not,
