@@ -113,8 +113,9 @@ def check_weights(sample_weight, n_samples: int, reduction: str):
     Weights whose largest entry lies outside ``[2**-WEIGHT_EXP, 2**WEIGHT_EXP]`` (all 5e-324, or
     1e308, where ``sum(w)`` or ``1 / sum(w)`` overflows) are first multiplied by the power of two
     that brings the largest near [0.5, 1), and ``denom`` for ``"sum"``/``"none"`` becomes the
-    inverse power of two. Multiplying by a power of two is exact (save for weights more than
-    2**1074 times smaller than the largest, which become 0), so the mean is exactly what the same
+    inverse power of two. Multiplying by a power of two is exact (save for weights over 2**1022
+    times smaller than the largest, rounded in the subnormal range or to 0, whose share of the
+    result is below float64 resolution anyway), so the mean is exactly what the same
     weights rescaled to order one give; the sum's overflow, when the true value exceeds the
     float64 range, is reported by :func:`check_total`. Weights inside the range are used as given.
     Callers that only need relative weights (the solvers' mini-batch means) may ignore ``denom``.
