@@ -34,6 +34,7 @@ import scipy.optimize
 
 from fastsoftmax import functional as F
 from fastsoftmax._threads import blas_limits
+from fastsoftmax._validation import check_labels, check_linear, check_weights, readonly
 
 __all__ = ["SolverResult", "gd", "lbfgs", "sgd"]
 
@@ -267,19 +268,19 @@ def _sgd_epochs(
     # its rows are read from X in place.
     n_samples = X.shape[0]
     # W_in, b_in: read-only views of W and b, which see the in-place updates.
-    X, W_in, b_in, dtype = F._check_linear(X, W, b)
+    X, W_in, b_in, dtype = check_linear(X, W, b)
     for name, a in (("W", W), ("b", b)):
         if a is not None and not (a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable):
             raise ValueError(f"{name} must be a writable C-contiguous {dtype} array (updated in place)")
-    y = F._check_labels(y, n_samples, W.shape[0])
-    w, _ = F._check_weights(sample_weight, n_samples, "sum")
+    y = check_labels(y, n_samples, W.shape[0])
+    w, _ = check_weights(sample_weight, n_samples, "sum")
     y_buf = np.empty(batch_size, dtype=np.intp)
     w_buf = np.empty(batch_size if w.size else 0, dtype=np.float64)
-    y_batch, w_batch = F._readonly(y_buf), F._readonly(w_buf)
+    y_batch, w_batch = readonly(y_buf), readonly(w_buf)
     result = SolverResult()
     best_loss, n_bad_epochs = np.inf, 0
     for _ in range(max_iter):
-        order = F._readonly(rng.permutation(n_samples).astype(np.intp, copy=False)) if shuffle else None
+        order = readonly(rng.permutation(n_samples).astype(np.intp, copy=False)) if shuffle else None
         loss_sum, weight_sum = 0.0, 0.0
         for start in range(0, n_samples, batch_size):
             stop = min(start + batch_size, n_samples)

@@ -10,6 +10,7 @@ from conftest import FD_RTOL, FD_STEP, assert_close, assert_unchanged, frozen
 
 import fastsoftmax as fs
 import reference as ref
+from fastsoftmax import _validation as V
 from fastsoftmax import functional as F
 from fastsoftmax.datasets import make_synthetic
 
@@ -319,14 +320,14 @@ def test_linear_rows_are_the_gathered_batch(rng, threads, weighted, bias, k, dty
     rows = rng.permutation(600)[:301]  # three chunks of the small-K kernel: the parallel one
     want = fs.linear_cross_entropy(X[rows], W, b, y[rows], label_smoothing=0.1, alpha=0.3,
                                    sample_weight=None if w is None else w[rows], return_dX=True)
-    X_in = F._as_float("X", X, X.dtype)
-    y_in = F._readonly(y[rows].astype(np.intp))
-    w_in = F._readonly(np.empty(0) if w is None else w[rows])
+    X_in = V.as_float("X", X, X.dtype)
+    y_in = V.readonly(y[rows].astype(np.intp))
+    w_in = V.readonly(np.empty(0) if w is None else w[rows])
     denom = float(len(rows)) if w is None else float(w_in.sum())
     copies = frozen(X, W, b)
     got = F._linear_cross_entropy_checked(
-        X_in, F._readonly(W), None if b is None else F._readonly(b), y_in, w_in, 0.1, 0.3, denom,
-        return_dX=True, rows=F._readonly(rows.astype(np.intp)),
+        X_in, V.readonly(W), None if b is None else V.readonly(b), y_in, w_in, 0.1, 0.3, denom,
+        return_dX=True, rows=V.readonly(rows.astype(np.intp)),
     )
     assert got[0] == want[0]
     for g, v in zip(got[1:], want[1:], strict=True):
