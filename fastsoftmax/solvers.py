@@ -336,6 +336,12 @@ def gd(
             result.converged = True
             result.message = f"gradient max-abs <= tol={tol}"
             break
+        if not np.isfinite(loss):
+            raise ValueError(_divergence_message(
+                X, sample_weight, learning_rate, b is not None, alpha,
+                f"gradient descent overflowed the weights or the objective by step "
+                f"{result.n_iter}",
+            ))
         if result.loss_curve and _rose_above(loss, result.loss_curve[0], W.shape[0]):
             result.diverged = True
             result.message = _divergence_message(
@@ -404,10 +410,11 @@ def sgd(
     best_loss, n_bad_epochs = np.inf, 0
     for _ in range(max_iter):
         epoch_loss = _sgd_epoch(data, W, b, alpha, label_smoothing, learning_rate, shuffle, rng)
-        if epoch_loss is None or not _finite(W, b):
+        if epoch_loss is None or not (np.isfinite(epoch_loss) and _finite(W, b)):
             raise ValueError(_divergence_message(
                 X, sample_weight, learning_rate, b is not None, alpha,
-                f"SGD overflowed the weights in epoch {n_iter_start + result.n_iter + 1}",
+                f"SGD overflowed the weights or the objective in epoch "
+                f"{n_iter_start + result.n_iter + 1}",
             ))
         result.loss_curve.append(epoch_loss)
         result.n_iter += 1
