@@ -103,7 +103,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         cross-entropy in the logits has norm at most 1/2, so
         ``L = 0.5 * max_i (||x_i||^2 + fit_intercept) + alpha`` for "sgd" and ``partial_fit``
         (scikit-learn's SAG rule; any mini-batch), and the weighted mean of
-        ``||x_i||^2 + fit_intercept`` in place of the max for "gd" (full batch). No step of that
+        ``||x_i||^2 + fit_intercept`` in place of the max for "gd" and for "sgd" when
+        ``batch_size >= n_samples`` (one batch: the full objective). No step of that
         size overshoots, whatever the data's scale; on standardized data with many features it is
         smaller (slower) than a hand-tuned step. ``partial_fit`` keeps the smallest step of the
         chunks seen so far. The step taken is stored in ``learning_rate_``.
@@ -309,7 +310,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if self.solver == "lbfgs":
             self.__dict__.pop("learning_rate_", None)  # a stale step from an earlier fit
         else:
-            self.learning_rate_ = self._learning_rate(X, sample_weight, self.solver == "gd")
+            # one batch per epoch (batch_size >= n_samples) is full-batch descent
+            full_batch = self.solver == "gd" or self.batch_size >= X.shape[0]
+            self.learning_rate_ = self._learning_rate(X, sample_weight, full_batch)
         with thread_limits(self.n_jobs):
             result = self._run_solver(X, y_codes, sample_weight, W, b)
         self._set_solution(W, b, result.n_iter, result.loss_curve)
@@ -483,7 +486,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         elif X.dtype != self.coef_.dtype:
             X = X.astype(self.coef_.dtype)
         sample_weight, _ = self._sample_weight(X, y_codes, sample_weight, n_classes)
-        step = self._learning_rate(X, sample_weight, full_batch=False)
+        step = self._learning_rate(X, sample_weight, self.batch_size >= X.shape[0])
         # "auto": never a larger step than an earlier chunk allowed (the bound holds for all).
         if self.learning_rate == "auto" and hasattr(self, "learning_rate_"):
             step = min(step, self.learning_rate_)

@@ -603,10 +603,14 @@ def test_auto_learning_rate_is_one_over_the_lipschitz_bound(rng, solver):
     X = rng.normal(size=(50, 3)) * [1.0, 10.0, 0.1]
     y = rng.integers(0, 3, 50)
     alpha = 1e-2
-    est = SoftmaxRegression(solver=solver, alpha=alpha, max_iter=3, tol=None).fit(X, y)
+    est = SoftmaxRegression(solver=solver, alpha=alpha, max_iter=3, tol=None, batch_size=10)
+    est.fit(X, y)
     norms = (X**2).sum(axis=1) + 1.0
     L = 0.5 * (norms.mean() if solver == "gd" else norms.max()) + alpha
     assert est.learning_rate_ == pytest.approx(1 / L, rel=1e-12)
+    # one batch per epoch is full-batch descent: the mean bound holds
+    one_batch = est.set_params(batch_size=50).fit(X, y)
+    assert one_batch.learning_rate_ == pytest.approx(1 / (0.5 * norms.mean() + alpha), rel=1e-12)
     assert SoftmaxRegression(solver=solver, learning_rate=0.3, max_iter=1, tol=None).fit(
         X, y).learning_rate_ == 0.3
 
@@ -686,7 +690,7 @@ def test_partial_fit_refuses_one_class_like_fit():
 
 def test_partial_fit_auto_step_never_grows():
     X, y = standardized("iris")
-    est = SoftmaxRegression(random_state=0)
+    est = SoftmaxRegression(random_state=0, batch_size=16)
     est.partial_fit(X * 3, y, classes=[0, 1, 2])
     first = est.learning_rate_
     est.partial_fit(X, y)  # smaller rows would allow a larger step: the earlier bound holds
