@@ -298,13 +298,17 @@ def _max_abs(*arrays) -> float:
 
 
 def _step(W, dW, b, db, learning_rate) -> None:
-    """``W -= learning_rate * dW`` (and b) in place; overflow is detected by the caller."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        dW *= learning_rate
-        W -= dW
-        if b is not None:
-            db *= learning_rate
-            b -= db
+    """``W -= learning_rate * dW`` (and b) in place. Callers silence numpy's overflow warnings
+    (``_quiet_overflow``) and check the weights themselves, to raise an error naming the cause."""
+    dW *= learning_rate
+    W -= dW
+    if b is not None:
+        db *= learning_rate
+        b -= db
+
+
+def _quiet_overflow():
+    return np.errstate(over="ignore", invalid="ignore")
 
 
 def gd(
@@ -350,7 +354,8 @@ def gd(
                 f"{result.n_iter} step(s)",
             )
             break
-        _step(W, dW, b, db, learning_rate)
+        with _quiet_overflow():
+            _step(W, dW, b, db, learning_rate)
         if not _finite(W, b):
             raise ValueError(_divergence_message(
                 X, sample_weight, learning_rate, b is not None, alpha,
@@ -409,7 +414,10 @@ def sgd(
     result = SolverResult()
     best_loss, n_bad_epochs = np.inf, 0
     for _ in range(max_iter):
-        epoch_loss = _sgd_epoch(data, W, b, alpha, label_smoothing, learning_rate, shuffle, rng)
+        with _quiet_overflow():  # once per epoch, not per batch
+            epoch_loss = _sgd_epoch(
+                data, W, b, alpha, label_smoothing, learning_rate, shuffle, rng
+            )
         if epoch_loss is None or not (np.isfinite(epoch_loss) and _finite(W, b)):
             raise ValueError(_divergence_message(
                 X, sample_weight, learning_rate, b is not None, alpha,
