@@ -97,7 +97,7 @@ def _weighted_linear_xent(X, W, b, codes, rows, eps: float, need_dX: bool, mean:
     then (returned as a sum, with ``mean=False``).
     """
     if rows is None or not rows.size or rows.min() >= 0:
-        if mean and (rows is None or rows.sum() > 0):  # the kernel scales; no pass over dW, dX
+        if mean and len(codes) and (rows is None or rows.sum() > 0):  # the kernel scales
             return _public_call(X, W, b, codes, rows, eps, need_dX, "mean"), True
         return _public_call(X, W, b, codes, rows, eps, need_dX, "sum"), False
     pos = _public_call(X, W, b, codes, np.maximum(rows, 0.0), eps, need_dX, "sum")
