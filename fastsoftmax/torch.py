@@ -38,10 +38,11 @@ __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
 # Bytes of logits per tile on the loss-only and PyTorch-tile routes: bounds their extra memory
 # independently of the number of rows.
 TILE_BYTES = 16 * 2**20
-# Below this many multiply-adds per pass (N * d * C), fastsoftmax runs on one thread: waking a second
-# pool costs more than it saves, and it would fight PyTorch's spinning OpenMP threads for the cores
-# (measured in docs/torch.md: a 256 x 784 x 10 step).
-SERIAL_MAX_WORK = 4 * 2**20
+# Below this many multiply-adds per pass (N * d * C), fastsoftmax runs on one thread: its pool is
+# never woken, and so never fights PyTorch's spinning OpenMP threads for the cores. A fight cost 8 ms
+# per call in the measurements of docs/torch.md, more than a second core saves below about 15 ms of
+# serial work (~256M multiply-adds on the small-class kernel; the 256 x 784 x 10 step is 2M).
+SERIAL_MAX_WORK = 256 * 2**20
 _REDUCTIONS = ("mean", "sum", "none")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -288,3 +288,27 @@ def test_training_loop_matches_pytorch(rng):
 def test_import_fastsoftmax_does_not_import_torch():
     code = "import sys, fastsoftmax; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("work", "expected"), [(0, 1), (ft.SERIAL_MAX_WORK, None)],
+                         ids=["small", "large"])
+def test_numba_threads_follow_pytorch(rng, monkeypatch, work, expected):
+    """Small problems run on one Numba thread (its pool stays asleep), larger ones on as many as
+    PyTorch's intra-op pool; the caller's setting is restored."""
+    import numba
+
+    seen = []
+    real = ft._weighted_linear_xent
+
+    def spy(*args, **kwargs):
+        seen.append(numba.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "_weighted_linear_xent", spy)
+    monkeypatch.setattr(ft, "SERIAL_MAX_WORK", ft.SERIAL_MAX_WORK - work)
+    before = numba.get_num_threads()
+    X, W, y, b = _problem(rng)
+    ft.linear_cross_entropy(X, W, y, linear_bias=b).backward()
+    pytorch = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    assert seen == [expected or pytorch]
+    assert numba.get_num_threads() == before
