@@ -483,11 +483,13 @@ def linear_cross_entropy(
     reduction: str = "mean",
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
+    options=None,
 ) -> Tensor:
     """``cross_entropy(linear(input, linear_weight, linear_bias), target, ...)`` without the logits.
 
-    Same arguments and results as ``torch.nn.functional.linear_cross_entropy`` in PyTorch 2.13
-    (without ``options``: the computation is always chunked). Differentiable with respect to
+    Same arguments and results as ``torch.nn.functional.linear_cross_entropy`` in PyTorch 2.13;
+    ``options`` (PyTorch's chunking settings) is accepted for compatibility and ignored: the
+    computation is always chunked. Differentiable with respect to
     ``input``, ``linear_weight`` and ``linear_bias`` (first-order gradients).
 
     Parameters
@@ -544,7 +546,7 @@ def linear_cross_entropy(
 class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
     """``torch.nn.LinearCrossEntropyLoss`` computed by :func:`linear_cross_entropy`.
 
-    Same constructor (without ``options``), parameters (``linear.weight``, ``linear.bias``) and
+    Same constructor (``options`` is ignored), parameters (``linear.weight``, ``linear.bias``) and
     state dict as PyTorch's module, so either loads the other's checkpoints.
     """
 
@@ -561,7 +563,9 @@ class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
         weight: Tensor | None = None,
         ignore_index: int | None = None,
         label_smoothing: float = 0.0,
+        options=None,
     ) -> None:
+        # options (PyTorch's chunking settings) is accepted and ignored: always chunked here.
         super().__init__(in_features, num_classes, out_features=out_features, bias=bias,
                          device=device, dtype=dtype, reduction=reduction, weight=weight,
                          ignore_index=ignore_index, label_smoothing=label_smoothing, options=None)

@@ -112,6 +112,15 @@ def test_unbatched_input(rng, reduction):
     assert_close(ours.detach().numpy(), theirs.detach().numpy())
 
 
+def test_options_accepted_and_ignored(rng):
+    """Code written for PyTorch's chunked path runs unchanged."""
+    X, W, y, b = _problem(rng)
+    options = torch.nn.LinearCrossEntropyOptions()
+    assert_close(ft.linear_cross_entropy(X, W, y, linear_bias=b, options=options).detach().numpy(),
+                 ft.linear_cross_entropy(X, W, y, linear_bias=b).detach().numpy())
+    assert ft.LinearCrossEntropyLoss(6, 5, options=options).options is None
+
+
 def test_all_targets_ignored(rng):
     """"mean" over no target: NaN, with zero gradients, as PyTorch gives."""
     X, W, y, b = _problem(rng, N=4)
