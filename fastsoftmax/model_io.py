@@ -1,0 +1,223 @@
+"""Model files and output files of the ``fastsoftmax`` command, usable from Python too.
+
+A model file is a plain ``.npz`` archive (it loads with ``allow_pickle=False``) holding
+``format``, ``format_version``, ``coef (n_classes, n_features)``, ``intercept (n_classes,)``,
+``classes (n_classes,)``, ``mean`` and ``scale`` (``(n_features,)``, or empty when the features
+are not standardized), ``dtype``, ``n_features`` and ``info`` (a JSON object).
+
+Output files (model, plot, predictions) are written to a temporary file in the target directory
+and renamed into place only after every output is ready, so a failure never leaves a partial or
+stale-looking file behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fastsoftmax.datasets import _reason
+
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_VERSION",
+    "Model",
+    "ModelIOError",
+    "check_writable",
+    "load_model",
+    "model_bytes",
+    "save_model",
+    "write_atomically",
+]
+
+MODEL_FORMAT = "fastsoftmax-model"
+MODEL_VERSION = 1
+
+
+class ModelIOError(ValueError):
+    """A model file cannot be read, or an output cannot be written: the message names the file."""
+
+
+class Model(NamedTuple):
+    """A loaded model file: the fitted estimator and the preprocessing it expects."""
+
+    estimator: Any
+    mean: np.ndarray | None
+    scale: np.ndarray | None
+    dtype: np.dtype
+    n_features: int
+    info: dict
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def save_model(path, estimator, *, mean=None, scale=None, info: dict | None = None) -> None:
+    """Write a fitted estimator (and standardization statistics) as a fastsoftmax ``.npz`` file.
+
+    Parameters
+    ----------
+    path : str or path
+        Where to write; the file is written atomically.
+    estimator : SoftmaxRegression
+        A fitted estimator: ``coef_ (n_classes, n_features)``, ``intercept_ (n_classes,)``,
+        ``classes_ (n_classes,)``.
+    mean, scale : ndarray of shape (n_features,) or None
+        Standardization statistics applied to the features before the estimator.
+    info : dict or None
+        JSON-serializable facts about the training run.
+    """
+    write_atomically({os.fspath(path): model_bytes(estimator, mean, scale, info)})
+
+
+def model_bytes(estimator, mean, scale, info) -> bytes:
+    """The bytes of the model file :func:`save_model` writes."""
+    coef = np.asarray(estimator.coef_)
+    classes = np.asarray(estimator.classes_)
+    if classes.dtype.kind == "O":
+        classes = classes.astype(str)  # object arrays would need pickle to load
+    empty = np.zeros(0, dtype=np.float64)
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        format=np.array(MODEL_FORMAT),
+        format_version=np.array(MODEL_VERSION, dtype=np.int64),
+        coef=coef,
+        intercept=np.asarray(estimator.intercept_, dtype=coef.dtype).reshape(-1),
+        classes=classes,
+        mean=empty if mean is None else np.asarray(mean, dtype=np.float64),
+        scale=empty if scale is None else np.asarray(scale, dtype=np.float64),
+        dtype=np.array(coef.dtype.name),
+        n_features=np.array(coef.shape[1], dtype=np.int64),
+        info=np.array(json.dumps(info or {})),
+    )
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_model(path) -> Model:
+    """Read a model written by :func:`save_model`.
+
+    Raises
+    ------
+    ModelIOError
+        The file is missing, unreadable, not a fastsoftmax model, or damaged; the one-line
+        message says which.
+    """
+    path = os.fspath(path)
+    arrays = _read_model_arrays(path)
+    try:
+        return _model_from_arrays(path, arrays)
+    except ModelIOError:
+        raise
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelIOError(f"{path}: damaged fastsoftmax model file ({_reason(exc)})") from None
+
+
+def _read_model_arrays(path: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise ModelIOError(f"{path}: no such model file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelIOError(f"{path}: cannot read the model file ({exc.strerror})") from None
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive
+        raise ModelIOError(f"{path}: not a fastsoftmax model file (not an .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "format" not in npz.files:
+                raise ModelIOError(f"{path}: not a fastsoftmax model file (no format marker)")
+            arrays = {name: npz[name] for name in npz.files}
+    except ModelIOError:
+        raise
+    except Exception as exc:  # zip, zlib, pickle refusal, OSError: the file is not ours or broken
+        raise ModelIOError(f"{path}: not a readable fastsoftmax model file ({_reason(exc)})") from None
+    if str(arrays["format"]) != MODEL_FORMAT:
+        raise ModelIOError(f"{path}: not a fastsoftmax model file (format {str(arrays['format'])!r})")
+    return arrays
+
+
+def _model_from_arrays(path: str, arrays: dict[str, np.ndarray]) -> Model:
+    version = int(arrays["format_version"])
+    if version > MODEL_VERSION:
+        raise ModelIOError(
+            f"{path}: model format version {version} is newer than this fastsoftmax "
+            f"supports ({MODEL_VERSION}); upgrade fastsoftmax"
+        )
+    coef, intercept, classes = arrays["coef"], arrays["intercept"], arrays["classes"]
+    mean, scale = arrays["mean"], arrays["scale"]
+    n_features = int(arrays["n_features"])
+    dtype = np.dtype(str(arrays["dtype"]))
+    info = json.loads(str(arrays["info"]))
+    n_classes = len(classes)
+    if (
+        coef.shape != (n_classes, n_features)
+        or intercept.shape != (n_classes,)
+        or mean.shape not in ((0,), (n_features,))
+        or scale.shape != mean.shape
+        or dtype not in (np.dtype(np.float32), np.dtype(np.float64))
+    ):
+        raise ModelIOError(f"{path}: damaged fastsoftmax model file (inconsistent array shapes)")
+    from fastsoftmax.estimator import SoftmaxRegression
+
+    estimator = SoftmaxRegression()
+    estimator.coef_ = coef.astype(dtype)
+    estimator.intercept_ = intercept.astype(dtype)
+    estimator.classes_ = classes
+    estimator.n_features_in_ = n_features
+    estimator.n_iter_ = int(info.get("n_iter", 0))
+    has_stats = mean.shape == (n_features,)
+    return Model(
+        estimator,
+        mean if has_stats else None,
+        scale if has_stats else None,
+        dtype,
+        n_features,
+        info,
+    )
+
+
+# ----------------------------------------------------------------------------- output files
+
+
+def check_writable(path: str, what: str) -> None:
+    """Fail before any work when ``path`` cannot be created; ``what`` names it in the message."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ModelIOError(f"cannot write {what} to {path}: it is a directory")
+    if not os.path.isdir(directory):
+        raise ModelIOError(f"cannot write {what} to {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise ModelIOError(f"cannot write {what} to {path}: directory {directory} is not writable")
+
+
+def write_atomically(contents: dict[str, bytes]) -> None:
+    """Write every file to a temporary sibling, then rename them all into place."""
+    staged: list[tuple[str, str]] = []
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        for path, data in contents.items():
+            directory = os.path.dirname(os.path.abspath(path))
+            fd, tmp = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+            )
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise ModelIOError(f"cannot write {path}: {exc.strerror or _reason(exc)}") from None
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
