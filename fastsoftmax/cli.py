@@ -30,11 +30,19 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastsoftmax import estimator as estimator_module
-from fastsoftmax.datasets import FORMATS, DataError, _reason, has_test_split, load_dataset
+from fastsoftmax.datasets import (
+    FORMATS,
+    DataError,
+    _reason,
+    has_test_split,
+    load_dataset,
+    source_files,
+)
 from fastsoftmax.estimator import SoftmaxRegression
 from fastsoftmax.model_io import (
     Model,
     ModelIOError,
+    check_distinct,
     check_writable,
     load_model,
     model_bytes,
@@ -211,12 +219,33 @@ def _plot_path(args) -> str | None:
     return args.plot
 
 
+def _inputs(args) -> list[tuple[str, str]]:
+    """``(option, path)`` of every file the command reads."""
+    pairs = []
+    for option in ("--data", "--test-data", "--model"):
+        value = getattr(args, option[2:].replace("-", "_"), None)
+        if value is not None:
+            fmt = "auto" if option == "--model" else args.format
+            pairs += [(option, path) for path in source_files(value, fmt)]
+    return pairs
+
+
+def _check_outputs(args, outputs: list[tuple[str, str, str]]) -> None:
+    """Fail before any work when an output cannot be written or would overwrite another file.
+
+    ``outputs`` holds ``(option, path, what)``; an output may not be the same file as an input
+    or as another output.
+    """
+    for _, path, what in outputs:
+        check_writable(path, what)
+    check_distinct([(option, path) for option, path, _ in outputs], _inputs(args))
+
+
 def _check_train_outputs(args, plot_path: str | None) -> None:
-    check_writable(args.model_out, "the model")
+    outputs = [("--model-out", args.model_out, "the model")]
     if plot_path is not None:
-        check_writable(plot_path, "the plot")
-        if os.path.abspath(plot_path) == os.path.abspath(args.model_out):
-            raise CLIError("--plot and --model-out name the same file")
+        outputs.append(("--plot", plot_path, "the plot"))
+    _check_outputs(args, outputs)
 
 
 def _load_training_sets(args, dtype) -> tuple[Any, _Sets]:
@@ -520,7 +549,7 @@ def _model_and_data(args, *, labels: bool):
     """The model, the data (checked against the model's features) and X, standardized."""
     model = load_model(args.model)
     if getattr(args, "out", None) is not None:
-        check_writable(args.out, "predictions")
+        _check_outputs(args, [("--out", args.out, "predictions")])
     split = "test" if has_test_split(args.data) else "train"
     data = _load(
         args, args.data, labels=labels, split=split, dtype=model.dtype, n_features=model.n_features

@@ -52,6 +52,7 @@ __all__ = [
     "make_synthetic",
     "parse_synthetic",
     "read_idx",
+    "source_files",
 ]
 
 FORMATS = ("auto", "npz", "csv", "tsv", "svmlight", "idx")
@@ -197,6 +198,25 @@ def has_test_split(source: str | os.PathLike) -> bool:
     if not os.path.isdir(source):
         return False
     return _find_idx_pair(Path(source), "test") is not None
+
+
+def source_files(source: str | os.PathLike, fmt: str = "auto") -> list[str]:
+    """The paths :func:`load_dataset` may read for ``source``.
+
+    None for built-in data; the images and labels files of an IDX directory (both splits) or of
+    an IDX images file; otherwise the path itself.
+    """
+    source = os.fspath(source)
+    if fmt == "auto" and (source == "digits" or source.startswith("synthetic:")):
+        return []
+    path = Path(source)
+    if path.is_dir():
+        pairs = [_find_idx_pair(path, split) for split in ("train", "test")]
+        return [str(p) for pair in pairs if pair is not None for p in pair]
+    if _IDX_IMAGES.match(path.name):
+        labels = path.name.replace("images", "labels", 1).replace("idx3", "idx1", 1)
+        return [source, str(path.with_name(labels))]
+    return [source]
 
 
 def _check_dtype(dtype) -> np.dtype:

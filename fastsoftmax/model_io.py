@@ -15,7 +15,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,9 +29,11 @@ __all__ = [
     "MODEL_VERSION",
     "Model",
     "ModelIOError",
+    "check_distinct",
     "check_writable",
     "load_model",
     "model_bytes",
+    "same_file",
     "save_model",
     "write_atomically",
 ]
@@ -187,11 +191,37 @@ def _model_from_arrays(path: str, arrays: dict[str, np.ndarray]) -> Model:
 # ----------------------------------------------------------------------------- output files
 
 
+def _is_stream(path: str) -> bool:
+    """Whether ``path`` (followed through symlinks) is a character device or a pipe.
+
+    Streams are written through, in place: renaming a file over ``/dev/null`` or a named pipe
+    would replace the device node or the pipe with a regular file.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
 def check_writable(path: str, what: str) -> None:
-    """Fail before any work when ``path`` cannot be created; ``what`` names it in the message."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Fail before any work when ``path`` cannot be written; ``what`` names it in the message.
+
+    A regular file (or a new one) is checked through symlinks, in the directory of its real path;
+    a character device or a pipe must be writable; anything else (a directory, a block device,
+    a socket) is refused.
+    """
     if os.path.isdir(path):
         raise ModelIOError(f"cannot write {what} to {path}: it is a directory")
+    if _is_stream(path):
+        if not os.access(path, os.W_OK):
+            raise ModelIOError(f"cannot write {what} to {path}: permission denied")
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ModelIOError(
+            f"cannot write {what} to {path}: not a regular file, a character device or a pipe"
+        )
+    directory = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(directory):
         raise ModelIOError(f"cannot write {what} to {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
@@ -199,25 +229,72 @@ def check_writable(path: str, what: str) -> None:
 
 
 def write_atomically(contents: dict[str, bytes]) -> None:
-    """Write every file to a temporary sibling, then rename them all into place."""
+    """Write every output: files through a temporary sibling renamed into place, streams directly.
+
+    Regular files are staged first (a symlink's target is replaced at its real path, so the link
+    stays a link), then character devices and pipes are written, then every staged file is
+    renamed into place: a failure before the renames leaves no output file changed.
+    """
     staged: list[tuple[str, str]] = []
     umask = os.umask(0)
     os.umask(umask)
+    path = ""
     try:
+        streams = {p: data for p, data in contents.items() if _is_stream(p)}
         for path, data in contents.items():
-            directory = os.path.dirname(os.path.abspath(path))
-            fd, tmp = tempfile.mkstemp(
-                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-            )
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
+            if path not in streams:
+                staged.append((_stage(os.path.realpath(path), data, umask), path))
+        for path, data in streams.items():
+            with open(path, "wb") as f:
                 f.write(data)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         for tmp, path in staged:
-            os.replace(tmp, path)
+            os.replace(tmp, os.path.realpath(path))
     except OSError as exc:
         raise ModelIOError(f"cannot write {path}: {exc.strerror or _reason(exc)}") from None
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _stage(target: str, data: bytes, umask: int) -> str:
+    """Write ``data`` to a new temporary file beside ``target``; return its path."""
+    fd, tmp = tempfile.mkstemp(
+        dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+    except OSError:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file: the same inode, or the same real path if not yet made."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_distinct(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]]) -> None:
+    """Refuse an output that is the same file as an input or as another output.
+
+    ``outputs`` and ``inputs`` are ``(option, path)`` pairs, like ``("--model-out", "m.npz")``.
+    A character device or a pipe overwrites nothing, so it may appear more than once
+    (``/dev/null``).
+    """
+    files = [(name, path) for name, path in outputs if not _is_stream(path)]
+    for i, (name, path) in enumerate(files):
+        for other, other_path in files[:i]:
+            if same_file(path, other_path):
+                raise ModelIOError(f"{other} {other_path} and {name} {path} are the same file")
+        for other, other_path in inputs:
+            if os.path.exists(other_path) and same_file(path, other_path):
+                raise ModelIOError(
+                    f"{name} {path} is the same file as {other} {other_path}: "
+                    "writing it would overwrite the input"
+                )

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -385,6 +386,7 @@ def error_dir(tmp_path, digits_run, rng):
     (tmp_path / "ragged.csv").write_text("a,b,y\n1,2,0\n3,4\n")
     (tmp_path / "word.csv").write_text("a,b,y\n1,2,0\n3,oops,1\n")
     (tmp_path / "good.csv").write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    (tmp_path / "link.csv").symlink_to("good.csv")
     np.savetxt(tmp_path / "five.csv", rng.random((4, 5)), delimiter=",")
     (tmp_path / "one-class.csv").write_text("1,2,0\n3,4,0\n5,6,0\n7,8,0\n9,9,0\n")
     (tmp_path / "notes.npz").write_text("not a model, not even a zip file\n")
@@ -423,7 +425,10 @@ ERRORS = {
     "bad-dtype": (["train", "--dtype", "int8"], "argument --dtype"),
     "bad-threads": (["train", "--threads", "many"], "argument --threads"),
     "no-output-dir": (["train", "--model-out", "nodir/m.npz"], "does not exist"),
-    "same-outputs": (["train", "--model-out", "x.npz", "--plot", "x.npz"], "the same file"),
+    "same-outputs": (
+        ["train", "--model-out", "x.npz", "--plot", "./x.npz"],
+        "--model-out x.npz and --plot ./x.npz are the same file",
+    ),
     "unknown-command": (["fit"], "invalid choice: 'fit'"),
     "missing-model": (["evaluate", "--model", "nope.npz", "--data", "digits"], "no such model"),
     "model-not-npz": (
@@ -460,6 +465,30 @@ ERRORS = {
         "nan.csv: row 2, feature 3 is nan",
     ),
     "test-size-too-large": (["train", "--test-size", "100000"], "--test-size 100000"),
+    "model-out-is-data": (
+        ["train", "--data", "good.csv", "--model-out", "good.csv"],
+        "--model-out good.csv is the same file as --data good.csv",
+    ),
+    "model-out-is-data-respelled": (
+        ["train", "--data", "good.csv", "--model-out", "./good.csv"],
+        "is the same file as --data",
+    ),
+    "model-out-is-data-through-symlink": (
+        ["train", "--data", "link.csv", "--model-out", "good.csv"],
+        "is the same file as --data link.csv",
+    ),
+    "plot-is-test-data": (
+        ["train", "--test-data", "good.csv", "--data", "good.csv", "--plot", "link.csv"],
+        "--plot link.csv is the same file as --data good.csv",
+    ),
+    "predict-out-is-data": (
+        ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "five.csv"],
+        "--out five.csv is the same file as --data five.csv",
+    ),
+    "predict-out-is-model": (
+        ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "./model.npz"],
+        "--out ./model.npz is the same file as --model model.npz",
+    ),
     "predict-no-output-dir": (
         ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "nodir/p.csv"],
         "does not exist",
@@ -474,6 +503,67 @@ def test_errors_are_one_line_with_status_2_and_write_nothing(cli_env, error_dir,
     result = run(cli_env, *args, cwd=error_dir)
     assert_one_line_error(result, message)
     assert sorted(p.name for p in error_dir.iterdir()) == before  # no output, no temp files
+
+
+# ----------------------------------------------------------------------------- output files
+
+
+@pytest.fixture
+def char_device(tmp_path):
+    """A character device to write to: a null device made in tmp_path where that is allowed (as
+    root), so a writer that replaced it could only replace this node; else /dev/null itself."""
+    node = tmp_path / "null-device"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except (OSError, AttributeError):
+        return Path(os.devnull)
+    return node
+
+
+def test_outputs_write_through_symlinks(cli_env, digits_run, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    for name in ("m.npz", "p.png", "labels.csv"):
+        (real / name).write_text("old contents\n")
+        (tmp_path / name).symlink_to(real / name)
+    plot = ["--plot", "p.png"] if _has_matplotlib() else ["--no-plot"]
+    train = run(
+        cli_env, "train", "--data", "synthetic:300,4,3", "--max-iter", "5", "--model-out",
+        "m.npz", *plot, cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    np.savetxt(tmp_path / "new.csv", np.zeros((3, 64)), delimiter=",")
+    model = digits_run[0] / "model.npz"
+    predict = run(
+        cli_env, "predict", "--model", model, "--data", "new.csv", "--out", "labels.csv",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert predict.returncode == 0, predict.stderr
+    for name in ("m.npz", "p.png", "labels.csv"):
+        assert (tmp_path / name).is_symlink(), name
+    with np.load(real / "m.npz", allow_pickle=False) as written:
+        assert written["coef"].shape == (3, 4)
+    if _has_matplotlib():
+        png_size((real / "p.png").read_bytes())
+    assert len((real / "labels.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in real.iterdir()) == ["labels.csv", "m.npz", "p.png"]
+
+
+def test_outputs_write_through_character_devices(cli_env, digits_run, tmp_path, char_device):
+    plot = ["--plot", char_device] if _has_matplotlib() else ["--no-plot"]
+    train = run(
+        cli_env, "train", "--data", "synthetic:300,4,3", "--max-iter", "5", "--model-out",
+        char_device, *plot, cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert stat.S_ISCHR(os.stat(char_device).st_mode)
+    np.savetxt(tmp_path / "new.csv", np.zeros((3, 64)), delimiter=",")
+    predict = run(
+        cli_env, "predict", "--model", digits_run[0] / "model.npz", "--data", "new.csv",
+        "--out", char_device, cwd=tmp_path,
+    )  # fmt: skip
+    assert predict.returncode == 0, predict.stderr
+    assert stat.S_ISCHR(os.stat(char_device).st_mode)
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
