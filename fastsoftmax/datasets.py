@@ -338,8 +338,10 @@ def load_npz(path, *, dtype=np.float64, labels: bool = True):
 
 
 def _open_text(path):
+    # utf-8-sig drops a byte-order mark (spreadsheets write one): read as data it would turn the
+    # first row into a header, or make the first header name unmatchable.
     opener = gzip.open if str(path).endswith(".gz") else open
-    return opener(path, "rt", newline="", encoding="utf-8")
+    return opener(path, "rt", newline="", encoding="utf-8-sig")
 
 
 def _loadtxt(path, **kwargs) -> np.ndarray:
@@ -347,7 +349,7 @@ def _loadtxt(path, **kwargs) -> np.ndarray:
     with warnings.catch_warnings():
         # An empty table is reported as a DataError by the caller, not as a UserWarning.
         warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
-        return np.loadtxt(path, comments=None, quotechar='"', encoding="utf-8", **kwargs)
+        return np.loadtxt(path, comments=None, quotechar='"', encoding="utf-8-sig", **kwargs)
 
 
 def _is_number(text: str) -> bool:

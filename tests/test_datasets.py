@@ -181,6 +181,22 @@ def test_csv_features_only_and_dropped_column(tmp_path):
 
 
 @pytest.mark.parametrize("gz", [False, True])
+def test_csv_with_a_byte_order_mark(tmp_path, gz):
+    opener = gzip.open if gz else open
+    suffix = ".gz" if gz else ""
+    with opener(tmp_path / f"plain.csv{suffix}", "wb") as f:
+        f.write("\ufeff1,2,0\n3,4,1\n".encode())
+    X, y = load_csv(tmp_path / f"plain.csv{suffix}")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])  # the first row is data, not a header
+    np.testing.assert_array_equal(y, [0, 1])
+    with opener(tmp_path / f"named.csv{suffix}", "wb") as f:
+        f.write("\ufeffspecies,a\ncat,1\ndog,2\n".encode())
+    X, y = load_csv(tmp_path / f"named.csv{suffix}", label_column="species")
+    np.testing.assert_array_equal(X, [[1], [2]])
+    np.testing.assert_array_equal(y, ["cat", "dog"])
+
+
+@pytest.mark.parametrize("gz", [False, True])
 def test_tsv_and_gzip(tmp_path, gz):
     text = "f1\tf2\ty\n0.5\t1\t2\n1.5\t2\t1\n"
     path = tmp_path / ("d.tsv.gz" if gz else "d.tsv")
