@@ -86,6 +86,9 @@ def _note(args, message: str) -> None:
 # ----------------------------------------------------------------------------- data helpers
 
 
+_ZERO_BASED = {"auto": "auto", "yes": True, "no": False}
+
+
 def _load(args, source, *, labels: bool, split: str, dtype, n_features=None):
     return load_dataset(
         source,
@@ -95,6 +98,8 @@ def _load(args, source, *, labels: bool, split: str, dtype, n_features=None):
         fmt=args.format,
         split=split,
         n_features=n_features,
+        zero_based=_ZERO_BASED[args.zero_based],
+        note=lambda message: _note(args, message),
     )
 
 
@@ -733,6 +738,13 @@ def _add_data_options(parser, *, label_help: str) -> None:
         help="data file format (default: from the file name)",
     )
     parser.add_argument("--label-column", type=_label_column, metavar="COL", help=label_help)
+    parser.add_argument(
+        "--zero-based",
+        choices=tuple(_ZERO_BASED),
+        default="auto",
+        help="svmlight: whether feature indices start at 0 (default: auto, one-based when no "
+        "feature has index 0, with a note)",
+    )
     parser.add_argument(
         "--threads", type=_positive_int, metavar="N", help="worker threads (default: all cores)"
     )

@@ -32,6 +32,7 @@ import gzip
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -107,6 +108,8 @@ def load_dataset(
     fmt: str = "auto",
     split: str = "train",
     n_features: int | None = None,
+    zero_based: str | bool = "auto",
+    note: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Load ``digits``, ``synthetic:N,d,K[,seed]`` or a data file.
 
@@ -128,6 +131,10 @@ def load_dataset(
         IDX only: the ``train-*`` or the ``t10k-*`` files.
     n_features : int or None
         svmlight only: the number of features (the file may not mention the last ones).
+    zero_based : {"auto", True, False}
+        svmlight only: whether feature indices start at 0 (see :func:`load_svmlight`).
+    note : callable or None
+        Called with a one-line message when the loader had to guess (the svmlight index base).
 
     Returns
     -------
@@ -138,13 +145,9 @@ def load_dataset(
     source = os.fspath(source)
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if source == "digits" and fmt == "auto":
-        X, y = load_digits(dtype=dtype)
-        return Dataset(X, y if labels else None, "digits (scikit-learn 8x8 handwritten digits)")
-    if source.startswith("synthetic:") and fmt == "auto":
-        n, d, k, seed = parse_synthetic(source)
-        X, y = make_synthetic(n, d, k, seed=seed, dtype=dtype)
-        return Dataset(X, y if labels else None, f"synthetic N={n} d={d} K={k} seed={seed}")
+    builtin = _load_builtin(source, fmt, dtype, labels)
+    if builtin is not None:
+        return builtin
     if not os.path.exists(source):
         hint = ""
         if os.sep not in source and "." not in source:
@@ -152,10 +155,23 @@ def load_dataset(
         raise DataError(f"{source}: no such file or directory{hint}")
     if fmt == "auto":
         fmt = guess_format(source)
+    options = {"n_features": n_features, "zero_based": zero_based, "note": note}
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, by file and row
-        X, y = _load_file(source, fmt, dtype, labels, label_column, split, n_features)
+        X, y = _load_file(source, fmt, dtype, labels, label_column, split, options)
     _check_finite(X, source)
     return Dataset(X, y, f"{source} ({fmt})")
+
+
+def _load_builtin(source: str, fmt: str, dtype, labels: bool) -> Dataset | None:
+    """``digits`` or ``synthetic:...`` (only when the format is not given), else None."""
+    if source == "digits" and fmt == "auto":
+        X, y = load_digits(dtype=dtype)
+        return Dataset(X, y if labels else None, "digits (scikit-learn 8x8 handwritten digits)")
+    if source.startswith("synthetic:") and fmt == "auto":
+        n, d, k, seed = parse_synthetic(source)
+        X, y = make_synthetic(n, d, k, seed=seed, dtype=dtype)
+        return Dataset(X, y if labels else None, f"synthetic N={n} d={d} K={k} seed={seed}")
+    return None
 
 
 def _check_finite(X, source) -> None:
@@ -172,7 +188,7 @@ def _check_finite(X, source) -> None:
     )
 
 
-def _load_file(source, fmt, dtype, labels, label_column, split, n_features):
+def _load_file(source, fmt, dtype, labels, label_column, split, svmlight_options):
     if fmt == "npz":
         X, y = load_npz(source, dtype=dtype, labels=labels)
     elif fmt in ("csv", "tsv"):
@@ -184,7 +200,7 @@ def _load_file(source, fmt, dtype, labels, label_column, split, n_features):
             delimiter="\t" if fmt == "tsv" else ",",
         )
     elif fmt == "svmlight":
-        X, y = load_svmlight(source, dtype=dtype, n_features=n_features)
+        X, y = load_svmlight(source, dtype=dtype, **svmlight_options)
         y = y if labels else None
     else:
         X, y = load_idx(source, split=split, dtype=dtype)
@@ -487,17 +503,73 @@ def _scan_delimited(path, delimiter, n_fields, feature_index, columns, skip) -> 
 # ----------------------------------------------------------------------------- svmlight
 
 
-def load_svmlight(path, *, dtype=np.float64, n_features: int | None = None):
-    """svmlight / libsvm text as dense ``X`` and labels ``y``."""
+def load_svmlight(
+    path,
+    *,
+    dtype=np.float64,
+    n_features: int | None = None,
+    zero_based: str | bool = "auto",
+    note: Callable[[str], None] | None = None,
+):
+    """svmlight / libsvm text as dense ``X`` and labels ``y``.
+
+    Parameters
+    ----------
+    path : str or path
+        The file (plain, or ``.gz`` / ``.bz2`` as scikit-learn reads them).
+    dtype : float32 or float64
+        dtype of the returned ``X``.
+    n_features : int or None
+        The number of features: a file may not mention the last ones (they are zero), so fewer
+        are padded with zero columns; more is an error.
+    zero_based : {"auto", True, False}
+        Whether feature indices start at 0. "auto" (scikit-learn's rule) reads them as one-based
+        when no feature has index 0, calls ``note`` to say so, and refuses to pad such a file to
+        ``n_features``: a zero-based file whose first feature is always zero looks the same.
+    note : callable or None
+        Called with a one-line message when "auto" had to guess one-based indices.
+    """
     from sklearn.datasets import load_svmlight_file
 
+    if zero_based not in ("auto", True, False):
+        raise DataError(f"zero_based must be 'auto', True or False, got {zero_based!r}")
     try:
-        X, y = load_svmlight_file(os.fspath(path), n_features=n_features, dtype=np.float64)
+        X, y = load_svmlight_file(
+            os.fspath(path), zero_based=zero_based is not False, dtype=np.float64
+        )
     except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"{path}: not a readable svmlight/libsvm file ({_reason(exc)})") from None
     if X.shape[0] == 0:
         raise DataError(f"{path}: no data rows")
+    guessed = zero_based == "auto" and (X.nnz == 0 or X.indices.min() > 0)
+    if guessed:
+        X = X[:, 1:]  # one-based: index 0 is unused
+    count = X.shape[1]
+    X = _svmlight_width(path, X, n_features, guessed)
+    if guessed and note is not None:
+        note(
+            f"{path}: no feature has index 0, so feature indices are read as one-based "
+            f"({count} features)"
+        )
     return np.ascontiguousarray(X.toarray(), dtype=_check_dtype(dtype)), _as_labels(y)
+
+
+def _svmlight_width(path, X, n_features: int | None, guessed: bool):
+    """``X`` padded with zero columns to ``n_features``, when that is unambiguous."""
+    import scipy.sparse as sp
+
+    count = X.shape[1]
+    if n_features is None or count == n_features:
+        return X
+    if count > n_features:
+        raise DataError(f"{path}: {count} features, expected {n_features}")
+    if guessed:
+        raise DataError(
+            f"{path}: {count} features read as one-based (no feature has index 0), "
+            f"{n_features} expected: if the file is zero-based its first feature is always zero; "
+            "say which (--zero-based yes/no, zero_based=True/False)"
+        )
+    return sp.hstack([X, sp.csr_matrix((X.shape[0], n_features - count))], format="csr")
 
 
 # ----------------------------------------------------------------------------- IDX (MNIST)

@@ -343,6 +343,40 @@ def test_csv_string_labels_sgd_standardized_then_evaluate_and_predict(cli_env, t
     assert same.stdout.splitlines() == predicted
 
 
+def test_svmlight_index_base_and_feature_count(cli_env, digits_run, tmp_path):
+    """digits dumped zero-based: pixel 0 is always zero, so the file looks one-based."""
+    from sklearn.datasets import dump_svmlight_file, load_digits
+
+    X, y = load_digits(return_X_y=True)
+    dump_svmlight_file(X / 16.0, y, str(tmp_path / "digits.svm"), zero_based=True)
+    guessed = run(
+        cli_env, "train", "--data", "digits.svm", "--no-plot", "--json", "--model-out",
+        "guessed.npz", cwd=tmp_path,
+    )  # fmt: skip
+    assert guessed.returncode == 0, guessed.stderr
+    assert json.loads(guessed.stdout)["n_features"] == 63
+    assert "digits.svm: no feature has index 0" in guessed.stderr
+    assert "read as one-based (63 features)" in guessed.stderr
+    told = run(
+        cli_env, "train", "--data", "digits.svm", "--zero-based", "yes", "--no-plot", "--json",
+        "--model-out", "told.npz", cwd=tmp_path,
+    )  # fmt: skip
+    assert told.returncode == 0, told.stderr
+    assert json.loads(told.stdout)["n_features"] == 64 and told.stderr == ""
+
+    # A 64-feature model on the file read one-based (63 features): an error, not a score.
+    model = digits_run[0] / "model.npz"
+    for command in ("evaluate", "predict"):
+        result = run(cli_env, command, "--model", model, "--data", "digits.svm", cwd=tmp_path)
+        assert_one_line_error(result, "63 features read as one-based", "64 expected")
+    right = run(
+        cli_env, "evaluate", "--model", model, "--data", "digits.svm", "--zero-based", "yes",
+        "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    assert json.loads(right.stdout)["accuracy"] > 0.95
+
+
 # ----------------------------------------------------------------------------- terminals
 
 

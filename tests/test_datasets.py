@@ -248,12 +248,36 @@ def test_svmlight(tmp_path):
     assert X.dtype == np.float32 and y.dtype == np.int64
     np.testing.assert_array_equal(X, [[0.5, 0, 2], [0, 1.5, 0], [-1, 1, 1]])
     np.testing.assert_array_equal(y, [1, 0, 2])
-    X5, _, _ = load_dataset(path, n_features=5)
+    X5, _, _ = load_dataset(path, n_features=5, zero_based=False)
     assert X5.shape == (3, 5)
+    np.testing.assert_array_equal(X5[:, :3], X)
     bad = tmp_path / "bad.libsvm"
     bad.write_text("1 1:0.5 nonsense\n")
     with pytest.raises(DataError, match="not a readable svmlight"):
         load_dataset(bad)
+
+
+def test_svmlight_index_base(tmp_path):
+    """A zero-based file whose feature 0 is always zero looks one-based: auto says so, and
+    refuses to pad it to a wider model; zero_based=True reads it right."""
+    from sklearn.datasets import dump_svmlight_file
+
+    X = np.array([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 3.0, 4.0]])
+    path = tmp_path / "zero.svm"
+    dump_svmlight_file(X, [0, 1], str(path), zero_based=True)
+    notes = []
+    X_auto, _, _ = load_dataset(path, note=notes.append)
+    np.testing.assert_array_equal(X_auto, X[:, 1:])
+    assert len(notes) == 1 and "read as one-based (3 features)" in notes[0]
+    with pytest.raises(DataError, match="3 features read as one-based.*4 expected"):
+        load_dataset(path, n_features=4)
+    X_zero, _, _ = load_dataset(path, n_features=4, zero_based=True, note=notes.append)
+    np.testing.assert_array_equal(X_zero, X)
+    assert len(notes) == 1  # no guess, no note
+    with pytest.raises(DataError, match="3 features, expected 1"):
+        load_svmlight(path, n_features=1, zero_based=False)
+    with pytest.raises(DataError, match="zero_based must be"):
+        load_svmlight(path, zero_based="yes")
 
 
 # ----------------------------------------------------------------------------- IDX
