@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
+import math
 import os
 import re
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -156,8 +159,9 @@ def load_dataset(
     if fmt == "auto":
         fmt = guess_format(source)
     options = {"n_features": n_features, "zero_based": zero_based, "note": note}
+    path = _readable(source) if fmt != "idx" else source
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, by file and row
-        X, y = _load_file(source, fmt, dtype, labels, label_column, split, options)
+        X, y = _load_file(path, fmt, dtype, labels, label_column, split, options)
     _check_finite(X, source)
     return Dataset(X, y, f"{source} ({fmt})")
 
@@ -315,16 +319,59 @@ def make_synthetic(
     return X, y
 
 
+# ----------------------------------------------------------------------------- streams
+
+
+class _Buffered(NamedTuple):
+    """A pipe or device (``/dev/stdin``) read once into memory: it cannot be read twice."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _readable(path):
+    """``path``, or its contents read once into memory if it is a pipe or a device.
+
+    A regular file, a directory or a missing path is returned as is (the loader reports it).
+    """
+    if isinstance(path, _Buffered):
+        return path
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return path
+    try:
+        with open(path, "rb") as f:
+            return _Buffered(os.fspath(path), f.read())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
+
+
+def _as_file(path):
+    """What a reader can open: the path, or a fresh in-memory file of a buffered stream."""
+    return io.BytesIO(path.data) if isinstance(path, _Buffered) else path
+
+
+def _open_binary(path):
+    return io.BytesIO(path.data) if isinstance(path, _Buffered) else open(path, "rb")
+
+
 # ----------------------------------------------------------------------------- npz
 
 
 def load_npz(path, *, dtype=np.float64, labels: bool = True):
     """Arrays ``X`` (2-D) and ``y`` (1-D, required when ``labels``) from an ``.npz`` file."""
+    path = _readable(path)
     try:
-        with open(path, "rb") as f:
+        with _open_binary(path) as f:
             if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
                 raise DataError(f"{path}: not an .npz file (not a zip archive)")
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(_as_file(path), allow_pickle=False) as npz:
             names = list(npz.files)
             if "X" not in names:
                 listed = ", ".join(names) or "none"
@@ -353,11 +400,13 @@ def load_npz(path, *, dtype=np.float64, labels: bool = True):
 # ----------------------------------------------------------------------------- CSV / TSV
 
 
-def _open_text(path):
+def _open_text(path, newline: str | None = ""):
     # utf-8-sig drops a byte-order mark (spreadsheets write one): read as data it would turn the
     # first row into a header, or make the first header name unmatchable.
     opener = gzip.open if str(path).endswith(".gz") else open
-    return opener(path, "rt", newline="", encoding="utf-8-sig")
+    if isinstance(path, _Buffered) and opener is open:
+        return io.TextIOWrapper(_as_file(path), encoding="utf-8-sig", newline=newline)
+    return opener(_as_file(path), "rt", newline=newline, encoding="utf-8-sig")
 
 
 def _loadtxt(path, **kwargs) -> np.ndarray:
@@ -365,6 +414,9 @@ def _loadtxt(path, **kwargs) -> np.ndarray:
     with warnings.catch_warnings():
         # An empty table is reported as a DataError by the caller, not as a UserWarning.
         warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+        if isinstance(path, _Buffered):
+            with _open_text(path, newline=None) as f:
+                return np.loadtxt(f, comments=None, quotechar='"', **kwargs)
         return np.loadtxt(path, comments=None, quotechar='"', encoding="utf-8-sig", **kwargs)
 
 
@@ -393,6 +445,7 @@ def load_csv(
     ``labels`` and no label column otherwise. Every row must have as many fields as the first;
     feature fields must be numbers.
     """
+    path = _readable(path)
     try:
         with _open_text(path) as f:
             first = next((row for row in csv.reader(f, delimiter=delimiter) if row), None)
@@ -533,10 +586,10 @@ def load_svmlight(
 
     if zero_based not in ("auto", True, False):
         raise DataError(f"zero_based must be 'auto', True or False, got {zero_based!r}")
+    path = _readable(path)
+    source = _as_file(path) if isinstance(path, _Buffered) else os.fspath(path)
     try:
-        X, y = load_svmlight_file(
-            os.fspath(path), zero_based=zero_based is not False, dtype=np.float64
-        )
+        X, y = load_svmlight_file(source, zero_based=zero_based is not False, dtype=np.float64)
     except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"{path}: not a readable svmlight/libsvm file ({_reason(exc)})") from None
     if X.shape[0] == 0:
@@ -583,14 +636,17 @@ def read_idx(path) -> np.ndarray:
             data = f.read()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
+    if data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (unknown element type code 0x{data[2]:02X})")
     ndim = data[3]
     if ndim < 1 or len(data) < 4 + 4 * ndim:
         raise DataError(f"{path}: truncated IDX header")
     shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a damaged header's sizes cannot overflow into a plausible byte count.
+    expected = math.prod(shape) * dtype.itemsize
     available = len(data) - 4 - 4 * ndim
     if available < expected:
         raise DataError(
@@ -652,6 +708,8 @@ def load_idx(source, *, split: str = "train", dtype=np.float64):
         raise DataError(
             f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}"
         )
+    if images.size == 0:
+        raise DataError(f"{images_path}: no pixels (images of shape {images.shape})")
     X = images.reshape(len(images), -1).astype(_check_dtype(dtype))
     if images.dtype == np.uint8:
         X /= X.dtype.type(255)

@@ -111,7 +111,8 @@ def load_model(path) -> Model:
     Raises
     ------
     ModelIOError
-        The file is missing, unreadable, not a fastsoftmax model, or damaged; the one-line
+        The file is missing, not a regular file, unreadable, not a fastsoftmax model, or damaged
+        (a missing array, a wrong type or shape, NaN or infinite coefficients); the one-line
         message says which.
     """
     path = os.fspath(path)
@@ -124,18 +125,38 @@ def load_model(path) -> Model:
         raise ModelIOError(f"{path}: damaged fastsoftmax model file ({_reason(exc)})") from None
 
 
-def _read_model_arrays(path: str) -> dict[str, np.ndarray]:
-    if not os.path.isfile(path):
-        raise ModelIOError(f"{path}: no such model file")
+def _model_source(path: str):
+    """``path`` if it is a regular file, its bytes if it is a pipe; else say what is wrong."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ModelIOError(f"{path}: no such model file") from None
     except OSError as exc:
         raise ModelIOError(f"{path}: cannot read the model file ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ModelIOError(f"{path}: is a directory, not a model file")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        kind = "a character device" if stat.S_ISCHR(mode) else "a device or socket"
+        raise ModelIOError(f"{path}: not a regular file ({kind}), not a model file")
+    try:
+        if stat.S_ISFIFO(mode):  # a pipe can be read only once: keep its bytes
+            with open(path, "rb") as f:
+                data = f.read()
+            return io.BytesIO(data), data[:4]
+        with open(path, "rb") as f:
+            return path, f.read(4)
+    except OSError as exc:
+        raise ModelIOError(f"{path}: cannot read the model file ({exc.strerror})") from None
+
+
+def _read_model_arrays(path: str) -> dict[str, np.ndarray]:
+    source, magic = _model_source(path)
+    if not magic:
+        raise ModelIOError(f"{path}: empty file, not a model file")
     if magic != b"PK\x03\x04":  # every .npz is a zip archive
         raise ModelIOError(f"{path}: not a fastsoftmax model file (not an .npz archive)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(source, allow_pickle=False) as npz:
             if "format" not in npz.files:
                 raise ModelIOError(f"{path}: not a fastsoftmax model file (no format marker)")
             arrays = {name: npz[name] for name in npz.files}
@@ -148,27 +169,55 @@ def _read_model_arrays(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+_MODEL_ARRAYS = ("format_version", "coef", "intercept", "classes", "mean", "scale", "dtype")
+_MODEL_ARRAYS += ("n_features", "info")
+
+
+def _scalar(arrays: dict, name: str, kinds: str):
+    """The 0-d array ``name`` as a Python scalar, if its dtype kind is one of ``kinds``."""
+    value = arrays[name]
+    if value.shape != () or value.dtype.kind not in kinds:
+        raise ValueError(f"{name} is {value.dtype} of shape {value.shape}, expected a scalar")
+    return value.item()
+
+
+def _numbers(arrays: dict, name: str, shapes: tuple) -> np.ndarray:
+    """The real, finite array ``name``, if its shape is one of ``shapes``."""
+    value = arrays[name]
+    if value.dtype.kind not in "iuf" or value.shape not in shapes:
+        expected = " or ".join(str(shape) for shape in shapes)
+        raise ValueError(f"{name} is {value.dtype} of shape {value.shape}, expected {expected}")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return value
+
+
 def _model_from_arrays(path: str, arrays: dict[str, np.ndarray]) -> Model:
-    version = int(arrays["format_version"])
+    missing = [name for name in _MODEL_ARRAYS if name not in arrays]
+    if missing:
+        raise ValueError(f"no array {', '.join(missing)}")
+    version = _scalar(arrays, "format_version", "iu")
     if version > MODEL_VERSION:
         raise ModelIOError(
             f"{path}: model format version {version} is newer than this fastsoftmax "
             f"supports ({MODEL_VERSION}); upgrade fastsoftmax"
         )
-    coef, intercept, classes = arrays["coef"], arrays["intercept"], arrays["classes"]
-    mean, scale = arrays["mean"], arrays["scale"]
-    n_features = int(arrays["n_features"])
-    dtype = np.dtype(str(arrays["dtype"]))
-    info = json.loads(str(arrays["info"]))
-    n_classes = len(classes)
-    if (
-        coef.shape != (n_classes, n_features)
-        or intercept.shape != (n_classes,)
-        or mean.shape not in ((0,), (n_features,))
-        or scale.shape != mean.shape
-        or dtype not in (np.dtype(np.float32), np.dtype(np.float64))
-    ):
-        raise ModelIOError(f"{path}: damaged fastsoftmax model file (inconsistent array shapes)")
+    n_features = _scalar(arrays, "n_features", "iu")
+    dtype = np.dtype(_scalar(arrays, "dtype", "U"))
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)) or n_features < 1:
+        raise ValueError(f"dtype {dtype} and n_features {n_features}")
+    classes = arrays["classes"]
+    if classes.ndim != 1 or len(classes) < 1 or classes.dtype.kind not in "biufU":
+        raise ValueError(f"classes is {classes.dtype} of shape {classes.shape}")
+    coef = _numbers(arrays, "coef", ((len(classes), n_features),))
+    intercept = _numbers(arrays, "intercept", ((len(classes),),))
+    mean = _numbers(arrays, "mean", ((0,), (n_features,)))
+    scale = _numbers(arrays, "scale", (mean.shape,))
+    if np.any(scale <= 0):
+        raise ValueError("scale holds values <= 0")
+    info = json.loads(_scalar(arrays, "info", "U"))
+    if not isinstance(info, dict) or type(info.get("n_iter", 0)) is not int:
+        raise ValueError("info is not a JSON object with an integer n_iter")
     from fastsoftmax.estimator import SoftmaxRegression
 
     estimator = SoftmaxRegression()
@@ -176,16 +225,9 @@ def _model_from_arrays(path: str, arrays: dict[str, np.ndarray]) -> Model:
     estimator.intercept_ = intercept.astype(dtype)
     estimator.classes_ = classes
     estimator.n_features_in_ = n_features
-    estimator.n_iter_ = int(info.get("n_iter", 0))
-    has_stats = mean.shape == (n_features,)
-    return Model(
-        estimator,
-        mean if has_stats else None,
-        scale if has_stats else None,
-        dtype,
-        n_features,
-        info,
-    )
+    estimator.n_iter_ = info.get("n_iter", 0)
+    stats = (mean, scale) if len(mean) else (None, None)
+    return Model(estimator, *stats, dtype, n_features, info)
 
 
 # ----------------------------------------------------------------------------- output files

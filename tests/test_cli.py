@@ -377,6 +377,21 @@ def test_svmlight_index_base_and_feature_count(cli_env, digits_run, tmp_path):
     assert json.loads(right.stdout)["accuracy"] > 0.95
 
 
+def test_data_from_a_pipe_is_read_once(cli_env, tmp_path, rng):
+    X, y = blobs(rng, n=90, d=3)
+    rows = [f"{a:.6g},{b:.6g},{c:.6g},{k}\n" for (a, b, c), k in zip(X, y, strict=True)]
+    text = "a,b,c,label\n" + "".join(rows)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastsoftmax", "train", "--data", "/dev/stdin", "--format", "csv",
+         "--test-size", "0", "--no-plot", "--json"],
+        input=text, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n_train"] == 90 and summary["n_features"] == 3
+    assert summary["train_accuracy"] > 0.9
+
+
 # ----------------------------------------------------------------------------- terminals
 
 
@@ -431,7 +446,50 @@ def error_dir(tmp_path, digits_run, rng):
     X = rng.random((6, 64))
     X[4, 9] = np.nan
     np.savez(tmp_path / "nan.npz", X=X, y=np.arange(6) % 2)
+    write_damaged_models(tmp_path)
+    write_damaged_idx(tmp_path, rng)
     return tmp_path
+
+
+def write_damaged_models(directory: Path) -> None:
+    """Copies of model.npz with one array changed (None: removed)."""
+    with np.load(directory / "model.npz", allow_pickle=False) as npz:
+        good = {name: npz[name] for name in npz.files}
+    nan_coef = good["coef"].copy()
+    nan_coef[3, 5] = np.nan
+    inf_scale = np.ones(64)
+    inf_scale[2] = np.inf
+    for name, changes in {
+        "nan-coef": {"coef": nan_coef},
+        "inf-intercept": {"intercept": np.full(10, np.inf)},
+        "inf-scale": {"mean": np.zeros(64), "scale": inf_scale},
+        "info-list": {"info": np.array("[1, 2]")},
+        "info-n-iter": {"info": np.array('{"n_iter": "many"}')},
+        "info-number": {"n_features": np.array("64")},
+        "no-intercept": {"intercept": None},
+        "classes-2d": {"classes": np.arange(10).reshape(2, 5)},
+        "classes-scalar": {"classes": np.array(3)},
+        "coef-1d": {"coef": good["coef"].ravel()},
+    }.items():
+        arrays = {**good, **changes}
+        np.savez(directory / f"{name}.npz", **{k: v for k, v in arrays.items() if v is not None})
+    (directory / "empty.npz").write_bytes(b"")
+    (directory / "model-dir.npz").mkdir()
+
+
+def write_damaged_idx(directory: Path, rng) -> None:
+    """IDX directories whose training images file is damaged."""
+    images = idx_bytes(rng.integers(0, 255, size=(4, 3, 3)))
+    labels = idx_bytes(np.arange(4) % 2)
+    overflow = bytes([0, 0, 8, 3]) + (2**31).to_bytes(4, "big") * 2 + (4).to_bytes(4, "big")
+    for name, content in {
+        "idx-overflow": overflow,
+        "idx-truncated": images[:-5],
+        "idx-type": images[:2] + b"\x07" + images[3:],
+    }.items():
+        (directory / name).mkdir()
+        (directory / name / "train-images-idx3-ubyte").write_bytes(content)
+        (directory / name / "train-labels-idx1-ubyte").write_bytes(labels)
 
 
 ERRORS = {
@@ -522,6 +580,64 @@ ERRORS = {
     "predict-out-is-model": (
         ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "./model.npz"],
         "--out ./model.npz is the same file as --model model.npz",
+    ),
+    "nan-coef-model": (
+        ["evaluate", "--model", "nan-coef.npz", "--data", "digits"],
+        "nan-coef.npz: damaged fastsoftmax model file (coef holds NaN or infinite values)",
+    ),
+    "inf-intercept-model": (
+        ["predict", "--model", "inf-intercept.npz", "--data", "five.csv"],
+        "intercept holds NaN or infinite values",
+    ),
+    "inf-scale-model": (
+        ["predict", "--model", "inf-scale.npz", "--data", "five.csv"],
+        "scale holds NaN or infinite values",
+    ),
+    "info-not-an-object": (
+        ["evaluate", "--model", "info-list.npz", "--data", "digits"],
+        "info-list.npz: damaged fastsoftmax model file (info is not a JSON object",
+    ),
+    "info-bad-n-iter": (
+        ["evaluate", "--model", "info-n-iter.npz", "--data", "digits"],
+        "info-n-iter.npz: damaged fastsoftmax model file",
+    ),
+    "n-features-a-string": (
+        ["evaluate", "--model", "info-number.npz", "--data", "digits"],
+        "info-number.npz: damaged fastsoftmax model file (n_features is <U2",
+    ),
+    "model-missing-array": (
+        ["evaluate", "--model", "no-intercept.npz", "--data", "digits"],
+        "no-intercept.npz: damaged fastsoftmax model file (no array intercept)",
+    ),
+    "model-classes-2d": (
+        ["evaluate", "--model", "classes-2d.npz", "--data", "digits"],
+        "classes-2d.npz: damaged fastsoftmax model file (classes is int64 of shape (2, 5))",
+    ),
+    "model-classes-scalar": (
+        ["evaluate", "--model", "classes-scalar.npz", "--data", "digits"],
+        "classes-scalar.npz: damaged fastsoftmax model file",
+    ),
+    "model-coef-1d": (
+        ["evaluate", "--model", "coef-1d.npz", "--data", "digits"],
+        "coef-1d.npz: damaged fastsoftmax model file (coef is float64 of shape (640,)",
+    ),
+    "model-empty": (
+        ["evaluate", "--model", "empty.npz", "--data", "digits"],
+        "empty.npz: empty file, not a model file",
+    ),
+    "model-directory": (
+        ["evaluate", "--model", "model-dir.npz", "--data", "digits"],
+        "model-dir.npz: is a directory",
+    ),
+    "model-dev-null": (
+        ["evaluate", "--model", os.devnull, "--data", "digits"],
+        f"{os.devnull}: not a regular file (a character device)",
+    ),
+    "idx-size-overflow": (["train", "--data", "idx-overflow"], "truncated IDX file"),
+    "idx-truncated": (["train", "--data", "idx-truncated"], "truncated IDX file"),
+    "idx-unknown-type": (
+        ["train", "--data", "idx-type"],
+        "not an IDX file (unknown element type code 0x07)",
     ),
     "predict-no-output-dir": (
         ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "nodir/p.csv"],

@@ -1,6 +1,7 @@
 """fastsoftmax.datasets: every format read from small files written here, and every bad input."""
 
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -238,6 +239,46 @@ def test_csv_errors(tmp_path):
         load_csv(header_only)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "npz", "svmlight"])
+def test_a_pipe_is_read_once(tmp_path, fmt):
+    """A named pipe can be read only once: every loader must read it once, then parse."""
+    import threading
+
+    X = np.array([[1.0, 2.0], [3.0, 4.5], [0.5, 6.0]])
+    y = np.array([0, 1, 0])
+    if fmt == "csv":
+        content = b"a,b,y\n1,2,0\n3,4.5,1\n0.5,6,0\n"
+    elif fmt == "npz":
+        np.savez(tmp_path / "d.npz", X=X, y=y)
+        content = (tmp_path / "d.npz").read_bytes()
+    else:
+        content = b"0 1:1 2:2\n1 1:3 2:4.5\n0 1:0.5 2:6\n"
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    done = threading.Event()
+
+    def write():
+        with open(pipe, "wb") as f:
+            f.write(content)
+        # A reader that opens the pipe again would wait forever for a writer: give it one that
+        # writes nothing, so it reads an empty stream and the test fails instead of hanging.
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader waiting
+                pass
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        data = load_dataset(pipe, fmt=fmt)
+    finally:
+        done.set()
+        writer.join(timeout=10)
+    np.testing.assert_array_equal(data.X, X)
+    np.testing.assert_array_equal(data.y, y)
+
+
 # ----------------------------------------------------------------------------- svmlight
 
 
@@ -310,7 +351,9 @@ def test_read_idx_errors(tmp_path, rng):
         ("truncated", data[:-1], "truncated IDX file"),
         ("header", data[:6], "truncated IDX header"),
         ("magic", b"\x01" + data[1:], "bad magic number"),
-        ("type", data[:2] + b"\x42" + data[3:], "bad magic number"),
+        ("type", data[:2] + b"\x42" + data[3:], "unknown element type code 0x42"),
+        # 2**31 x 2**31 x 4 bytes wraps to 0 in int64: must read as truncated, not as empty.
+        ("overflow", bytes([0, 0, 8, 3]) + b"\x80\0\0\0\x80\0\0\0\0\0\0\x04", "truncated"),
         ("trailing", data + b"\x00", "1 unexpected bytes"),
     ]:
         (tmp_path / name).write_bytes(content)
@@ -350,6 +393,12 @@ def test_idx_directory_errors(tmp_path, rng):
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8), 0x08))
     with pytest.raises(DataError, match="3 labels for 12 images"):
         load_idx(tmp_path)
+    for images in (np.zeros((0, 2, 2)), np.zeros((3, 0, 2))):
+        (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(images, 0x08))
+        labels = np.zeros(len(images), np.uint8)
+        (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 0x08))
+        with pytest.raises(DataError, match="no pixels"):
+            load_idx(tmp_path)
 
 
 # ----------------------------------------------------------------------------- dispatch
