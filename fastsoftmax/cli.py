@@ -46,6 +46,7 @@ from fastsoftmax.model_io import (
     check_writable,
     load_model,
     model_bytes,
+    same_file,
     save_model,
     write_atomically,
 )
@@ -270,14 +271,28 @@ def _load_training_sets(args, dtype) -> tuple[Any, _Sets]:
         sets = _Sets(X, test.X, y, test.y, f"{args.data} (t10k files)")
     else:
         test_size = 0.2 if args.test_size is None else args.test_size
-        sets = _Sets(
-            *_split(X, y, test_size, args.seed, args),
-            f"held-out {test_size:g} of the data, seed {args.seed}",
-        )
+        sets = _Sets(*_split(X, y, test_size, args.seed, args), _held_out_text(test_size, args))
     _check_training_sets(sets)
     if sets.y_test.dtype.kind != sets.y_train.dtype.kind:
         sets = sets._replace(y_test=_labels_like(sets.y_test, np.unique(sets.y_train)))
     return data, sets
+
+
+def _held_out_text(test_size: int | float, args) -> str:
+    """``--test-size`` is a count of rows when an integer, a fraction of the data otherwise."""
+    if test_size == 0:
+        return "none (--test-size 0)"
+    if isinstance(test_size, int):
+        held_out = f"{test_size} row{'s' if test_size > 1 else ''} held out"
+    else:
+        held_out = f"{100 * test_size:.4g}% held out"
+    return f"{held_out} from the data, seed {args.seed}"
+
+
+def _training_source(args) -> str:
+    """The training data as the model records it: a real path, or the built-in data's name."""
+    files = source_files(args.data, args.format)
+    return os.path.realpath(args.data) if files else args.data
 
 
 def _check_training_sets(sets: _Sets) -> None:
@@ -450,6 +465,7 @@ def _write_train_outputs(args, data, sets: _Sets, fit: _Fit, stats, plot_path) -
         "solver": args.solver,
         "n_iter": int(np.max(estimator.n_iter_)),
         "data": data.description,
+        "data_source": _training_source(args),
         "n_train": len(sets.X_train),
         "train_accuracy": float(estimator.score(sets.X_train, sets.y_train)),
         "test_accuracy": (
@@ -611,13 +627,33 @@ def _print_evaluation(description: str, result: dict) -> None:
         print(f"{name.rjust(width)}  {p:9.4f}  {r:6.4f}  {s:7d}")
 
 
+def _is_training_data(args, info: dict) -> bool:
+    """Whether evaluate reads the rows the model was trained on (or a superset of them)."""
+    source = info.get("data_source")
+    if not isinstance(source, str) or has_test_split(args.data):
+        return False  # an IDX directory's t10k files were never trained on
+    if not source_files(args.data, args.format):
+        return source == args.data  # built-in data: same name, same rows
+    return os.path.exists(source) and same_file(source, args.data)
+
+
 def cmd_evaluate(args) -> int:
     model, data, X = _model_and_data(args, labels=True)
+    training_data = _is_training_data(args, model.info)
+    if training_data:
+        n_train = model.info.get("n_train")
+        trained = f" ({n_train} of its rows)" if isinstance(n_train, int) else ""
+        _note(
+            args,
+            f"note: {args.data} is the data the model was trained on{trained}: this accuracy "
+            "is not a held-out score",
+        )
     result = _evaluation(model.estimator, X, _labels_like(data.y, model.estimator.classes_))
     if not args.json:
         _print_evaluation(data.description, result)
         return 0
     report = {"command": "evaluate", "model": args.model, "data": data.description}
+    report["training_data"] = training_data
     report.update(result)
     del report["n_correct"]
     for name in ("confusion_matrix", "precision", "recall", "support"):

@@ -178,17 +178,21 @@ def _load_builtin(source: str, fmt: str, dtype, labels: bool) -> Dataset | None:
     return None
 
 
-def _check_finite(X, source) -> None:
-    """A data file whose features hold NaN or infinity (or overflow the dtype) is an error."""
+def _check_finite(X, source, where: Callable[[int, int], str] | None = None) -> None:
+    """A data file whose features hold NaN or infinity (or overflow the dtype) is an error.
+
+    ``where(row, col)`` names the position of ``X[row, col]`` in the file; by default it is
+    ``row {row + 1}, column {col + 1}``: rows and columns count from 1, as in a spreadsheet.
+    """
     finite = np.isfinite(X.data if hasattr(X, "tocsr") else X)
     if finite.all():
         return
     if hasattr(X, "tocsr"):
         raise DataError(f"{source}: features hold NaN or infinity (or overflow {X.dtype})")
     row, col = (int(i) for i in np.argwhere(~finite)[0])
+    position = where(row, col) if where is not None else f"row {row + 1}, column {col + 1}"
     raise DataError(
-        f"{source}: row {row + 1}, feature {col + 1} is {X[row, col]} "
-        f"(NaN, infinite, or beyond the range of {X.dtype})"
+        f"{source}: {position} is {X[row, col]} (NaN, infinite, or beyond the range of {X.dtype})"
     )
 
 
@@ -428,6 +432,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
+class _Layout(NamedTuple):
+    """Where things are in a delimited file (0-based field indices)."""
+
+    n_fields: int
+    label_index: int | None
+    feature_index: list[int]
+    names: list[str] | None  # the header's names, or None without a header
+
+    def column(self, j: int) -> str:
+        """Field ``j`` as messages name it: 1-based, with its header name when there is one."""
+        return f"column {j + 1}" + (f" ({self.names[j]!r})" if self.names else "")
+
+
 def load_csv(
     path,
     *,
@@ -443,7 +460,8 @@ def load_csv(
     feature fields is not a number (or when ``label_column`` is a name). ``label_column`` is a
     0-based index (negative counts from the end) or a header name; None means the last column when
     ``labels`` and no label column otherwise. Every row must have as many fields as the first;
-    feature fields must be numbers.
+    feature fields must be finite numbers. Messages name rows and columns from 1, as a
+    spreadsheet or an editor shows them (the header is row 1).
     """
     path = _readable(path)
     try:
@@ -453,6 +471,25 @@ def load_csv(
         raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
     if first is None:
         raise DataError(f"{path}: empty file, no data rows")
+    layout = _csv_layout(path, first, labels, label_column, header)
+    X, y_raw = _read_table(path, delimiter, layout)
+    if len(X) == 0:
+        raise DataError(f"{path}: no data rows")
+    with np.errstate(over="ignore"):  # overflow to inf is reported with its row and column
+        X = np.ascontiguousarray(X, dtype=_check_dtype(dtype))
+    skip = 1 if layout.names else 0
+
+    def where(row: int, col: int) -> str:
+        file_row = _file_row(path, delimiter, row + skip)
+        return f"row {file_row}, {layout.column(layout.feature_index[col])}"
+
+    _check_finite(X, path, where)
+    y = _as_labels(y_raw) if (labels and y_raw is not None) else None
+    return X, y
+
+
+def _csv_layout(path, first: list[str], labels: bool, label_column, header) -> _Layout:
+    """The label and feature columns, and whether ``first`` is a header."""
     n_fields = len(first)
     if label_column is None and labels:
         label_column = -1
@@ -467,8 +504,9 @@ def load_csv(
     elif label_column is not None:
         if not -n_fields <= label_column < n_fields:
             raise DataError(
-                f"{path}: unknown label column {label_column} (the file has {n_fields} columns, "
-                f"0..{n_fields - 1})"
+                f"{path}: unknown label column {label_column}: the file has {n_fields} columns "
+                f"(a label column index counts from 0: 0..{n_fields - 1}, or -{n_fields}..-1 "
+                "from the end)"
             )
         label_index = label_column % n_fields
     else:
@@ -478,55 +516,34 @@ def load_csv(
         raise DataError(f"{path}: no feature columns besides the label column")
     if header is None:
         header = not all(_is_number(first[j]) for j in feature_index)
-    columns = [name.strip() for name in first] if header else [str(j) for j in range(n_fields)]
-    skip = 1 if header else 0
+    names = [name.strip() for name in first] if header else None
+    return _Layout(n_fields, label_index, feature_index, names)
 
+
+def _read_table(path, delimiter: str, layout: _Layout):
+    """Features ``X`` (float64) and the raw label column (None without one)."""
+    options = {"delimiter": delimiter, "skiprows": 1 if layout.names else 0}
     try:
-        table = _loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=skip,
-            dtype=np.float64,
-            ndmin=2,
-        )
+        table = _loadtxt(path, dtype=np.float64, ndmin=2, **options)
     except ValueError:
         table = None  # find the precise problem (or string labels) below
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
-
     if table is None:
-        _scan_delimited(path, delimiter, n_fields, feature_index, columns, skip)
+        _scan_delimited(path, delimiter, layout)
         # Only the label column holds non-numbers: string labels.
-        X = _loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=skip,
-            dtype=np.float64,
-            ndmin=2,
-            usecols=feature_index,
-        )
-        y_raw = _loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=skip,
-            dtype=str,
-            ndmin=1,
-            usecols=[label_index],
-        )
-    else:
-        if table.shape[0] == 0:
-            raise DataError(f"{path}: no data rows")
-        if table.shape[1] != n_fields:  # defensive: loadtxt already checks row lengths
-            raise DataError(f"{path}: expected {n_fields} fields per row, found {table.shape[1]}")
-        X = table[:, feature_index]
-        y_raw = table[:, label_index] if label_index is not None else None
-    if len(X) == 0:
+        X = _loadtxt(path, dtype=np.float64, ndmin=2, usecols=layout.feature_index, **options)
+        y_raw = _loadtxt(path, dtype=str, ndmin=1, usecols=[layout.label_index], **options)
+        return X, y_raw
+    if table.shape[0] == 0:
         raise DataError(f"{path}: no data rows")
-    y = _as_labels(y_raw) if (labels and y_raw is not None) else None
-    return np.ascontiguousarray(X, dtype=_check_dtype(dtype)), y
+    if table.shape[1] != layout.n_fields:  # defensive: loadtxt already checks row lengths
+        raise DataError(f"{path}: expected {layout.n_fields} fields per row, found {table.shape[1]}")
+    y_raw = table[:, layout.label_index] if layout.label_index is not None else None
+    return table[:, layout.feature_index], y_raw
 
 
-def _scan_delimited(path, delimiter, n_fields, feature_index, columns, skip) -> None:
+def _scan_delimited(path, delimiter: str, layout: _Layout) -> None:
     """Raise DataError at the first ragged row or non-numeric feature field, if there is one."""
     with _open_text(path) as f:
         reader = csv.reader(f, delimiter=delimiter)
@@ -536,21 +553,34 @@ def _scan_delimited(path, delimiter, n_fields, feature_index, columns, skip) -> 
                 if not row:
                     continue
                 seen += 1
-                if seen <= skip:
+                if seen == 1 and layout.names:
                     continue
-                if len(row) != n_fields:
+                if len(row) != layout.n_fields:
                     raise DataError(
-                        f"{path}: line {reader.line_num}: expected {n_fields} fields, "
+                        f"{path}: row {reader.line_num}: expected {layout.n_fields} fields, "
                         f"found {len(row)}"
                     )
-                for j in feature_index:
+                for j in layout.feature_index:
                     if not _is_number(row[j]):
                         raise DataError(
-                            f"{path}: line {reader.line_num}, column {columns[j]!r}: "
+                            f"{path}: row {reader.line_num}, {layout.column(j)}: "
                             f"{row[j]!r} is not a number"
                         )
         except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: malformed row ({exc})") from None
+            raise DataError(f"{path}: row {reader.line_num}: malformed row ({exc})") from None
+
+
+def _file_row(path, delimiter: str, record: int) -> int:
+    """The 1-based row (line) of the file where non-empty record ``record`` (0-based) ends."""
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        seen = 0
+        for row in reader:
+            if row:
+                if seen == record:
+                    return reader.line_num
+                seen += 1
+    return record + 1  # not reached: the record was read before
 
 
 # ----------------------------------------------------------------------------- svmlight

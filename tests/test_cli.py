@@ -392,6 +392,38 @@ def test_data_from_a_pipe_is_read_once(cli_env, tmp_path, rng):
     assert summary["train_accuracy"] > 0.9
 
 
+def test_held_out_count_and_fraction_are_printed_as_such(cli_env, digits_run, tmp_path):
+    assert "test data:       20% held out from the data, seed 0" in digits_run[1].stdout
+    result = run(
+        cli_env, "train", "--data", "synthetic:300,4,3", "--test-size", "100", "--no-plot",
+        "--max-iter", "5", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "test data:       100 rows held out from the data, seed 0" in result.stdout
+    assert "200 train / 100 test samples" in result.stdout
+
+
+def test_evaluate_on_the_training_data_says_so(cli_env, digits_run, tmp_path, rng):
+    X, y = blobs(rng, n=60)
+    np.savetxt(tmp_path / "data.csv", np.column_stack([X, y]), delimiter=",", fmt="%.6g")
+    shutil.copy(tmp_path / "data.csv", tmp_path / "copy.csv")
+    (tmp_path / "link.csv").symlink_to("data.csv")
+    train = run(cli_env, "train", "--data", "data.csv", "--no-plot", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    note = "is the data the model was trained on (48 of its rows): this accuracy is not a held-out"
+    for data, same in (("link.csv", True), ("copy.csv", False)):
+        result = run(cli_env, "evaluate", "--model", "model.npz", "--data", data, "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert (f"fastsoftmax: note: {data} {note}" in result.stderr) is same
+        assert json.loads(result.stdout)["training_data"] is same
+    digits = run(
+        cli_env, "evaluate", "--model", digits_run[0] / "model.npz", "--data", "digits",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert digits.returncode == 0, digits.stderr
+    assert "digits is the data the model was trained on (1437 of its rows)" in digits.stderr
+
+
 # ----------------------------------------------------------------------------- terminals
 
 
@@ -495,8 +527,11 @@ def write_damaged_idx(directory: Path, rng) -> None:
 ERRORS = {
     "missing-data": (["train", "--data", "missing.csv"], "missing.csv: no such file or directory"),
     "unknown-builtin": (["train", "--data", "mnist"], "built-in data: digits"),
-    "ragged-csv": (["train", "--data", "ragged.csv"], "line 3: expected 3 fields, found 2"),
-    "non-numeric-csv": (["train", "--data", "word.csv"], "column 'b': 'oops' is not a number"),
+    "ragged-csv": (["train", "--data", "ragged.csv"], "row 3: expected 3 fields, found 2"),
+    "non-numeric-csv": (
+        ["train", "--data", "word.csv"],
+        "word.csv: row 3, column 2 ('b'): 'oops' is not a number",
+    ),
     "unknown-label-column": (
         ["train", "--data", "good.csv", "--label-column", "target"],
         "unknown label column 'target' (columns: a, b, y)",
@@ -546,15 +581,15 @@ ERRORS = {
     "evaluate-needs-model": (["evaluate", "--data", "digits"], "--model"),
     "overflowing-float32-csv": (
         ["train", "--data", "huge.csv", "--dtype", "float32", "--test-size", "0"],
-        "huge.csv: row 2, feature 2 is inf (NaN, infinite, or beyond the range of float32)",
+        "huge.csv: row 3, column 2 ('b') is inf (NaN, infinite, or beyond the range of float32)",
     ),
     "nan-npz-evaluate": (
         ["evaluate", "--model", "model.npz", "--data", "nan.npz"],
-        "nan.npz: row 5, feature 10 is nan",
+        "nan.npz: row 5, column 10 is nan",
     ),
     "nan-csv-predict": (
         ["predict", "--model", "model.npz", "--data", "nan.csv"],
-        "nan.csv: row 2, feature 3 is nan",
+        "nan.csv: row 2, column 3 is nan",
     ),
     "test-size-too-large": (["train", "--test-size", "100000"], "--test-size 100000"),
     "model-out-is-data": (

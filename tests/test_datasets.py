@@ -212,23 +212,38 @@ def test_tsv_and_gzip(tmp_path, gz):
     np.testing.assert_array_equal(y, [2, 1])
 
 
+def _write(path, text: str):
+    path.write_text(text)
+    return path
+
+
 def test_csv_errors(tmp_path):
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("a,b,y\n1,2,0\n3,4,1\n5,1\n")
-    with pytest.raises(DataError, match="line 4: expected 3 fields, found 2"):
+    with pytest.raises(DataError, match="row 4: expected 3 fields, found 2"):
         load_csv(ragged)
     extra = tmp_path / "extra.csv"
     extra.write_text("1,2,0\n3,4,5,1\n")
-    with pytest.raises(DataError, match="line 2: expected 3 fields, found 4"):
+    with pytest.raises(DataError, match="row 2: expected 3 fields, found 4"):
         load_csv(extra)
     word = tmp_path / "word.csv"
     word.write_text("a,b,y\n1,2,0\n3,oops,1\n")
-    with pytest.raises(DataError, match="line 3, column 'b': 'oops' is not a number"):
+    with pytest.raises(DataError, match=r"row 3, column 2 \('b'\): 'oops' is not a number"):
         load_csv(word)
     with pytest.raises(DataError, match=r"unknown label column 'target' \(columns: a, b, y\)"):
         load_csv(word, label_column="target")
-    with pytest.raises(DataError, match="unknown label column 7"):
+    with pytest.raises(DataError, match="unknown label column 7: the file has 3 columns"):
         load_csv(word, label_column=7)
+    bare = tmp_path / "bare.csv"
+    bare.write_text("1,2,0\n3,oops,1\n")  # no header: no name to quote
+    with pytest.raises(DataError, match="bare.csv: row 2, column 2: 'oops' is not a number$"):
+        load_csv(bare)
+    first = tmp_path / "first.csv"
+    first.write_text("y,a,b\n0,1,2\n\n1,3,1e300\n")  # label first, a blank line
+    with pytest.raises(DataError, match=r"row 4, column 3 \('b'\) is inf .*float32"):
+        load_dataset(first, label_column="y", dtype=np.float32)
+    with pytest.raises(DataError, match=r"row 3, column 2 is nan"):
+        load_dataset(_write(tmp_path / "nan.csv", "1,2,0\n3,4,1\n5,nan,1\n"))
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(DataError, match="empty file"):
