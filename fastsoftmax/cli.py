@@ -1,7 +1,7 @@
 """The ``fastsoftmax`` command: ``train``, ``evaluate`` and ``predict`` from the shell.
 
-Built on :class:`fastsoftmax.estimator.SoftmaxRegression` and :mod:`fastsoftmax.datasets` only.
-Conventions every command follows:
+Built on :class:`fastsoftmax.estimator.SoftmaxRegression`, :mod:`fastsoftmax.datasets` and
+:mod:`fastsoftmax.model_io` only. Conventions every command follows:
 
 - Results go to stdout (a human summary, or one JSON document with ``--json``); progress bars and
   notes go to stderr. The progress bar (tqdm) appears only when stderr is a terminal.
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import io
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,178 +29,54 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastsoftmax.datasets import FORMATS, DataError, _reason, has_test_split, load_dataset
+from fastsoftmax import estimator as estimator_module
+from fastsoftmax.datasets import (
+    FORMATS,
+    DataError,
+    _reason,
+    has_test_split,
+    load_dataset,
+    source_files,
+)
+from fastsoftmax.estimator import SoftmaxRegression
+from fastsoftmax.model_io import (
+    Model,
+    ModelIOError,
+    check_distinct,
+    check_writable,
+    load_model,
+    model_bytes,
+    same_file,
+    save_model,
+    write_atomically,
+)
 
-__all__ = ["CLIError", "Model", "load_model", "main", "save_model"]
+__all__ = ["CLIError", "Model", "ModelIOError", "load_model", "main", "save_model"]
 
 PROG = "fastsoftmax"
-MODEL_FORMAT = "fastsoftmax-model"
-MODEL_VERSION = 1
 INSTALL_HINT = 'pip install "fastsoftmax[cli]"'
 DEFAULT_PLOT = "training.png"
 # Per-iteration accuracies for the plot are measured on at most this many rows of each set, so
 # monitoring stays a small fraction of an iteration on large data; final accuracies use all rows.
 MONITOR_ROWS = 10_000
-DEFAULT_MAX_ITER = {"lbfgs": 100, "sgd": 10, "gd": 100}
+SOLVERS: tuple[str, ...] = getattr(estimator_module, "SOLVERS", ("lbfgs", "sgd", "gd"))
+# The estimator's own defaults, quoted in --help and used when an option is not given, so the
+# command line never drifts from the estimator.
+ESTIMATOR_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(SoftmaxRegression.__init__).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
+# sgd counts epochs: 10 is the course recipe's training length, not the estimator's max_iter.
+SGD_EPOCHS = 10
 
 
 class CLIError(Exception):
     """An expected failure: reported as one ``fastsoftmax: error: ...`` line, exit status 2."""
 
 
-# ----------------------------------------------------------------------------- model files
-
-
-class Model(NamedTuple):
-    """A loaded model file: the fitted estimator and the preprocessing it expects."""
-
-    estimator: Any
-    mean: np.ndarray | None
-    scale: np.ndarray | None
-    dtype: np.dtype
-    n_features: int
-    info: dict
-
-
-def save_model(path, estimator, *, mean=None, scale=None, info: dict | None = None) -> None:
-    """Write a fitted estimator (and standardization statistics) as a fastsoftmax ``.npz`` file.
-
-    The file holds only plain arrays (it loads with ``allow_pickle=False``): ``format``,
-    ``format_version``, ``coef (n_classes, n_features)``, ``intercept (n_classes,)``,
-    ``classes (n_classes,)``, ``mean`` and ``scale`` (``(n_features,)``, or empty when the
-    features are not standardized), ``dtype``, ``n_features`` and ``info`` (a JSON string).
-    The file is written atomically.
-    """
-    _write_atomically({path: _model_bytes(estimator, mean, scale, info)})
-
-
-def _model_bytes(estimator, mean, scale, info) -> bytes:
-    coef = np.asarray(estimator.coef_)
-    classes = np.asarray(estimator.classes_)
-    if classes.dtype.kind == "O":
-        classes = classes.astype(str)  # object arrays would need pickle to load
-    empty = np.zeros(0, dtype=np.float64)
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        format=np.array(MODEL_FORMAT),
-        format_version=np.array(MODEL_VERSION, dtype=np.int64),
-        coef=coef,
-        intercept=np.asarray(estimator.intercept_, dtype=coef.dtype).reshape(-1),
-        classes=classes,
-        mean=empty if mean is None else np.asarray(mean, dtype=np.float64),
-        scale=empty if scale is None else np.asarray(scale, dtype=np.float64),
-        dtype=np.array(coef.dtype.name),
-        n_features=np.array(coef.shape[1], dtype=np.int64),
-        info=np.array(json.dumps(info or {})),
-    )
-    return buffer.getvalue()
-
-
-def load_model(path) -> Model:
-    """Read a model written by :func:`save_model`; raise :class:`CLIError` on any problem."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CLIError(f"{path}: no such model file")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise CLIError(f"{path}: cannot read the model file ({exc.strerror})") from None
-    if magic != b"PK\x03\x04":  # every .npz is a zip archive
-        raise CLIError(f"{path}: not a fastsoftmax model file (not an .npz archive)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "format" not in npz.files:
-                raise CLIError(f"{path}: not a fastsoftmax model file (no format marker)")
-            arrays = {name: npz[name] for name in npz.files}
-    except CLIError:
-        raise
-    except Exception as exc:  # zip, zlib, pickle refusal, OSError: the file is not ours or broken
-        raise CLIError(f"{path}: not a readable fastsoftmax model file ({_reason(exc)})") from None
-    if str(arrays["format"]) != MODEL_FORMAT:
-        raise CLIError(f"{path}: not a fastsoftmax model file (format {str(arrays['format'])!r})")
-    try:
-        version = int(arrays["format_version"])
-        if version > MODEL_VERSION:
-            raise CLIError(
-                f"{path}: model format version {version} is newer than this fastsoftmax "
-                f"supports ({MODEL_VERSION}); upgrade fastsoftmax"
-            )
-        coef, intercept, classes = arrays["coef"], arrays["intercept"], arrays["classes"]
-        mean, scale = arrays["mean"], arrays["scale"]
-        n_features = int(arrays["n_features"])
-        dtype = np.dtype(str(arrays["dtype"]))
-        info = json.loads(str(arrays["info"]))
-    except CLIError:
-        raise
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CLIError(f"{path}: damaged fastsoftmax model file ({_reason(exc)})") from None
-    n_classes = len(classes)
-    if (
-        coef.shape != (n_classes, n_features)
-        or intercept.shape != (n_classes,)
-        or mean.shape not in ((0,), (n_features,))
-        or scale.shape != mean.shape
-        or dtype not in (np.dtype(np.float32), np.dtype(np.float64))
-    ):
-        raise CLIError(f"{path}: damaged fastsoftmax model file (inconsistent array shapes)")
-    from fastsoftmax.estimator import SoftmaxRegression
-
-    estimator = SoftmaxRegression()
-    estimator.coef_ = coef.astype(dtype)
-    estimator.intercept_ = intercept.astype(dtype)
-    estimator.classes_ = classes
-    estimator.n_features_in_ = n_features
-    estimator.n_iter_ = int(info.get("n_iter", 0))
-    has_stats = mean.shape == (n_features,)
-    return Model(
-        estimator,
-        mean if has_stats else None,
-        scale if has_stats else None,
-        dtype,
-        n_features,
-        info,
-    )
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def _check_writable(path: str, what: str) -> None:
-    """Fail before any work when ``path`` cannot be created."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise CLIError(f"cannot write {what} to {path}: it is a directory")
-    if not os.path.isdir(directory):
-        raise CLIError(f"cannot write {what} to {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise CLIError(f"cannot write {what} to {path}: directory {directory} is not writable")
-
-
-def _write_atomically(contents: dict[str, bytes]) -> None:
-    """Write every file to a temporary sibling, then rename them all into place."""
-    staged: list[tuple[str, str]] = []
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        for path, data in contents.items():
-            directory = os.path.dirname(os.path.abspath(path))
-            fd, tmp = tempfile.mkstemp(
-                dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-            )
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except OSError as exc:
-        raise CLIError(f"cannot write {path}: {exc.strerror or _reason(exc)}") from None
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+def _default_max_iter(solver: str) -> int:
+    return SGD_EPOCHS if solver == "sgd" else ESTIMATOR_DEFAULTS["max_iter"]
 
 
 def _note(args, message: str) -> None:
@@ -209,6 +85,9 @@ def _note(args, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- data helpers
+
+
+_ZERO_BASED = {"auto": "auto", "yes": True, "no": False}
 
 
 def _load(args, source, *, labels: bool, split: str, dtype, n_features=None):
@@ -220,6 +99,8 @@ def _load(args, source, *, labels: bool, split: str, dtype, n_features=None):
         fmt=args.format,
         split=split,
         n_features=n_features,
+        zero_based=_ZERO_BASED[args.zero_based],
+        note=lambda message: _note(args, message),
     )
 
 
@@ -270,7 +151,30 @@ def _split(X, y, test_size, seed, args):
     return split
 
 
-# ----------------------------------------------------------------------------- train
+# ----------------------------------------------------------------------------- train: steps
+
+
+class _Sets(NamedTuple):
+    """The training and test sets of a run, and where the test set came from."""
+
+    X_train: np.ndarray
+    X_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+    test_description: str
+
+
+class _Fit(NamedTuple):
+    """A fitted estimator and how the fit went."""
+
+    estimator: Any
+    monitor: _Monitor
+    converged: bool
+    max_iter: int
+    unit: str
+    subsampled: bool
+    warm_up_seconds: float
+    fit_seconds: float
 
 
 class _Monitor:
@@ -305,6 +209,160 @@ class _Monitor:
             self.bar.set_postfix(postfix, refresh=False)
         self.seconds += time.perf_counter() - start
         return False
+
+
+def _plot_path(args) -> str | None:
+    """The plot to write: the default one only when matplotlib is installed, with a note."""
+    if args.plot is False:
+        return None
+    if args.plot is None:
+        if _import_matplotlib() is not None:
+            return DEFAULT_PLOT
+        _note(args, f"not writing {DEFAULT_PLOT}: matplotlib is not installed ({INSTALL_HINT})")
+        return None
+    if _import_matplotlib() is None:
+        raise CLIError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
+    return args.plot
+
+
+def _inputs(args) -> list[tuple[str, str]]:
+    """``(option, path)`` of every file the command reads."""
+    pairs = []
+    for option in ("--data", "--test-data", "--model"):
+        value = getattr(args, option[2:].replace("-", "_"), None)
+        if value is not None:
+            fmt = "auto" if option == "--model" else args.format
+            pairs += [(option, path) for path in source_files(value, fmt)]
+    return pairs
+
+
+def _check_outputs(args, outputs: list[tuple[str, str, str]]) -> None:
+    """Fail before any work when an output cannot be written or would overwrite another file.
+
+    ``outputs`` holds ``(option, path, what)``; an output may not be the same file as an input
+    or as another output.
+    """
+    for _, path, what in outputs:
+        check_writable(path, what)
+    check_distinct([(option, path) for option, path, _ in outputs], _inputs(args))
+
+
+def _check_train_outputs(args, plot_path: str | None) -> None:
+    outputs = [("--model-out", args.model_out, "the model")]
+    if plot_path is not None:
+        outputs.append(("--plot", plot_path, "the plot"))
+    _check_outputs(args, outputs)
+
+
+def _load_training_sets(args, dtype) -> tuple[Any, _Sets]:
+    """The training data, and the test set: --test-data, the t10k files, or a held-out split."""
+    data = _load(args, args.data, labels=True, split="train", dtype=dtype)
+    X, y = data.X, data.y
+    if args.test_data is not None:
+        test = _load(args, args.test_data, labels=True, split="test", dtype=dtype)
+        if test.X.shape[1] != X.shape[1]:
+            raise CLIError(
+                f"test data {args.test_data} has {test.X.shape[1]} features, "
+                f"training data has {X.shape[1]}"
+            )
+        sets = _Sets(X, test.X, y, test.y, test.description)
+    elif args.test_size is None and has_test_split(args.data):
+        test = _load(args, args.data, labels=True, split="test", dtype=dtype)
+        sets = _Sets(X, test.X, y, test.y, f"{args.data} (t10k files)")
+    else:
+        test_size = 0.2 if args.test_size is None else args.test_size
+        sets = _Sets(*_split(X, y, test_size, args.seed, args), _held_out_text(test_size, args))
+    _check_training_sets(sets)
+    if sets.y_test.dtype.kind != sets.y_train.dtype.kind:
+        sets = sets._replace(y_test=_labels_like(sets.y_test, np.unique(sets.y_train)))
+    return data, sets
+
+
+def _held_out_text(test_size: int | float, args) -> str:
+    """``--test-size`` is a count of rows when an integer, a fraction of the data otherwise."""
+    if test_size == 0:
+        return "none (--test-size 0)"
+    if isinstance(test_size, int):
+        held_out = f"{test_size} row{'s' if test_size > 1 else ''} held out"
+    else:
+        held_out = f"{100 * test_size:.4g}% held out"
+    return f"{held_out} from the data, seed {args.seed}"
+
+
+def _training_source(args) -> str:
+    """The training data as the model records it: a real path, or the built-in data's name."""
+    files = source_files(args.data, args.format)
+    return os.path.realpath(args.data) if files else args.data
+
+
+def _check_training_sets(sets: _Sets) -> None:
+    if len(sets.X_train) == 0:
+        raise CLIError("no training samples left after the held-out split")
+    present = np.unique(sets.y_train)
+    if len(present) < 2:
+        raise CLIError(
+            f"training data has only one class ({present[0]}): softmax regression needs at "
+            "least 2 classes"
+        )
+
+
+def _standardize_sets(sets: _Sets) -> tuple[np.ndarray, np.ndarray, _Sets]:
+    """Statistics of the training set, applied to both sets."""
+    mean = sets.X_train.mean(axis=0, dtype=np.float64)
+    scale = sets.X_train.std(axis=0, dtype=np.float64)
+    scale[scale == 0] = 1.0  # constant features stay constant (zero) instead of dividing by 0
+    return (
+        mean,
+        scale,
+        sets._replace(
+            X_train=_standardize(sets.X_train, mean, scale),
+            X_test=_standardize(sets.X_test, mean, scale),
+        ),
+    )
+
+
+def _make_monitor(args, sets: _Sets, watch: bool, max_iter: int, unit: str):
+    """The progress callback; accuracies are watched on subsamples when ``watch``."""
+    monitor_train = monitor_test = None
+    subsampled = False
+    if watch:
+        monitor_train = _subsample(sets.X_train, sets.y_train, MONITOR_ROWS, args.seed)
+        if len(sets.X_test):
+            monitor_test = _subsample(sets.X_test, sets.y_test, MONITOR_ROWS, args.seed)
+        subsampled = len(sets.X_train) > MONITOR_ROWS or len(sets.X_test) > MONITOR_ROWS
+    bar = _progress_bar(args, max_iter, unit)
+    return _Monitor(bar, monitor_train, monitor_test), subsampled
+
+
+def _fit(args, sets: _Sets, watch: bool) -> _Fit:
+    """Warm the JIT up, then fit with the progress callback; convergence is reported, not warned."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    max_iter = args.max_iter if args.max_iter is not None else _default_max_iter(args.solver)
+    unit = "epoch" if args.solver == "sgd" else "iteration"
+    monitor, subsampled = _make_monitor(args, sets, watch, max_iter, unit)
+    estimator = SoftmaxRegression(**_train_params(args, max_iter, monitor))
+    warm_up_seconds = _warm_up(_train_params(args, 2, None), sets.X_train, sets.y_train)
+    fit_start = time.perf_counter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            estimator.fit(sets.X_train, sets.y_train)
+    except ValueError as exc:
+        raise CLIError(f"training failed: {_reason(exc)}") from None
+    finally:
+        if monitor.bar is not None:
+            monitor.bar.close()
+    converged = True
+    for warning in caught:
+        # Not converging within --max-iter is a normal outcome: reported in the summary.
+        if issubclass(warning.category, ConvergenceWarning):
+            converged = False
+        else:
+            _note(args, f"warning: {_reason(warning.message)}")
+    fit_seconds = time.perf_counter() - fit_start
+    estimator.callback = None  # the monitor is not part of the model
+    return _Fit(estimator, monitor, converged, max_iter, unit, subsampled, warm_up_seconds, fit_seconds)
 
 
 def _progress_bar(args, total: int, unit: str):
@@ -383,7 +441,7 @@ def _train_params(args, max_iter: int, callback) -> dict:
     return params
 
 
-def _warm_up(estimator_class, params: dict, X: np.ndarray, y: np.ndarray) -> float:
+def _warm_up(params: dict, X: np.ndarray, y: np.ndarray) -> float:
     """Fit briefly on a few rows so JIT compilation (or loading the cache) is not timed as training.
 
     The rows include every class, so the same kernels run as in the real fit.
@@ -394,239 +452,165 @@ def _warm_up(estimator_class, params: dict, X: np.ndarray, y: np.ndarray) -> flo
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            estimator_class(**params).fit(X[rows], y[rows])
+            SoftmaxRegression(**params).fit(X[rows], y[rows])
     except ValueError:
         pass  # the real fit reports the problem
     return time.perf_counter() - start
 
 
-def cmd_train(args) -> int:
-    started = time.perf_counter()
-    dtype = np.dtype(args.dtype)
-    plot_path = args.plot
-    if args.plot is None:  # default plot: skipped, with a note, when matplotlib is missing
-        plot_path = DEFAULT_PLOT if _import_matplotlib() is not None else None
-        if plot_path is None:
-            _note(args, f"not writing {DEFAULT_PLOT}: matplotlib is not installed ({INSTALL_HINT})")
-    elif args.plot is False:
-        plot_path = None
-    elif _import_matplotlib() is None:
-        raise CLIError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
-    _check_writable(args.model_out, "the model")
-    if plot_path is not None:
-        _check_writable(plot_path, "the plot")
-        if os.path.abspath(plot_path) == os.path.abspath(args.model_out):
-            raise CLIError("--plot and --model-out name the same file")
-
-    data = _load(args, args.data, labels=True, split="train", dtype=dtype)
-    X, y = data.X, data.y
-    if args.test_data is not None:
-        test = _load(args, args.test_data, labels=True, split="test", dtype=dtype)
-        if test.X.shape[1] != X.shape[1]:
-            raise CLIError(
-                f"test data {args.test_data} has {test.X.shape[1]} features, "
-                f"training data has {X.shape[1]}"
-            )
-        X_train, X_test, y_train, y_test = X, test.X, y, test.y
-        test_description = test.description
-    elif args.test_size is None and has_test_split(args.data):
-        test = _load(args, args.data, labels=True, split="test", dtype=dtype)
-        X_train, X_test, y_train, y_test = X, test.X, y, test.y
-        test_description = f"{args.data} (t10k files)"
-    else:
-        test_size = 0.2 if args.test_size is None else args.test_size
-        X_train, X_test, y_train, y_test = _split(X, y, test_size, args.seed, args)
-        test_description = f"held-out {test_size:g} of the data, seed {args.seed}"
-    if len(X_train) == 0:
-        raise CLIError("no training samples left after the held-out split")
-    present = np.unique(y_train)
-    if len(present) < 2:
-        raise CLIError(
-            f"training data has only one class ({present[0]}): softmax regression needs at "
-            "least 2 classes"
-        )
-    if y_test.dtype.kind != y_train.dtype.kind:
-        y_test = _labels_like(y_test, np.unique(y_train))
-
-    mean = scale = None
-    if args.standardize:
-        mean = X_train.mean(axis=0, dtype=np.float64)
-        scale = X_train.std(axis=0, dtype=np.float64)
-        scale[scale == 0] = 1.0  # constant features stay constant (zero) instead of dividing by 0
-        X_train = _standardize(X_train, mean, scale)
-        X_test = _standardize(X_test, mean, scale)
-
-    max_iter = args.max_iter if args.max_iter is not None else DEFAULT_MAX_ITER[args.solver]
-    unit = "epoch" if args.solver == "sgd" else "iteration"
-    monitor_train = monitor_test = None
-    subsampled = False
-    if plot_path is not None or not args.quiet:
-        monitor_train = _subsample(X_train, y_train, MONITOR_ROWS, args.seed)
-        if len(X_test):
-            monitor_test = _subsample(X_test, y_test, MONITOR_ROWS, args.seed)
-        subsampled = len(X_train) > MONITOR_ROWS or len(X_test) > MONITOR_ROWS
-    bar = _progress_bar(args, max_iter, unit)
-    monitor = _Monitor(bar, monitor_train, monitor_test)
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    from fastsoftmax.estimator import SoftmaxRegression
-
-    estimator = SoftmaxRegression(**_train_params(args, max_iter, monitor))
-    warm_up_seconds = _warm_up(SoftmaxRegression, _train_params(args, 2, None), X_train, y_train)
-    fit_start = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            estimator.fit(X_train, y_train)
-    except ValueError as exc:
-        raise CLIError(f"training failed: {_reason(exc)}") from None
-    finally:
-        if bar is not None:
-            bar.close()
-    converged = True
-    for warning in caught:
-        # Not converging within --max-iter is a normal outcome: reported in the summary.
-        if issubclass(warning.category, ConvergenceWarning):
-            converged = False
-        else:
-            _note(args, f"warning: {_reason(warning.message)}")
-    fit_seconds = time.perf_counter() - fit_start
-    estimator.callback = None  # the monitor is not part of the model
-
-    n_iter = int(np.max(estimator.n_iter_))
-    curve = np.asarray(getattr(estimator, "loss_curve_", []), dtype=float)
-    objective = float(curve[-1]) if curve.size else None
-    train_accuracy = float(estimator.score(X_train, y_train))
-    test_accuracy = float(estimator.score(X_test, y_test)) if len(X_test) else None
-    train_seconds = max(fit_seconds - monitor.seconds, 1e-9)
-    throughput = len(X_train) * n_iter / train_seconds
-
+def _write_train_outputs(args, data, sets: _Sets, fit: _Fit, stats, plot_path) -> dict:
+    """Write the model (and the plot) together; return the model's info record."""
+    estimator = fit.estimator
     info = {
         "solver": args.solver,
-        "n_iter": n_iter,
+        "n_iter": int(np.max(estimator.n_iter_)),
         "data": data.description,
-        "n_train": len(X_train),
-        "train_accuracy": train_accuracy,
-        "test_accuracy": test_accuracy,
+        "data_source": _training_source(args),
+        "n_train": len(sets.X_train),
+        "train_accuracy": float(estimator.score(sets.X_train, sets.y_train)),
+        "test_accuracy": (
+            float(estimator.score(sets.X_test, sets.y_test)) if len(sets.X_test) else None
+        ),
     }
-    outputs = {args.model_out: _model_bytes(estimator, mean, scale, info)}
+    outputs = {args.model_out: model_bytes(estimator, *stats, info)}
     if plot_path is not None:
         title = (
             f"{data.description}: softmax regression, {args.solver}, "
-            f"{len(X_train)} train / {len(X_test)} test samples"
+            f"{len(sets.X_train)} train / {len(sets.X_test)} test samples"
         )
-        outputs[plot_path] = _plot_bytes(monitor.history, unit, title, subsampled)
-    _write_atomically(outputs)
+        outputs[plot_path] = _plot_bytes(fit.monitor.history, fit.unit, title, fit.subsampled)
+    write_atomically(outputs)
+    return info
 
-    summary = {
+
+def _train_summary(args, data, sets: _Sets, fit: _Fit, info: dict, plot_path, started) -> dict:
+    curve = np.asarray(getattr(fit.estimator, "loss_curve_", []), dtype=float)
+    train_seconds = max(fit.fit_seconds - fit.monitor.seconds, 1e-9)
+    history = fit.monitor.history
+    return {
         "command": "train",
         "data": data.description,
-        "test_data": test_description,
-        "n_train": len(X_train),
-        "n_test": len(X_test),
-        "n_features": int(X_train.shape[1]),
-        "n_classes": len(estimator.classes_),
-        "dtype": dtype.name,
+        "test_data": sets.test_description,
+        "n_train": len(sets.X_train),
+        "n_test": len(sets.X_test),
+        "n_features": int(sets.X_train.shape[1]),
+        "n_classes": len(fit.estimator.classes_),
+        "dtype": sets.X_train.dtype.name,
         "solver": args.solver,
         "standardize": bool(args.standardize),
-        "n_iter": n_iter,
-        "converged": converged,
-        "final_objective": objective,
-        "train_accuracy": train_accuracy,
-        "test_accuracy": test_accuracy,
-        "warm_up_seconds": warm_up_seconds,
-        "fit_seconds": fit_seconds,
-        "monitor_seconds": monitor.seconds,
+        "n_iter": info["n_iter"],
+        "converged": fit.converged,
+        "final_objective": float(curve[-1]) if curve.size else None,
+        "train_accuracy": info["train_accuracy"],
+        "test_accuracy": info["test_accuracy"],
+        "warm_up_seconds": fit.warm_up_seconds,
+        "fit_seconds": fit.fit_seconds,
+        "monitor_seconds": fit.monitor.seconds,
         "wall_seconds": time.perf_counter() - started,
-        "throughput_samples_per_second": throughput,
+        "throughput_samples_per_second": len(sets.X_train) * info["n_iter"] / train_seconds,
         "model": args.model_out,
         "plot": plot_path,
-        "history": monitor.history if monitor.history["iteration"] else {"loss": curve.tolist()},
+        "history": history if history["iteration"] else {"loss": curve.tolist()},
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
+
+
+def _print_train_summary(summary: dict, fit: _Fit) -> None:
+    test_accuracy, objective = summary["test_accuracy"], summary["final_objective"]
     test_text = "n/a (no test set)" if test_accuracy is None else f"{test_accuracy:.4f}"
     objective_text = "n/a" if objective is None else f"{objective:.6g}"
-    print(f"data:            {data.description}")
-    print(f"test data:       {test_description}")
+    unit = fit.unit
+    print(f"data:            {summary['data']}")
+    print(f"test data:       {summary['test_data']}")
     print(
-        f"problem:         {len(X_train)} train / {len(X_test)} test samples, "
-        f"{X_train.shape[1]} features, {len(estimator.classes_)} classes, {dtype.name}"
-        + (", standardized" if args.standardize else "")
+        f"problem:         {summary['n_train']} train / {summary['n_test']} test samples, "
+        f"{summary['n_features']} features, {summary['n_classes']} classes, {summary['dtype']}"
+        + (", standardized" if summary["standardize"] else "")
     )
-    stopped = "" if converged else f" (stopped at --max-iter {max_iter} before converging)"
+    stopped = "" if fit.converged else f" (stopped at --max-iter {fit.max_iter} before converging)"
     print(
-        f"solver:          {args.solver}, {n_iter} {unit}s{stopped}, "
+        f"solver:          {summary['solver']}, {summary['n_iter']} {unit}s{stopped}, "
         f"final objective {objective_text}"
     )
-    print(f"train accuracy:  {train_accuracy:.4f}")
+    print(f"train accuracy:  {summary['train_accuracy']:.4f}")
     print(f"test accuracy:   {test_text}")
     print(
         f"wall time:       {summary['wall_seconds']:.2f} s "
-        f"(JIT warm-up {warm_up_seconds:.2f} s, training {fit_seconds:.2f} s "
-        f"of which monitoring {monitor.seconds:.2f} s)"
+        f"(JIT warm-up {fit.warm_up_seconds:.2f} s, training {fit.fit_seconds:.2f} s "
+        f"of which monitoring {fit.monitor.seconds:.2f} s)"
     )
+    throughput = summary["throughput_samples_per_second"]
     print(f"throughput:      {throughput:,.0f} samples/s (train samples x {unit}s / training time)")
-    print(f"model written:   {args.model_out}")
-    if plot_path is not None:
-        print(f"plot written:    {plot_path}")
+    print(f"model written:   {summary['model']}")
+    if summary["plot"] is not None:
+        print(f"plot written:    {summary['plot']}")
+
+
+def cmd_train(args) -> int:
+    started = time.perf_counter()
+    plot_path = _plot_path(args)
+    _check_train_outputs(args, plot_path)
+    data, sets = _load_training_sets(args, np.dtype(args.dtype))
+    stats = (None, None)
+    if args.standardize:
+        *stats, sets = _standardize_sets(sets)
+    fit = _fit(args, sets, watch=plot_path is not None or not args.quiet)
+    info = _write_train_outputs(args, data, sets, fit, stats, plot_path)
+    summary = _train_summary(args, data, sets, fit, info, plot_path, started)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_train_summary(summary, fit)
     return 0
 
 
-# ----------------------------------------------------------------------------- evaluate
+# ----------------------------------------------------------------------------- evaluate, predict
 
 
-def cmd_evaluate(args) -> int:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
+def _model_and_data(args, *, labels: bool):
+    """The model, the data (checked against the model's features) and X, standardized."""
     model = load_model(args.model)
+    if getattr(args, "out", None) is not None:
+        _check_outputs(args, [("--out", args.out, "predictions")])
     split = "test" if has_test_split(args.data) else "train"
     data = _load(
-        args, args.data, labels=True, split=split, dtype=model.dtype, n_features=model.n_features
+        args, args.data, labels=labels, split=split, dtype=model.dtype, n_features=model.n_features
     )
     _check_n_features(data.X, model.n_features, f"data {args.data}")
-    estimator = model.estimator
     if args.threads is not None:
-        estimator.n_jobs = args.threads
-    X = _standardize(data.X, model.mean, model.scale)
-    y = _labels_like(data.y, estimator.classes_)
+        model.estimator.n_jobs = args.threads
+    return model, data, _standardize(data.X, model.mean, model.scale)
+
+
+def _evaluation(estimator, X, y) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     predicted = estimator.predict(X)
-    accuracy = float(np.mean(predicted == y))
     labels = list(estimator.classes_)
     extra = [label for label in np.unique(y) if label not in set(labels)]
     labels = labels + extra
-    matrix = confusion_matrix(y, predicted, labels=labels)
     precision, recall, _, support = precision_recall_fscore_support(
         y, predicted, labels=labels, zero_division=0
     )
     names = [label.item() if hasattr(label, "item") else label for label in labels]
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "command": "evaluate",
-                    "model": args.model,
-                    "data": data.description,
-                    "n_samples": len(y),
-                    "accuracy": accuracy,
-                    "classes": names,
-                    "confusion_matrix": matrix.tolist(),
-                    "precision": precision.tolist(),
-                    "recall": recall.tolist(),
-                    "support": support.tolist(),
-                    "unknown_labels": [name for name in names[len(estimator.classes_) :]],
-                },
-                indent=2,
-            )
-        )
-        return 0
-    correct = int(np.sum(predicted == y))
-    print(f"data:      {data.description}")
-    print(f"accuracy:  {accuracy:.4f} ({correct}/{len(y)})")
-    if extra:
-        print(f"labels the model never saw: {', '.join(map(str, extra))}")
+    return {
+        "n_samples": len(y),
+        "n_correct": int(np.sum(predicted == y)),
+        "accuracy": float(np.mean(predicted == y)),
+        "classes": names,
+        "confusion_matrix": confusion_matrix(y, predicted, labels=labels),
+        "precision": precision,
+        "recall": recall,
+        "support": support,
+        "unknown_labels": names[len(estimator.classes_) :],
+    }
+
+
+def _print_evaluation(description: str, result: dict) -> None:
+    names, matrix = result["classes"], result["confusion_matrix"]
+    print(f"data:      {description}")
+    print(f"accuracy:  {result['accuracy']:.4f} ({result['n_correct']}/{result['n_samples']})")
+    if result["unknown_labels"]:
+        print(f"labels the model never saw: {', '.join(map(str, result['unknown_labels']))}")
     text = [str(name) for name in names]
     if len(names) <= 30:
         width = max(max(len(t) for t in text), len(str(matrix.max())), 3)
@@ -638,12 +622,44 @@ def cmd_evaluate(args) -> int:
         print(f"\nconfusion matrix: {len(names)} x {len(names)}, see --json")
     width = max(max(len(t) for t in text), len("class"))
     print(f"\n{'class'.rjust(width)}  precision  recall  support")
-    for name, p, r, s in zip(text, precision, recall, support, strict=True):
+    columns = (result["precision"], result["recall"], result["support"])
+    for name, p, r, s in zip(text, *columns, strict=True):
         print(f"{name.rjust(width)}  {p:9.4f}  {r:6.4f}  {s:7d}")
+
+
+def _is_training_data(args, info: dict) -> bool:
+    """Whether evaluate reads the rows the model was trained on (or a superset of them)."""
+    source = info.get("data_source")
+    if not isinstance(source, str) or has_test_split(args.data):
+        return False  # an IDX directory's t10k files were never trained on
+    if not source_files(args.data, args.format):
+        return source == args.data  # built-in data: same name, same rows
+    return os.path.exists(source) and same_file(source, args.data)
+
+
+def cmd_evaluate(args) -> int:
+    model, data, X = _model_and_data(args, labels=True)
+    training_data = _is_training_data(args, model.info)
+    if training_data:
+        n_train = model.info.get("n_train")
+        trained = f" ({n_train} of its rows)" if isinstance(n_train, int) else ""
+        _note(
+            args,
+            f"note: {args.data} is the data the model was trained on{trained}: this accuracy "
+            "is not a held-out score",
+        )
+    result = _evaluation(model.estimator, X, _labels_like(data.y, model.estimator.classes_))
+    if not args.json:
+        _print_evaluation(data.description, result)
+        return 0
+    report = {"command": "evaluate", "model": args.model, "data": data.description}
+    report["training_data"] = training_data
+    report.update(result)
+    del report["n_correct"]
+    for name in ("confusion_matrix", "precision", "recall", "support"):
+        report[name] = report[name].tolist()
+    print(json.dumps(report, indent=2))
     return 0
-
-
-# ----------------------------------------------------------------------------- predict
 
 
 def _predictions_text(estimator, X, proba: bool, header: bool) -> str:
@@ -662,29 +678,17 @@ def _predictions_text(estimator, X, proba: bool, header: bool) -> str:
 
 
 def cmd_predict(args) -> int:
-    model = load_model(args.model)
-    if args.out is not None:
-        _check_writable(args.out, "predictions")
-    split = "test" if has_test_split(args.data) else "train"
-    labels = args.label_column is not None
-    data = _load(
-        args, args.data, labels=labels, split=split, dtype=model.dtype, n_features=model.n_features
-    )
-    _check_n_features(data.X, model.n_features, f"data {args.data}")
-    estimator = model.estimator
-    if args.threads is not None:
-        estimator.n_jobs = args.threads
-    X = _standardize(data.X, model.mean, model.scale)
-    text = _predictions_text(estimator, X, args.proba, args.header)
+    model, _, X = _model_and_data(args, labels=args.label_column is not None)
+    text = _predictions_text(model.estimator, X, args.proba, args.header)
     if args.out is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        _write_atomically({args.out: text.encode()})
+        write_atomically({args.out: text.encode()})
     return 0
 
 
-# ----------------------------------------------------------------------------- parser
+# ----------------------------------------------------------------------------- option types
 
 
 class _Parser(argparse.ArgumentParser):
@@ -695,6 +699,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _number(kind: Callable, check: Callable[[Any], bool], requirement: str):
+    """An argparse type: ``kind(text)`` that must pass ``check``, else says ``requirement``."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -711,27 +717,17 @@ _positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0 and np.isfinite(v), "a number > 0")
 _nonnegative_float = _number(float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
+_fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1) or a count of samples")
+_count = _number(int, lambda v: v >= 0, "a fraction or a count >= 0")
 
 
 def _test_size(text: str):
-    """A fraction in [0, 1) or a number of samples (an integer >= 1)."""
+    """A fraction in [0, 1) or a number of samples (an integer >= 0)."""
     try:
-        value = int(text)
+        int(text)
     except ValueError:
-        value = None
-    if value is not None:
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"expected a fraction or a count >= 0, got {text!r}")
-        return value
-    try:
-        fraction = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a fraction in [0, 1) or a count of samples, got {text!r}"
-        ) from None
-    if not 0.0 <= fraction < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return fraction
+        return _fraction(text)
+    return _count(text)
 
 
 def _label_column(text: str):
@@ -740,6 +736,8 @@ def _label_column(text: str):
     except ValueError:
         return text
 
+
+# ----------------------------------------------------------------------------- parser
 
 _TRAIN_EXAMPLES = """\
 examples:
@@ -777,55 +775,23 @@ def _add_data_options(parser, *, label_help: str) -> None:
     )
     parser.add_argument("--label-column", type=_label_column, metavar="COL", help=label_help)
     parser.add_argument(
+        "--zero-based",
+        choices=tuple(_ZERO_BASED),
+        default="auto",
+        help="svmlight: whether feature indices start at 0 (default: auto, one-based when no "
+        "feature has index 0, with a note)",
+    )
+    parser.add_argument(
         "--threads", type=_positive_int, metavar="N", help="worker threads (default: all cores)"
     )
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fastsoftmax")
-    except PackageNotFoundError:  # running from a source checkout
-        import fastsoftmax
-
-        return getattr(fastsoftmax, "__version__", "(not installed)")
+def _add_model_input_options(parser, *, data_help: str) -> None:
+    parser.add_argument("--model", required=True, metavar="FILE", help="model .npz file")
+    parser.add_argument("--data", required=True, metavar="DATA", help=data_help)
 
 
-def _estimator_defaults() -> dict:
-    """SoftmaxRegression's parameter defaults, quoted in --help so they never drift."""
-    import inspect
-
-    from fastsoftmax.estimator import SoftmaxRegression
-
-    return {
-        name: p.default
-        for name, p in inspect.signature(SoftmaxRegression).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fastsoftmax`` command."""
-    version = _version()
-    parser = _Parser(
-        prog=PROG,
-        description="Softmax regression (multinomial logistic regression) on the CPU, "
-        "with fused Numba kernels.",
-        epilog="Run 'fastsoftmax COMMAND --help' for the options and examples of a command.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    raw = argparse.RawDescriptionHelpFormatter
-
-    train = commands.add_parser(
-        "train",
-        help="train a model and write it (and a training plot)",
-        description="Train softmax regression, print accuracy, objective, time and throughput,\n"
-        "and write the model (and a PNG of the training curves).",
-        epilog=_TRAIN_EXAMPLES,
-        formatter_class=raw,
-    )
+def _add_train_data_options(train) -> None:
     train.add_argument(
         "--data",
         default="digits",
@@ -846,42 +812,30 @@ def build_parser() -> argparse.ArgumentParser:
         label_help="CSV/TSV label column: 0-based index (negative from the end) or header "
         "name (default: last)",
     )
-    train.add_argument(
-        "--solver", choices=("lbfgs", "sgd", "gd"), default="lbfgs", help="(default: lbfgs)"
-    )
+
+
+def _add_solver_options(train) -> None:
+    defaults = ESTIMATOR_DEFAULTS
+    solver = defaults["solver"]
+    train.add_argument("--solver", choices=SOLVERS, default=solver, help=f"(default: {solver})")
+    others = ", ".join(name for name in SOLVERS if name != "sgd")
     train.add_argument(
         "--max-iter",
         "--epochs",
         dest="max_iter",
         type=_positive_int,
         metavar="N",
-        help="iterations (lbfgs, gd) or epochs (sgd) (default: 100 for lbfgs and gd, 10 for sgd)",
+        help=f"iterations ({others}) or epochs (sgd) (default: {defaults['max_iter']} for "
+        f"{others.replace(', ', ' and ')}, {SGD_EPOCHS} for sgd)",
     )
-    defaults = _estimator_defaults()
-    train.add_argument(
-        "--learning-rate",
-        type=_positive_float,
-        metavar="LR",
-        help=f"step size of sgd and gd (default: {defaults.get('learning_rate', '?')})",
-    )
-    train.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        metavar="B",
-        help=f"sgd mini-batch size (default: {defaults.get('batch_size', '?')})",
-    )
-    train.add_argument(
-        "--alpha",
-        type=_nonnegative_float,
-        metavar="A",
-        help=f"L2 penalty alpha/2 ||W||^2 (default: {defaults.get('alpha', '?')})",
-    )
-    train.add_argument(
-        "--tol",
-        type=_nonnegative_float,
-        metavar="T",
-        help=f"convergence tolerance (default: {defaults.get('tol', '?')})",
-    )
+    for flag, kind, metavar, text in (
+        ("--learning-rate", _positive_float, "LR", "step size of sgd and gd"),
+        ("--batch-size", _positive_int, "B", "sgd mini-batch size"),
+        ("--alpha", _nonnegative_float, "A", "L2 penalty alpha/2 ||W||^2"),
+        ("--tol", _nonnegative_float, "T", "convergence tolerance"),
+    ):
+        default = defaults[flag[2:].replace("-", "_")]
+        train.add_argument(flag, type=kind, metavar=metavar, help=f"{text} (default: {default})")
     train.add_argument(
         "--dtype",
         choices=("float32", "float64"),
@@ -897,9 +851,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="scale features to zero mean and unit variance (statistics saved in the model)",
     )
-    train.add_argument(
-        "--model-out", default="model.npz", metavar="FILE", help="(default: model.npz)"
-    )
+
+
+def _add_train_output_options(train) -> None:
+    train.add_argument("--model-out", default="model.npz", metavar="FILE", help="(default: model.npz)")
     plot = train.add_mutually_exclusive_group()
     plot.add_argument(
         "--plot",
@@ -912,41 +867,79 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bar and no notes on stderr"
     )
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a model and write it (and a training plot)",
+        description="Train softmax regression, print accuracy, objective, time and throughput,\n"
+        "and write the model (and a PNG of the training curves).",
+        epilog=_TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_train_data_options(train)
+    _add_solver_options(train)
+    _add_train_output_options(train)
     train.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="accuracy, confusion matrix and per-class precision/recall of a model",
         description="Evaluate a model on labelled data: accuracy, confusion matrix,\n"
         "per-class precision and recall.",
         epilog=_EVALUATE_EXAMPLES,
-        formatter_class=raw,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    evaluate.add_argument("--model", required=True, metavar="FILE", help="model .npz file")
-    evaluate.add_argument("--data", required=True, metavar="DATA", help="labelled data")
-    _add_data_options(
-        evaluate, label_help="CSV/TSV label column: index or header name (default: last)"
-    )
+    _add_model_input_options(evaluate, data_help="labelled data")
+    _add_data_options(evaluate, label_help="CSV/TSV label column: index or header name (default: last)")
     evaluate.add_argument("--json", action="store_true", help="print JSON on stdout")
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict(commands) -> None:
     predict = commands.add_parser(
         "predict",
         help="predict labels or probabilities, as CSV",
         description="Predict one label (or, with --proba, one row of class probabilities) per\n"
         "input row, as CSV on stdout or in a file. CSV/TSV input holds features only.",
         epilog=_PREDICT_EXAMPLES,
-        formatter_class=raw,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    predict.add_argument("--model", required=True, metavar="FILE", help="model .npz file")
-    predict.add_argument("--data", required=True, metavar="DATA", help="input features")
-    _add_data_options(
-        predict, label_help="CSV/TSV: a column to ignore (e.g. labels); default: none"
-    )
+    _add_model_input_options(predict, data_help="input features")
+    _add_data_options(predict, label_help="CSV/TSV: a column to ignore (e.g. labels); default: none")
     predict.add_argument("--proba", action="store_true", help="class probabilities")
     predict.add_argument("--header", action="store_true", help="first line names the columns")
     predict.add_argument("--out", metavar="FILE", help="write here instead of stdout")
     predict.set_defaults(func=cmd_predict)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fastsoftmax")
+    except PackageNotFoundError:  # running from a source checkout
+        import fastsoftmax
+
+        return getattr(fastsoftmax, "__version__", "(not installed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fastsoftmax`` command."""
+    parser = _Parser(
+        prog=PROG,
+        description="Softmax regression (multinomial logistic regression) on the CPU, "
+        "with fused Numba kernels.",
+        epilog="Run 'fastsoftmax COMMAND --help' for the options and examples of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_predict(commands)
     return parser
 
 
@@ -962,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (CLIError, DataError) as exc:
+    except (CLIError, DataError, ModelIOError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
     except MemoryError:
         print(f"{PROG}: error: out of memory (try --dtype float32 or less data)", file=sys.stderr)

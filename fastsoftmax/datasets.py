@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
+import math
 import os
 import re
+import stat
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,6 +56,7 @@ __all__ = [
     "make_synthetic",
     "parse_synthetic",
     "read_idx",
+    "source_files",
 ]
 
 FORMATS = ("auto", "npz", "csv", "tsv", "svmlight", "idx")
@@ -106,6 +111,8 @@ def load_dataset(
     fmt: str = "auto",
     split: str = "train",
     n_features: int | None = None,
+    zero_based: str | bool = "auto",
+    note: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Load ``digits``, ``synthetic:N,d,K[,seed]`` or a data file.
 
@@ -127,6 +134,10 @@ def load_dataset(
         IDX only: the ``train-*`` or the ``t10k-*`` files.
     n_features : int or None
         svmlight only: the number of features (the file may not mention the last ones).
+    zero_based : {"auto", True, False}
+        svmlight only: whether feature indices start at 0 (see :func:`load_svmlight`).
+    note : callable or None
+        Called with a one-line message when the loader had to guess (the svmlight index base).
 
     Returns
     -------
@@ -137,13 +148,9 @@ def load_dataset(
     source = os.fspath(source)
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if source == "digits" and fmt == "auto":
-        X, y = load_digits(dtype=dtype)
-        return Dataset(X, y if labels else None, "digits (scikit-learn 8x8 handwritten digits)")
-    if source.startswith("synthetic:") and fmt == "auto":
-        n, d, k, seed = parse_synthetic(source)
-        X, y = make_synthetic(n, d, k, seed=seed, dtype=dtype)
-        return Dataset(X, y if labels else None, f"synthetic N={n} d={d} K={k} seed={seed}")
+    builtin = _load_builtin(source, fmt, dtype, labels)
+    if builtin is not None:
+        return builtin
     if not os.path.exists(source):
         hint = ""
         if os.sep not in source and "." not in source:
@@ -151,27 +158,45 @@ def load_dataset(
         raise DataError(f"{source}: no such file or directory{hint}")
     if fmt == "auto":
         fmt = guess_format(source)
+    options = {"n_features": n_features, "zero_based": zero_based, "note": note}
+    path = _readable(source) if fmt != "idx" else source
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, by file and row
-        X, y = _load_file(source, fmt, dtype, labels, label_column, split, n_features)
+        X, y = _load_file(path, fmt, dtype, labels, label_column, split, options)
     _check_finite(X, source)
     return Dataset(X, y, f"{source} ({fmt})")
 
 
-def _check_finite(X, source) -> None:
-    """A data file whose features hold NaN or infinity (or overflow the dtype) is an error."""
+def _load_builtin(source: str, fmt: str, dtype, labels: bool) -> Dataset | None:
+    """``digits`` or ``synthetic:...`` (only when the format is not given), else None."""
+    if source == "digits" and fmt == "auto":
+        X, y = load_digits(dtype=dtype)
+        return Dataset(X, y if labels else None, "digits (scikit-learn 8x8 handwritten digits)")
+    if source.startswith("synthetic:") and fmt == "auto":
+        n, d, k, seed = parse_synthetic(source)
+        X, y = make_synthetic(n, d, k, seed=seed, dtype=dtype)
+        return Dataset(X, y if labels else None, f"synthetic N={n} d={d} K={k} seed={seed}")
+    return None
+
+
+def _check_finite(X, source, where: Callable[[int, int], str] | None = None) -> None:
+    """A data file whose features hold NaN or infinity (or overflow the dtype) is an error.
+
+    ``where(row, col)`` names the position of ``X[row, col]`` in the file; by default it is
+    ``row {row + 1}, column {col + 1}``: rows and columns count from 1, as in a spreadsheet.
+    """
     finite = np.isfinite(X.data if hasattr(X, "tocsr") else X)
     if finite.all():
         return
     if hasattr(X, "tocsr"):
         raise DataError(f"{source}: features hold NaN or infinity (or overflow {X.dtype})")
     row, col = (int(i) for i in np.argwhere(~finite)[0])
+    position = where(row, col) if where is not None else f"row {row + 1}, column {col + 1}"
     raise DataError(
-        f"{source}: row {row + 1}, feature {col + 1} is {X[row, col]} "
-        f"(NaN, infinite, or beyond the range of {X.dtype})"
+        f"{source}: {position} is {X[row, col]} (NaN, infinite, or beyond the range of {X.dtype})"
     )
 
 
-def _load_file(source, fmt, dtype, labels, label_column, split, n_features):
+def _load_file(source, fmt, dtype, labels, label_column, split, svmlight_options):
     if fmt == "npz":
         X, y = load_npz(source, dtype=dtype, labels=labels)
     elif fmt in ("csv", "tsv"):
@@ -183,7 +208,7 @@ def _load_file(source, fmt, dtype, labels, label_column, split, n_features):
             delimiter="\t" if fmt == "tsv" else ",",
         )
     elif fmt == "svmlight":
-        X, y = load_svmlight(source, dtype=dtype, n_features=n_features)
+        X, y = load_svmlight(source, dtype=dtype, **svmlight_options)
         y = y if labels else None
     else:
         X, y = load_idx(source, split=split, dtype=dtype)
@@ -197,6 +222,25 @@ def has_test_split(source: str | os.PathLike) -> bool:
     if not os.path.isdir(source):
         return False
     return _find_idx_pair(Path(source), "test") is not None
+
+
+def source_files(source: str | os.PathLike, fmt: str = "auto") -> list[str]:
+    """The paths :func:`load_dataset` may read for ``source``.
+
+    None for built-in data; the images and labels files of an IDX directory (both splits) or of
+    an IDX images file; otherwise the path itself.
+    """
+    source = os.fspath(source)
+    if fmt == "auto" and (source == "digits" or source.startswith("synthetic:")):
+        return []
+    path = Path(source)
+    if path.is_dir():
+        pairs = [_find_idx_pair(path, split) for split in ("train", "test")]
+        return [str(p) for pair in pairs if pair is not None for p in pair]
+    if _IDX_IMAGES.match(path.name):
+        labels = path.name.replace("images", "labels", 1).replace("idx3", "idx1", 1)
+        return [source, str(path.with_name(labels))]
+    return [source]
 
 
 def _check_dtype(dtype) -> np.dtype:
@@ -306,16 +350,59 @@ def make_synthetic(
     return (X, y, W, b) if coef else (X, y)
 
 
+# ----------------------------------------------------------------------------- streams
+
+
+class _Buffered(NamedTuple):
+    """A pipe or device (``/dev/stdin``) read once into memory: it cannot be read twice."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _readable(path):
+    """``path``, or its contents read once into memory if it is a pipe or a device.
+
+    A regular file, a directory or a missing path is returned as is (the loader reports it).
+    """
+    if isinstance(path, _Buffered):
+        return path
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return path
+    try:
+        with open(path, "rb") as f:
+            return _Buffered(os.fspath(path), f.read())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
+
+
+def _as_file(path):
+    """What a reader can open: the path, or a fresh in-memory file of a buffered stream."""
+    return io.BytesIO(path.data) if isinstance(path, _Buffered) else path
+
+
+def _open_binary(path):
+    return io.BytesIO(path.data) if isinstance(path, _Buffered) else open(path, "rb")
+
+
 # ----------------------------------------------------------------------------- npz
 
 
 def load_npz(path, *, dtype=np.float64, labels: bool = True):
     """Arrays ``X`` (2-D) and ``y`` (1-D, required when ``labels``) from an ``.npz`` file."""
+    path = _readable(path)
     try:
-        with open(path, "rb") as f:
+        with _open_binary(path) as f:
             if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
                 raise DataError(f"{path}: not an .npz file (not a zip archive)")
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(_as_file(path), allow_pickle=False) as npz:
             names = list(npz.files)
             if "X" not in names:
                 listed = ", ".join(names) or "none"
@@ -344,9 +431,13 @@ def load_npz(path, *, dtype=np.float64, labels: bool = True):
 # ----------------------------------------------------------------------------- CSV / TSV
 
 
-def _open_text(path):
+def _open_text(path, newline: str | None = ""):
+    # utf-8-sig drops a byte-order mark (spreadsheets write one): read as data it would turn the
+    # first row into a header, or make the first header name unmatchable.
     opener = gzip.open if str(path).endswith(".gz") else open
-    return opener(path, "rt", newline="", encoding="utf-8")
+    if isinstance(path, _Buffered) and opener is open:
+        return io.TextIOWrapper(_as_file(path), encoding="utf-8-sig", newline=newline)
+    return opener(_as_file(path), "rt", newline=newline, encoding="utf-8-sig")
 
 
 def _loadtxt(path, **kwargs) -> np.ndarray:
@@ -354,7 +445,10 @@ def _loadtxt(path, **kwargs) -> np.ndarray:
     with warnings.catch_warnings():
         # An empty table is reported as a DataError by the caller, not as a UserWarning.
         warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
-        return np.loadtxt(path, comments=None, quotechar='"', encoding="utf-8", **kwargs)
+        if isinstance(path, _Buffered):
+            with _open_text(path, newline=None) as f:
+                return np.loadtxt(f, comments=None, quotechar='"', **kwargs)
+        return np.loadtxt(path, comments=None, quotechar='"', encoding="utf-8-sig", **kwargs)
 
 
 def _is_number(text: str) -> bool:
@@ -363,6 +457,19 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class _Layout(NamedTuple):
+    """Where things are in a delimited file (0-based field indices)."""
+
+    n_fields: int
+    label_index: int | None
+    feature_index: list[int]
+    names: list[str] | None  # the header's names, or None without a header
+
+    def column(self, j: int) -> str:
+        """Field ``j`` as messages name it: 1-based, with its header name when there is one."""
+        return f"column {j + 1}" + (f" ({self.names[j]!r})" if self.names else "")
 
 
 def load_csv(
@@ -380,8 +487,10 @@ def load_csv(
     feature fields is not a number (or when ``label_column`` is a name). ``label_column`` is a
     0-based index (negative counts from the end) or a header name; None means the last column when
     ``labels`` and no label column otherwise. Every row must have as many fields as the first;
-    feature fields must be numbers.
+    feature fields must be finite numbers. Messages name rows and columns from 1, as a
+    spreadsheet or an editor shows them (the header is row 1).
     """
+    path = _readable(path)
     try:
         with _open_text(path) as f:
             first = next((row for row in csv.reader(f, delimiter=delimiter) if row), None)
@@ -389,6 +498,25 @@ def load_csv(
         raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
     if first is None:
         raise DataError(f"{path}: empty file, no data rows")
+    layout = _csv_layout(path, first, labels, label_column, header)
+    X, y_raw = _read_table(path, delimiter, layout)
+    if len(X) == 0:
+        raise DataError(f"{path}: no data rows")
+    with np.errstate(over="ignore"):  # overflow to inf is reported with its row and column
+        X = np.ascontiguousarray(X, dtype=_check_dtype(dtype))
+    skip = 1 if layout.names else 0
+
+    def where(row: int, col: int) -> str:
+        file_row = _file_row(path, delimiter, row + skip)
+        return f"row {file_row}, {layout.column(layout.feature_index[col])}"
+
+    _check_finite(X, path, where)
+    y = _as_labels(y_raw) if (labels and y_raw is not None) else None
+    return X, y
+
+
+def _csv_layout(path, first: list[str], labels: bool, label_column, header) -> _Layout:
+    """The label and feature columns, and whether ``first`` is a header."""
     n_fields = len(first)
     if label_column is None and labels:
         label_column = -1
@@ -403,8 +531,9 @@ def load_csv(
     elif label_column is not None:
         if not -n_fields <= label_column < n_fields:
             raise DataError(
-                f"{path}: unknown label column {label_column} (the file has {n_fields} columns, "
-                f"0..{n_fields - 1})"
+                f"{path}: unknown label column {label_column}: the file has {n_fields} columns "
+                f"(a label column index counts from 0: 0..{n_fields - 1}, or -{n_fields}..-1 "
+                "from the end)"
             )
         label_index = label_column % n_fields
     else:
@@ -414,55 +543,34 @@ def load_csv(
         raise DataError(f"{path}: no feature columns besides the label column")
     if header is None:
         header = not all(_is_number(first[j]) for j in feature_index)
-    columns = [name.strip() for name in first] if header else [str(j) for j in range(n_fields)]
-    skip = 1 if header else 0
+    names = [name.strip() for name in first] if header else None
+    return _Layout(n_fields, label_index, feature_index, names)
 
+
+def _read_table(path, delimiter: str, layout: _Layout):
+    """Features ``X`` (float64) and the raw label column (None without one)."""
+    options = {"delimiter": delimiter, "skiprows": 1 if layout.names else 0}
     try:
-        table = _loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=skip,
-            dtype=np.float64,
-            ndmin=2,
-        )
+        table = _loadtxt(path, dtype=np.float64, ndmin=2, **options)
     except ValueError:
         table = None  # find the precise problem (or string labels) below
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
-
     if table is None:
-        _scan_delimited(path, delimiter, n_fields, feature_index, columns, skip)
+        _scan_delimited(path, delimiter, layout)
         # Only the label column holds non-numbers: string labels.
-        X = _loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=skip,
-            dtype=np.float64,
-            ndmin=2,
-            usecols=feature_index,
-        )
-        y_raw = _loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=skip,
-            dtype=str,
-            ndmin=1,
-            usecols=[label_index],
-        )
-    else:
-        if table.shape[0] == 0:
-            raise DataError(f"{path}: no data rows")
-        if table.shape[1] != n_fields:  # defensive: loadtxt already checks row lengths
-            raise DataError(f"{path}: expected {n_fields} fields per row, found {table.shape[1]}")
-        X = table[:, feature_index]
-        y_raw = table[:, label_index] if label_index is not None else None
-    if len(X) == 0:
+        X = _loadtxt(path, dtype=np.float64, ndmin=2, usecols=layout.feature_index, **options)
+        y_raw = _loadtxt(path, dtype=str, ndmin=1, usecols=[layout.label_index], **options)
+        return X, y_raw
+    if table.shape[0] == 0:
         raise DataError(f"{path}: no data rows")
-    y = _as_labels(y_raw) if (labels and y_raw is not None) else None
-    return np.ascontiguousarray(X, dtype=_check_dtype(dtype)), y
+    if table.shape[1] != layout.n_fields:  # defensive: loadtxt already checks row lengths
+        raise DataError(f"{path}: expected {layout.n_fields} fields per row, found {table.shape[1]}")
+    y_raw = table[:, layout.label_index] if layout.label_index is not None else None
+    return table[:, layout.feature_index], y_raw
 
 
-def _scan_delimited(path, delimiter, n_fields, feature_index, columns, skip) -> None:
+def _scan_delimited(path, delimiter: str, layout: _Layout) -> None:
     """Raise DataError at the first ragged row or non-numeric feature field, if there is one."""
     with _open_text(path) as f:
         reader = csv.reader(f, delimiter=delimiter)
@@ -472,37 +580,106 @@ def _scan_delimited(path, delimiter, n_fields, feature_index, columns, skip) -> 
                 if not row:
                     continue
                 seen += 1
-                if seen <= skip:
+                if seen == 1 and layout.names:
                     continue
-                if len(row) != n_fields:
+                if len(row) != layout.n_fields:
                     raise DataError(
-                        f"{path}: line {reader.line_num}: expected {n_fields} fields, "
+                        f"{path}: row {reader.line_num}: expected {layout.n_fields} fields, "
                         f"found {len(row)}"
                     )
-                for j in feature_index:
+                for j in layout.feature_index:
                     if not _is_number(row[j]):
                         raise DataError(
-                            f"{path}: line {reader.line_num}, column {columns[j]!r}: "
+                            f"{path}: row {reader.line_num}, {layout.column(j)}: "
                             f"{row[j]!r} is not a number"
                         )
         except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: malformed row ({exc})") from None
+            raise DataError(f"{path}: row {reader.line_num}: malformed row ({exc})") from None
+
+
+def _file_row(path, delimiter: str, record: int) -> int:
+    """The 1-based row (line) of the file where non-empty record ``record`` (0-based) ends."""
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        seen = 0
+        for row in reader:
+            if row:
+                if seen == record:
+                    return reader.line_num
+                seen += 1
+    return record + 1  # not reached: the record was read before
 
 
 # ----------------------------------------------------------------------------- svmlight
 
 
-def load_svmlight(path, *, dtype=np.float64, n_features: int | None = None):
-    """svmlight / libsvm text as dense ``X`` and labels ``y``."""
+def load_svmlight(
+    path,
+    *,
+    dtype=np.float64,
+    n_features: int | None = None,
+    zero_based: str | bool = "auto",
+    note: Callable[[str], None] | None = None,
+):
+    """svmlight / libsvm text as dense ``X`` and labels ``y``.
+
+    Parameters
+    ----------
+    path : str or path
+        The file (plain, or ``.gz`` / ``.bz2`` as scikit-learn reads them).
+    dtype : float32 or float64
+        dtype of the returned ``X``.
+    n_features : int or None
+        The number of features: a file may not mention the last ones (they are zero), so fewer
+        are padded with zero columns; more is an error.
+    zero_based : {"auto", True, False}
+        Whether feature indices start at 0. "auto" (scikit-learn's rule) reads them as one-based
+        when no feature has index 0, calls ``note`` to say so, and refuses to pad such a file to
+        ``n_features``: a zero-based file whose first feature is always zero looks the same.
+    note : callable or None
+        Called with a one-line message when "auto" had to guess one-based indices.
+    """
     from sklearn.datasets import load_svmlight_file
 
+    if zero_based not in ("auto", True, False):
+        raise DataError(f"zero_based must be 'auto', True or False, got {zero_based!r}")
+    path = _readable(path)
+    source = _as_file(path) if isinstance(path, _Buffered) else os.fspath(path)
     try:
-        X, y = load_svmlight_file(os.fspath(path), n_features=n_features, dtype=np.float64)
+        X, y = load_svmlight_file(source, zero_based=zero_based is not False, dtype=np.float64)
     except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"{path}: not a readable svmlight/libsvm file ({_reason(exc)})") from None
     if X.shape[0] == 0:
         raise DataError(f"{path}: no data rows")
+    guessed = zero_based == "auto" and (X.nnz == 0 or X.indices.min() > 0)
+    if guessed:
+        X = X[:, 1:]  # one-based: index 0 is unused
+    count = X.shape[1]
+    X = _svmlight_width(path, X, n_features, guessed)
+    if guessed and note is not None:
+        note(
+            f"{path}: no feature has index 0, so feature indices are read as one-based "
+            f"({count} features)"
+        )
     return np.ascontiguousarray(X.toarray(), dtype=_check_dtype(dtype)), _as_labels(y)
+
+
+def _svmlight_width(path, X, n_features: int | None, guessed: bool):
+    """``X`` padded with zero columns to ``n_features``, when that is unambiguous."""
+    import scipy.sparse as sp
+
+    count = X.shape[1]
+    if n_features is None or count == n_features:
+        return X
+    if count > n_features:
+        raise DataError(f"{path}: {count} features, expected {n_features}")
+    if guessed:
+        raise DataError(
+            f"{path}: {count} features read as one-based (no feature has index 0), "
+            f"{n_features} expected: if the file is zero-based its first feature is always zero; "
+            "say which (--zero-based yes/no, zero_based=True/False)"
+        )
+    return sp.hstack([X, sp.csr_matrix((X.shape[0], n_features - count))], format="csr")
 
 
 # ----------------------------------------------------------------------------- IDX (MNIST)
@@ -516,14 +693,17 @@ def read_idx(path) -> np.ndarray:
             data = f.read()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
+    if data[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (unknown element type code 0x{data[2]:02X})")
     ndim = data[3]
     if ndim < 1 or len(data) < 4 + 4 * ndim:
         raise DataError(f"{path}: truncated IDX header")
     shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a damaged header's sizes cannot overflow into a plausible byte count.
+    expected = math.prod(shape) * dtype.itemsize
     available = len(data) - 4 - 4 * ndim
     if available < expected:
         raise DataError(
@@ -585,6 +765,8 @@ def load_idx(source, *, split: str = "train", dtype=np.float64):
         raise DataError(
             f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}"
         )
+    if images.size == 0:
+        raise DataError(f"{images_path}: no pixels (images of shape {images.shape})")
     X = images.reshape(len(images), -1).astype(_check_dtype(dtype))
     if images.dtype == np.uint8:
         X /= X.dtype.type(255)

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -342,6 +343,87 @@ def test_csv_string_labels_sgd_standardized_then_evaluate_and_predict(cli_env, t
     assert same.stdout.splitlines() == predicted
 
 
+def test_svmlight_index_base_and_feature_count(cli_env, digits_run, tmp_path):
+    """digits dumped zero-based: pixel 0 is always zero, so the file looks one-based."""
+    from sklearn.datasets import dump_svmlight_file, load_digits
+
+    X, y = load_digits(return_X_y=True)
+    dump_svmlight_file(X / 16.0, y, str(tmp_path / "digits.svm"), zero_based=True)
+    guessed = run(
+        cli_env, "train", "--data", "digits.svm", "--no-plot", "--json", "--model-out",
+        "guessed.npz", cwd=tmp_path,
+    )  # fmt: skip
+    assert guessed.returncode == 0, guessed.stderr
+    assert json.loads(guessed.stdout)["n_features"] == 63
+    assert "digits.svm: no feature has index 0" in guessed.stderr
+    assert "read as one-based (63 features)" in guessed.stderr
+    told = run(
+        cli_env, "train", "--data", "digits.svm", "--zero-based", "yes", "--no-plot", "--json",
+        "--model-out", "told.npz", cwd=tmp_path,
+    )  # fmt: skip
+    assert told.returncode == 0, told.stderr
+    assert json.loads(told.stdout)["n_features"] == 64 and told.stderr == ""
+
+    # A 64-feature model on the file read one-based (63 features): an error, not a score.
+    model = digits_run[0] / "model.npz"
+    for command in ("evaluate", "predict"):
+        result = run(cli_env, command, "--model", model, "--data", "digits.svm", cwd=tmp_path)
+        assert_one_line_error(result, "63 features read as one-based", "64 expected")
+    right = run(
+        cli_env, "evaluate", "--model", model, "--data", "digits.svm", "--zero-based", "yes",
+        "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    assert json.loads(right.stdout)["accuracy"] > 0.95
+
+
+def test_data_from_a_pipe_is_read_once(cli_env, tmp_path, rng):
+    X, y = blobs(rng, n=90, d=3)
+    rows = [f"{a:.6g},{b:.6g},{c:.6g},{k}\n" for (a, b, c), k in zip(X, y, strict=True)]
+    text = "a,b,c,label\n" + "".join(rows)
+    result = subprocess.run(
+        [sys.executable, "-m", "fastsoftmax", "train", "--data", "/dev/stdin", "--format", "csv",
+         "--test-size", "0", "--no-plot", "--json"],
+        input=text, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n_train"] == 90 and summary["n_features"] == 3
+    assert summary["train_accuracy"] > 0.9
+
+
+def test_held_out_count_and_fraction_are_printed_as_such(cli_env, digits_run, tmp_path):
+    assert "test data:       20% held out from the data, seed 0" in digits_run[1].stdout
+    result = run(
+        cli_env, "train", "--data", "synthetic:300,4,3", "--test-size", "100", "--no-plot",
+        "--max-iter", "5", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "test data:       100 rows held out from the data, seed 0" in result.stdout
+    assert "200 train / 100 test samples" in result.stdout
+
+
+def test_evaluate_on_the_training_data_says_so(cli_env, digits_run, tmp_path, rng):
+    X, y = blobs(rng, n=60)
+    np.savetxt(tmp_path / "data.csv", np.column_stack([X, y]), delimiter=",", fmt="%.6g")
+    shutil.copy(tmp_path / "data.csv", tmp_path / "copy.csv")
+    (tmp_path / "link.csv").symlink_to("data.csv")
+    train = run(cli_env, "train", "--data", "data.csv", "--no-plot", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    note = "is the data the model was trained on (48 of its rows): this accuracy is not a held-out"
+    for data, same in (("link.csv", True), ("copy.csv", False)):
+        result = run(cli_env, "evaluate", "--model", "model.npz", "--data", data, "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert (f"fastsoftmax: note: {data} {note}" in result.stderr) is same
+        assert json.loads(result.stdout)["training_data"] is same
+    digits = run(
+        cli_env, "evaluate", "--model", digits_run[0] / "model.npz", "--data", "digits",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert digits.returncode == 0, digits.stderr
+    assert "digits is the data the model was trained on (1437 of its rows)" in digits.stderr
+
+
 # ----------------------------------------------------------------------------- terminals
 
 
@@ -385,6 +467,7 @@ def error_dir(tmp_path, digits_run, rng):
     (tmp_path / "ragged.csv").write_text("a,b,y\n1,2,0\n3,4\n")
     (tmp_path / "word.csv").write_text("a,b,y\n1,2,0\n3,oops,1\n")
     (tmp_path / "good.csv").write_text("a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    (tmp_path / "link.csv").symlink_to("good.csv")
     np.savetxt(tmp_path / "five.csv", rng.random((4, 5)), delimiter=",")
     (tmp_path / "one-class.csv").write_text("1,2,0\n3,4,0\n5,6,0\n7,8,0\n9,9,0\n")
     (tmp_path / "notes.npz").write_text("not a model, not even a zip file\n")
@@ -395,14 +478,60 @@ def error_dir(tmp_path, digits_run, rng):
     X = rng.random((6, 64))
     X[4, 9] = np.nan
     np.savez(tmp_path / "nan.npz", X=X, y=np.arange(6) % 2)
+    write_damaged_models(tmp_path)
+    write_damaged_idx(tmp_path, rng)
     return tmp_path
+
+
+def write_damaged_models(directory: Path) -> None:
+    """Copies of model.npz with one array changed (None: removed)."""
+    with np.load(directory / "model.npz", allow_pickle=False) as npz:
+        good = {name: npz[name] for name in npz.files}
+    nan_coef = good["coef"].copy()
+    nan_coef[3, 5] = np.nan
+    inf_scale = np.ones(64)
+    inf_scale[2] = np.inf
+    for name, changes in {
+        "nan-coef": {"coef": nan_coef},
+        "inf-intercept": {"intercept": np.full(10, np.inf)},
+        "inf-scale": {"mean": np.zeros(64), "scale": inf_scale},
+        "info-list": {"info": np.array("[1, 2]")},
+        "info-n-iter": {"info": np.array('{"n_iter": "many"}')},
+        "info-number": {"n_features": np.array("64")},
+        "no-intercept": {"intercept": None},
+        "classes-2d": {"classes": np.arange(10).reshape(2, 5)},
+        "classes-scalar": {"classes": np.array(3)},
+        "coef-1d": {"coef": good["coef"].ravel()},
+    }.items():
+        arrays = {**good, **changes}
+        np.savez(directory / f"{name}.npz", **{k: v for k, v in arrays.items() if v is not None})
+    (directory / "empty.npz").write_bytes(b"")
+    (directory / "model-dir.npz").mkdir()
+
+
+def write_damaged_idx(directory: Path, rng) -> None:
+    """IDX directories whose training images file is damaged."""
+    images = idx_bytes(rng.integers(0, 255, size=(4, 3, 3)))
+    labels = idx_bytes(np.arange(4) % 2)
+    overflow = bytes([0, 0, 8, 3]) + (2**31).to_bytes(4, "big") * 2 + (4).to_bytes(4, "big")
+    for name, content in {
+        "idx-overflow": overflow,
+        "idx-truncated": images[:-5],
+        "idx-type": images[:2] + b"\x07" + images[3:],
+    }.items():
+        (directory / name).mkdir()
+        (directory / name / "train-images-idx3-ubyte").write_bytes(content)
+        (directory / name / "train-labels-idx1-ubyte").write_bytes(labels)
 
 
 ERRORS = {
     "missing-data": (["train", "--data", "missing.csv"], "missing.csv: no such file or directory"),
     "unknown-builtin": (["train", "--data", "mnist"], "built-in data: digits"),
-    "ragged-csv": (["train", "--data", "ragged.csv"], "line 3: expected 3 fields, found 2"),
-    "non-numeric-csv": (["train", "--data", "word.csv"], "column 'b': 'oops' is not a number"),
+    "ragged-csv": (["train", "--data", "ragged.csv"], "row 3: expected 3 fields, found 2"),
+    "non-numeric-csv": (
+        ["train", "--data", "word.csv"],
+        "word.csv: row 3, column 2 ('b'): 'oops' is not a number",
+    ),
     "unknown-label-column": (
         ["train", "--data", "good.csv", "--label-column", "target"],
         "unknown label column 'target' (columns: a, b, y)",
@@ -423,7 +552,10 @@ ERRORS = {
     "bad-dtype": (["train", "--dtype", "int8"], "argument --dtype"),
     "bad-threads": (["train", "--threads", "many"], "argument --threads"),
     "no-output-dir": (["train", "--model-out", "nodir/m.npz"], "does not exist"),
-    "same-outputs": (["train", "--model-out", "x.npz", "--plot", "x.npz"], "the same file"),
+    "same-outputs": (
+        ["train", "--model-out", "x.npz", "--plot", "./x.npz"],
+        "--model-out x.npz and --plot ./x.npz are the same file",
+    ),
     "unknown-command": (["fit"], "invalid choice: 'fit'"),
     "missing-model": (["evaluate", "--model", "nope.npz", "--data", "digits"], "no such model"),
     "model-not-npz": (
@@ -449,17 +581,99 @@ ERRORS = {
     "evaluate-needs-model": (["evaluate", "--data", "digits"], "--model"),
     "overflowing-float32-csv": (
         ["train", "--data", "huge.csv", "--dtype", "float32", "--test-size", "0"],
-        "huge.csv: row 2, feature 2 is inf (NaN, infinite, or beyond the range of float32)",
+        "huge.csv: row 3, column 2 ('b') is inf (NaN, infinite, or beyond the range of float32)",
     ),
     "nan-npz-evaluate": (
         ["evaluate", "--model", "model.npz", "--data", "nan.npz"],
-        "nan.npz: row 5, feature 10 is nan",
+        "nan.npz: row 5, column 10 is nan",
     ),
     "nan-csv-predict": (
         ["predict", "--model", "model.npz", "--data", "nan.csv"],
-        "nan.csv: row 2, feature 3 is nan",
+        "nan.csv: row 2, column 3 is nan",
     ),
     "test-size-too-large": (["train", "--test-size", "100000"], "--test-size 100000"),
+    "model-out-is-data": (
+        ["train", "--data", "good.csv", "--model-out", "good.csv"],
+        "--model-out good.csv is the same file as --data good.csv",
+    ),
+    "model-out-is-data-respelled": (
+        ["train", "--data", "good.csv", "--model-out", "./good.csv"],
+        "is the same file as --data",
+    ),
+    "model-out-is-data-through-symlink": (
+        ["train", "--data", "link.csv", "--model-out", "good.csv"],
+        "is the same file as --data link.csv",
+    ),
+    "plot-is-test-data": (
+        ["train", "--test-data", "good.csv", "--data", "good.csv", "--plot", "link.csv"],
+        "--plot link.csv is the same file as --data good.csv",
+    ),
+    "predict-out-is-data": (
+        ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "five.csv"],
+        "--out five.csv is the same file as --data five.csv",
+    ),
+    "predict-out-is-model": (
+        ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "./model.npz"],
+        "--out ./model.npz is the same file as --model model.npz",
+    ),
+    "nan-coef-model": (
+        ["evaluate", "--model", "nan-coef.npz", "--data", "digits"],
+        "nan-coef.npz: damaged fastsoftmax model file (coef holds NaN or infinite values)",
+    ),
+    "inf-intercept-model": (
+        ["predict", "--model", "inf-intercept.npz", "--data", "five.csv"],
+        "intercept holds NaN or infinite values",
+    ),
+    "inf-scale-model": (
+        ["predict", "--model", "inf-scale.npz", "--data", "five.csv"],
+        "scale holds NaN or infinite values",
+    ),
+    "info-not-an-object": (
+        ["evaluate", "--model", "info-list.npz", "--data", "digits"],
+        "info-list.npz: damaged fastsoftmax model file (info is not a JSON object",
+    ),
+    "info-bad-n-iter": (
+        ["evaluate", "--model", "info-n-iter.npz", "--data", "digits"],
+        "info-n-iter.npz: damaged fastsoftmax model file",
+    ),
+    "n-features-a-string": (
+        ["evaluate", "--model", "info-number.npz", "--data", "digits"],
+        "info-number.npz: damaged fastsoftmax model file (n_features is <U2",
+    ),
+    "model-missing-array": (
+        ["evaluate", "--model", "no-intercept.npz", "--data", "digits"],
+        "no-intercept.npz: damaged fastsoftmax model file (no array intercept)",
+    ),
+    "model-classes-2d": (
+        ["evaluate", "--model", "classes-2d.npz", "--data", "digits"],
+        "classes-2d.npz: damaged fastsoftmax model file (classes is int64 of shape (2, 5))",
+    ),
+    "model-classes-scalar": (
+        ["evaluate", "--model", "classes-scalar.npz", "--data", "digits"],
+        "classes-scalar.npz: damaged fastsoftmax model file",
+    ),
+    "model-coef-1d": (
+        ["evaluate", "--model", "coef-1d.npz", "--data", "digits"],
+        "coef-1d.npz: damaged fastsoftmax model file (coef is float64 of shape (640,)",
+    ),
+    "model-empty": (
+        ["evaluate", "--model", "empty.npz", "--data", "digits"],
+        "empty.npz: empty file, not a model file",
+    ),
+    "model-directory": (
+        ["evaluate", "--model", "model-dir.npz", "--data", "digits"],
+        "model-dir.npz: is a directory",
+    ),
+    "model-dev-null": (
+        ["evaluate", "--model", os.devnull, "--data", "digits"],
+        f"{os.devnull}: not a regular file (a character device)",
+    ),
+    "idx-size-overflow": (["train", "--data", "idx-overflow"], "truncated IDX file"),
+    "idx-truncated": (["train", "--data", "idx-truncated"], "truncated IDX file"),
+    "idx-unknown-type": (
+        ["train", "--data", "idx-type"],
+        "not an IDX file (unknown element type code 0x07)",
+    ),
     "predict-no-output-dir": (
         ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "nodir/p.csv"],
         "does not exist",
@@ -474,6 +688,67 @@ def test_errors_are_one_line_with_status_2_and_write_nothing(cli_env, error_dir,
     result = run(cli_env, *args, cwd=error_dir)
     assert_one_line_error(result, message)
     assert sorted(p.name for p in error_dir.iterdir()) == before  # no output, no temp files
+
+
+# ----------------------------------------------------------------------------- output files
+
+
+@pytest.fixture
+def char_device(tmp_path):
+    """A character device to write to: a null device made in tmp_path where that is allowed (as
+    root), so a writer that replaced it could only replace this node; else /dev/null itself."""
+    node = tmp_path / "null-device"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except (OSError, AttributeError):
+        return Path(os.devnull)
+    return node
+
+
+def test_outputs_write_through_symlinks(cli_env, digits_run, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    for name in ("m.npz", "p.png", "labels.csv"):
+        (real / name).write_text("old contents\n")
+        (tmp_path / name).symlink_to(real / name)
+    plot = ["--plot", "p.png"] if _has_matplotlib() else ["--no-plot"]
+    train = run(
+        cli_env, "train", "--data", "synthetic:300,4,3", "--max-iter", "5", "--model-out",
+        "m.npz", *plot, cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    np.savetxt(tmp_path / "new.csv", np.zeros((3, 64)), delimiter=",")
+    model = digits_run[0] / "model.npz"
+    predict = run(
+        cli_env, "predict", "--model", model, "--data", "new.csv", "--out", "labels.csv",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert predict.returncode == 0, predict.stderr
+    for name in ("m.npz", "p.png", "labels.csv"):
+        assert (tmp_path / name).is_symlink(), name
+    with np.load(real / "m.npz", allow_pickle=False) as written:
+        assert written["coef"].shape == (3, 4)
+    if _has_matplotlib():
+        png_size((real / "p.png").read_bytes())
+    assert len((real / "labels.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in real.iterdir()) == ["labels.csv", "m.npz", "p.png"]
+
+
+def test_outputs_write_through_character_devices(cli_env, digits_run, tmp_path, char_device):
+    plot = ["--plot", char_device] if _has_matplotlib() else ["--no-plot"]
+    train = run(
+        cli_env, "train", "--data", "synthetic:300,4,3", "--max-iter", "5", "--model-out",
+        char_device, *plot, cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert stat.S_ISCHR(os.stat(char_device).st_mode)
+    np.savetxt(tmp_path / "new.csv", np.zeros((3, 64)), delimiter=",")
+    predict = run(
+        cli_env, "predict", "--model", digits_run[0] / "model.npz", "--data", "new.csv",
+        "--out", char_device, cwd=tmp_path,
+    )  # fmt: skip
+    assert predict.returncode == 0, predict.stderr
+    assert stat.S_ISCHR(os.stat(char_device).st_mode)
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict"])

@@ -1,6 +1,7 @@
 """fastsoftmax.datasets: every format read from small files written here, and every bad input."""
 
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -197,6 +198,22 @@ def test_csv_features_only_and_dropped_column(tmp_path):
 
 
 @pytest.mark.parametrize("gz", [False, True])
+def test_csv_with_a_byte_order_mark(tmp_path, gz):
+    opener = gzip.open if gz else open
+    suffix = ".gz" if gz else ""
+    with opener(tmp_path / f"plain.csv{suffix}", "wb") as f:
+        f.write("\ufeff1,2,0\n3,4,1\n".encode())
+    X, y = load_csv(tmp_path / f"plain.csv{suffix}")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])  # the first row is data, not a header
+    np.testing.assert_array_equal(y, [0, 1])
+    with opener(tmp_path / f"named.csv{suffix}", "wb") as f:
+        f.write("\ufeffspecies,a\ncat,1\ndog,2\n".encode())
+    X, y = load_csv(tmp_path / f"named.csv{suffix}", label_column="species")
+    np.testing.assert_array_equal(X, [[1], [2]])
+    np.testing.assert_array_equal(y, ["cat", "dog"])
+
+
+@pytest.mark.parametrize("gz", [False, True])
 def test_tsv_and_gzip(tmp_path, gz):
     text = "f1\tf2\ty\n0.5\t1\t2\n1.5\t2\t1\n"
     path = tmp_path / ("d.tsv.gz" if gz else "d.tsv")
@@ -211,23 +228,38 @@ def test_tsv_and_gzip(tmp_path, gz):
     np.testing.assert_array_equal(y, [2, 1])
 
 
+def _write(path, text: str):
+    path.write_text(text)
+    return path
+
+
 def test_csv_errors(tmp_path):
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("a,b,y\n1,2,0\n3,4,1\n5,1\n")
-    with pytest.raises(DataError, match="line 4: expected 3 fields, found 2"):
+    with pytest.raises(DataError, match="row 4: expected 3 fields, found 2"):
         load_csv(ragged)
     extra = tmp_path / "extra.csv"
     extra.write_text("1,2,0\n3,4,5,1\n")
-    with pytest.raises(DataError, match="line 2: expected 3 fields, found 4"):
+    with pytest.raises(DataError, match="row 2: expected 3 fields, found 4"):
         load_csv(extra)
     word = tmp_path / "word.csv"
     word.write_text("a,b,y\n1,2,0\n3,oops,1\n")
-    with pytest.raises(DataError, match="line 3, column 'b': 'oops' is not a number"):
+    with pytest.raises(DataError, match=r"row 3, column 2 \('b'\): 'oops' is not a number"):
         load_csv(word)
     with pytest.raises(DataError, match=r"unknown label column 'target' \(columns: a, b, y\)"):
         load_csv(word, label_column="target")
-    with pytest.raises(DataError, match="unknown label column 7"):
+    with pytest.raises(DataError, match="unknown label column 7: the file has 3 columns"):
         load_csv(word, label_column=7)
+    bare = tmp_path / "bare.csv"
+    bare.write_text("1,2,0\n3,oops,1\n")  # no header: no name to quote
+    with pytest.raises(DataError, match="bare.csv: row 2, column 2: 'oops' is not a number$"):
+        load_csv(bare)
+    first = tmp_path / "first.csv"
+    first.write_text("y,a,b\n0,1,2\n\n1,3,1e300\n")  # label first, a blank line
+    with pytest.raises(DataError, match=r"row 4, column 3 \('b'\) is inf .*float32"):
+        load_dataset(first, label_column="y", dtype=np.float32)
+    with pytest.raises(DataError, match=r"row 3, column 2 is nan"):
+        load_dataset(_write(tmp_path / "nan.csv", "1,2,0\n3,4,1\n5,nan,1\n"))
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(DataError, match="empty file"):
@@ -236,6 +268,46 @@ def test_csv_errors(tmp_path):
     header_only.write_text("a,b,y\n")
     with pytest.raises(DataError, match="no data rows"):
         load_csv(header_only)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npz", "svmlight"])
+def test_a_pipe_is_read_once(tmp_path, fmt):
+    """A named pipe can be read only once: every loader must read it once, then parse."""
+    import threading
+
+    X = np.array([[1.0, 2.0], [3.0, 4.5], [0.5, 6.0]])
+    y = np.array([0, 1, 0])
+    if fmt == "csv":
+        content = b"a,b,y\n1,2,0\n3,4.5,1\n0.5,6,0\n"
+    elif fmt == "npz":
+        np.savez(tmp_path / "d.npz", X=X, y=y)
+        content = (tmp_path / "d.npz").read_bytes()
+    else:
+        content = b"0 1:1 2:2\n1 1:3 2:4.5\n0 1:0.5 2:6\n"
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    done = threading.Event()
+
+    def write():
+        with open(pipe, "wb") as f:
+            f.write(content)
+        # A reader that opens the pipe again would wait forever for a writer: give it one that
+        # writes nothing, so it reads an empty stream and the test fails instead of hanging.
+        while not done.wait(0.05):
+            try:
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader waiting
+                pass
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        data = load_dataset(pipe, fmt=fmt)
+    finally:
+        done.set()
+        writer.join(timeout=10)
+    np.testing.assert_array_equal(data.X, X)
+    np.testing.assert_array_equal(data.y, y)
 
 
 # ----------------------------------------------------------------------------- svmlight
@@ -248,12 +320,36 @@ def test_svmlight(tmp_path):
     assert X.dtype == np.float32 and y.dtype == np.int64
     np.testing.assert_array_equal(X, [[0.5, 0, 2], [0, 1.5, 0], [-1, 1, 1]])
     np.testing.assert_array_equal(y, [1, 0, 2])
-    X5, _, _ = load_dataset(path, n_features=5)
+    X5, _, _ = load_dataset(path, n_features=5, zero_based=False)
     assert X5.shape == (3, 5)
+    np.testing.assert_array_equal(X5[:, :3], X)
     bad = tmp_path / "bad.libsvm"
     bad.write_text("1 1:0.5 nonsense\n")
     with pytest.raises(DataError, match="not a readable svmlight"):
         load_dataset(bad)
+
+
+def test_svmlight_index_base(tmp_path):
+    """A zero-based file whose feature 0 is always zero looks one-based: auto says so, and
+    refuses to pad it to a wider model; zero_based=True reads it right."""
+    from sklearn.datasets import dump_svmlight_file
+
+    X = np.array([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 3.0, 4.0]])
+    path = tmp_path / "zero.svm"
+    dump_svmlight_file(X, [0, 1], str(path), zero_based=True)
+    notes = []
+    X_auto, _, _ = load_dataset(path, note=notes.append)
+    np.testing.assert_array_equal(X_auto, X[:, 1:])
+    assert len(notes) == 1 and "read as one-based (3 features)" in notes[0]
+    with pytest.raises(DataError, match="3 features read as one-based.*4 expected"):
+        load_dataset(path, n_features=4)
+    X_zero, _, _ = load_dataset(path, n_features=4, zero_based=True, note=notes.append)
+    np.testing.assert_array_equal(X_zero, X)
+    assert len(notes) == 1  # no guess, no note
+    with pytest.raises(DataError, match="3 features, expected 1"):
+        load_svmlight(path, n_features=1, zero_based=False)
+    with pytest.raises(DataError, match="zero_based must be"):
+        load_svmlight(path, zero_based="yes")
 
 
 # ----------------------------------------------------------------------------- IDX
@@ -286,7 +382,9 @@ def test_read_idx_errors(tmp_path, rng):
         ("truncated", data[:-1], "truncated IDX file"),
         ("header", data[:6], "truncated IDX header"),
         ("magic", b"\x01" + data[1:], "bad magic number"),
-        ("type", data[:2] + b"\x42" + data[3:], "bad magic number"),
+        ("type", data[:2] + b"\x42" + data[3:], "unknown element type code 0x42"),
+        # 2**31 x 2**31 x 4 bytes wraps to 0 in int64: must read as truncated, not as empty.
+        ("overflow", bytes([0, 0, 8, 3]) + b"\x80\0\0\0\x80\0\0\0\0\0\0\x04", "truncated"),
         ("trailing", data + b"\x00", "1 unexpected bytes"),
     ]:
         (tmp_path / name).write_bytes(content)
@@ -326,6 +424,12 @@ def test_idx_directory_errors(tmp_path, rng):
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, np.uint8), 0x08))
     with pytest.raises(DataError, match="3 labels for 12 images"):
         load_idx(tmp_path)
+    for images in (np.zeros((0, 2, 2)), np.zeros((3, 0, 2))):
+        (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(images, 0x08))
+        labels = np.zeros(len(images), np.uint8)
+        (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels, 0x08))
+        with pytest.raises(DataError, match="no pixels"):
+            load_idx(tmp_path)
 
 
 # ----------------------------------------------------------------------------- dispatch
