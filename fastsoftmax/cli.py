@@ -717,6 +717,14 @@ _positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0 and np.isfinite(v), "a number > 0")
 _nonnegative_float = _number(float, lambda v: v >= 0 and np.isfinite(v), "a number >= 0")
+
+
+def _learning_rate(text: str):
+    """'auto' (the estimator's step from the data) or a fixed step > 0."""
+    return text if text == "auto" else _step(text)
+
+
+_step = _number(float, lambda v: v > 0 and np.isfinite(v), "'auto' or a number > 0")
 _fraction = _number(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1) or a count of samples")
 _count = _number(int, lambda v: v >= 0, "a fraction or a count >= 0")
 
@@ -829,7 +837,7 @@ def _add_solver_options(train) -> None:
         f"{others.replace(', ', ' and ')}, {SGD_EPOCHS} for sgd)",
     )
     for flag, kind, metavar, text in (
-        ("--learning-rate", _positive_float, "LR", "step size of sgd and gd"),
+        ("--learning-rate", _learning_rate, "LR", "step size of sgd and gd: 'auto' or a number"),
         ("--batch-size", _positive_int, "B", "sgd mini-batch size"),
         ("--alpha", _nonnegative_float, "A", "L2 penalty alpha/2 ||W||^2"),
         ("--tol", _nonnegative_float, "T", "convergence tolerance"),
