@@ -24,12 +24,13 @@ Design
 """
 
 import math
-import types as types_module
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
+
+from fastsoftmax._parallel import parallel_kernel
 
 # Everything but nnan/ninf: -inf logits (masked classes) are legitimate input.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
@@ -51,6 +52,20 @@ def _jit(parallel=False, fastmath=FASTMATH, inline=False):
         nogil=True, cache=True, error_model="numpy", fastmath=fastmath, parallel=parallel,
         inline="always" if inline else "never",
     )
+
+
+# Every parallel kernel is declared with this decorator: it compiles the kernel with
+# `_jit(parallel=True)` and its serial twin with `_jit()`, as one `KernelPair` (see _parallel.py).
+_parallel_kernel = parallel_kernel(_jit)
+
+
+def n_blocks(n, size):
+    """How many blocks of `size` items cover `n` items (ceil(n / size)): the one block count of the
+    kernels and of the callers that size their per-block buffers (plain Python for those)."""
+    return (n + size - 1) // size
+
+
+_n_blocks = _jit(inline=True)(n_blocks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,58 +239,72 @@ def _row_mean_shifted(A, i, m):
 
 
 # Not inlined in Numba IR and without contract/reassoc: inlined, the parallel kernels and their
-# serial twins contracted (1 - eps) * nll + eps * smooth into different FMAs, and forked children or
-# workqueue-contended calls got losses 1 ulp away from the parent's (tests/test_reliability.py).
+# serial twins contracted (1 - smoothing) * nll + smoothing * smooth into different FMAs, and forked
+# children or workqueue-contended calls got losses 1 ulp away from the parent's
+# (tests/test_reliability.py).
 @_jit(fastmath={"nsz", "arcp", "afn"})
-def _xent_from_stats(m, mean_shifted, s, zy, eps):
-    """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy."""
+def _xent_from_stats(m, mean_shifted, s, zy, smoothing):
+    """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy,
+    with label smoothing `smoothing` in [0, 1]."""
     log_s = math.log(s)
     nll = log_s - (np.float64(zy) - np.float64(m))
-    if eps == 0.0:
+    if smoothing == 0.0:
         return nll
     smooth = log_s - mean_shifted
-    if eps == 1.0:
+    if smoothing == 1.0:
         return smooth
-    return (1.0 - eps) * nll + eps * smooth
+    return (1.0 - smoothing) * nll + smoothing * smooth
 
 
 @_jit(inline=True)
-def _row_grad(A, i, Z, zi, b, copy, yi, wi, eps, scale):
-    """A[i] := weighted gradient of the cross-entropy of logits Z[zi] (+ b); returns
-    (weighted loss, bad)."""
+def _row_grad(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
+    """A[i] := gradient of weight * scale * cross-entropy of logits Z[zi] (+ b) with label yi;
+    returns (weight * loss, bad)."""
     K = A.shape[1]
     _row_load(A, i, Z, zi, b, copy)
     m, t = _row_max_sum(A, i)
     zy = A[i, yi]
-    ms = _row_mean_shifted(A, i, m) if eps != 0.0 else 0.0
+    ms = _row_mean_shifted(A, i, m) if smoothing != 0.0 else 0.0
     s = _row_exp_inplace(A, i, m)
     bad = _row_is_bad(m, t, s)
-    loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, zy, eps)
-    # (p - target) * w, written so that p == target gives exactly 0 (K = 1, a certain row).
+    loss = 0.0 if weight == 0.0 else weight * _xent_from_stats(m, ms, s, zy, smoothing)
+    # (p - target) * weight, written so that p == target gives exactly 0 (K = 1, a certain row).
     inv = A.dtype.type(1.0 / s)
-    u = A.dtype.type(eps / K)
-    ws = A.dtype.type(wi * scale)
+    u = A.dtype.type(smoothing / K)
+    ws = A.dtype.type(weight * scale)
     ey = A[i, yi]
     for k in range(K):
         A[i, k] = (A[i, k] * inv - u) * ws
-    # The label's entry p_y - (1 - eps) cancels when p_y is near 1: take it in float64, from the
-    # float64 sum s (in float32, p_y - 1 = -3.4e-4 came out 4e-5 off).
-    A[i, yi] = A.dtype.type((np.float64(ey) / s - eps / K - (1.0 - eps)) * (wi * scale))
+    # The label's entry p_y - (1 - smoothing) cancels when p_y is near 1: take it in float64, from
+    # the float64 sum s (in float32, p_y - 1 = -3.4e-4 came out 4e-5 off).
+    A[i, yi] = A.dtype.type((np.float64(ey) / s - smoothing / K - (1.0 - smoothing))
+                            * (weight * scale))
     return loss, bad
 
 
 # ------------------------------------------------------------------------------------------------
 # Row kernels on given logits
+#
+# Argument notes, as in scikit-learn's _loss.pyx.tp: IN is only read, OUT only written, INOUT both.
+# Shapes use N rows (samples) and K columns (classes); "data dtype" is float32 or float64, the same
+# for every array so marked. Optional arrays are passed with size 0 when absent (one compiled
+# specialization instead of one per combination of None arguments).
 # ------------------------------------------------------------------------------------------------
 
 
-@_jit(parallel=True)
+@_parallel_kernel
 def _softmax_rows(Z, out, b, copy, log):
-    """out := softmax(Z + b) (or log-softmax) row by row; returns the number of bad rows."""
+    """out := softmax(Z + b) (or log-softmax) row by row; returns the number of bad rows.
+
+    Z    IN    (N, K) data dtype, C-contiguous: logits; read only when `copy` (else out holds them)
+    out  INOUT (N, K) data dtype, C-contiguous: the result; the logits on entry when not `copy`
+    b    IN    (K,) data dtype: bias added to every row; size 0: no bias
+    copy IN    bool: start from Z (False: work in place on out)
+    log  IN    bool: log-softmax instead of softmax
+    """
     N = out.shape[0]
-    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     bad = 0
-    for blk in prange(n_blocks):
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
         for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
             bad += _softmax_row(out, i, Z, b, copy, log)
     return bad
@@ -298,32 +327,40 @@ def _softmax_row(A, i, Z, b, copy, log):
     return 1 if _row_is_bad(m, t, s) else 0
 
 
-@_jit(parallel=True)
-def _xent_rows(Z, y, w, eps, losses):
-    """losses[i] := w[i] * cross-entropy of row i (float64); Z is only read. Returns bad rows."""
+@_parallel_kernel
+def _xent_rows(Z, y, sample_weight, smoothing, losses):
+    """losses[i] := sample_weight[i] * cross-entropy of row i; returns the number of bad rows.
+
+    Z             IN  (N, K) data dtype, C-contiguous: logits
+    y             IN  (N,) intp: labels in [0, K)
+    sample_weight IN  (N,) float64; size 0: all ones
+    smoothing     IN  float in [0, 1]: label smoothing
+    losses        OUT (N,) float64: weighted per-sample losses
+    """
     N = Z.shape[0]
-    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     bad = 0
-    for blk in prange(n_blocks):
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
         for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
             m, t = _row_max_sum(Z, i)
             s = _row_sum_exp(Z, i, m)
-            wi = w[i] if w.shape[0] > 0 else 1.0
-            ms = _row_mean_shifted(Z, i, m) if eps != 0.0 and wi != 0.0 else 0.0
-            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], eps)
+            wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+            ms = _row_mean_shifted(Z, i, m) if smoothing != 0.0 and wi != 0.0 else 0.0
+            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]],
+                                                                    smoothing)
             bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
 
 
 @_jit(inline=True)
-def _grad_block(Z, out, b, copy, y, w, eps, scale, lo, hi, off, losses, db):
-    """Rows lo..hi of out := gradient of samples off+lo..off+hi; per-sample losses; db += column
-    sums of the gradient when db has size K (size 0: no bias). Returns the number of bad rows."""
+def _grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, off, losses, db):
+    """Rows lo..hi of out := gradient of samples off+lo..off+hi; their weighted losses; db += the
+    column sums of those gradient rows. Arguments as `_xent_grad_rows`, except db: (K,) float64,
+    or size 0 for no bias gradient. Returns the number of bad rows."""
     bad = 0
     for r in range(lo, hi):
         i = off + r
-        wi = w[i] if w.shape[0] > 0 else 1.0
-        losses[i], row_bad = _row_grad(out, r, Z, r, b, copy, y[i], wi, eps, scale)
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        losses[i], row_bad = _row_grad(out, r, Z, r, b, copy, y[i], wi, smoothing, scale)
         bad += row_bad
         if db.shape[0] > 0:
             for k in range(out.shape[1]):
@@ -331,19 +368,29 @@ def _grad_block(Z, out, b, copy, y, w, eps, scale, lo, hi, off, losses, db):
     return bad
 
 
-@_jit(parallel=True)
-def _xent_grad_rows(Z, out, b, copy, y, w, eps, scale, losses, db_parts):
-    """Gradient of the cross-entropy into out, per-row losses, per-block db partials (optional).
+@_parallel_kernel
+def _xent_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, losses, db_parts):
+    """Gradient of the cross-entropy into out, per-sample losses, per-block db partials.
 
-    db_parts is (n_blocks, K) float64, or (n_blocks, 0) when no bias gradient is wanted.
+    Z             IN    (N, K) data dtype, C-contiguous: logits; read only when `copy`
+    out           INOUT (N, K) data dtype, C-contiguous: the gradient of scale * sum of the
+                        weighted losses; the logits on entry when not `copy`
+    b             IN    (K,) data dtype: bias added to the logits; size 0: no bias
+    copy          IN    bool: start from Z (False: work in place on out)
+    y             IN    (N,) intp: labels in [0, K)
+    sample_weight IN    (N,) float64; size 0: all ones
+    smoothing     IN    float in [0, 1]: label smoothing
+    scale         IN    float: factor of the gradient (1 / the reduction's denominator)
+    losses        OUT   (N,) float64: weighted per-sample losses (not scaled)
+    db_parts      INOUT (n_blocks(N, ROW_BLOCK), K) float64, zeros on entry: block j adds the
+                        column sums of its gradient rows to row j; shape (n_blocks, 0): no db
     """
     N = out.shape[0]
-    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     bad = 0
-    for blk in prange(n_blocks):
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
         lo = blk * ROW_BLOCK
-        bad += _grad_block(Z, out, b, copy, y, w, eps, scale, lo, min(N, lo + ROW_BLOCK), 0,
-                           losses, db_parts[blk])
+        bad += _grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo,
+                           min(N, lo + ROW_BLOCK), 0, losses, db_parts[blk])
     return bad
 
 
@@ -462,17 +509,28 @@ def _gather_group(X, rows, i, n, xb):
             xb[r, j] = X[src, j]
 
 
-@_jit(parallel=True)
-def _linear_xent_small(X, rows, W, b, y, w, eps, scale, losses, dW_parts, db_parts, dX):
-    """Fused loss and gradients of softmax(X W^T + b) for small K, chunked over rows.
+@_parallel_kernel
+def _linear_xent_small(X, rows, W, b, y, sample_weight, smoothing, scale, losses, dW_parts,
+                       db_parts, dX):
+    """Fused loss and gradients of softmax(X W^T + b) for small K, chunked over rows; returns the
+    number of bad rows.
 
-    rows: the rows of X that form the problem, in order (a mini-batch, gathered 4 rows at a time
-    into a buffer that stays in L1: no copy of X[rows] is ever made), or empty for all of X; the
-    caller guarantees they are valid indices. y, w, losses and dX are indexed by position in the
-    problem. Chunk c (of dW_parts.shape[0], fixed by the caller from the problem size) owns
-    positions [c N / C, (c+1) N / C) and accumulates into dW_parts[c] (data dtype) and db_parts[c]
-    (float64; shape (C, 0) when there is no bias).
-    dX has shape (N, d) to be written, or (0, 0) when not wanted. Returns the number of bad rows.
+    The problem is made of the N rows `rows` of X (a mini-batch, gathered 4 rows at a time into a
+    buffer that stays in L1: no copy of X[rows] is ever made), or of all of X. Chunk c (of C, fixed
+    by the caller from the problem size) owns positions [c N / C, (c+1) N / C).
+
+    X             IN  (n_X, d) data dtype, C-contiguous
+    rows          IN  (N,) intp: valid row indices of X (the caller checks); size 0: all of X
+    W             IN  (K, d) data dtype, C-contiguous
+    b             IN  (K,) data dtype; size 0: no bias
+    y             IN  (N,) intp: labels in [0, K), by position in the problem
+    sample_weight IN  (N,) float64, by position; size 0: all ones
+    smoothing     IN  float in [0, 1]: label smoothing
+    scale         IN  float: factor of the gradients (1 / the reduction's denominator)
+    losses        OUT (N,) float64: weighted per-sample losses (not scaled)
+    dW_parts      OUT (C, K, d) data dtype: chunk c's partial dW (sum them for dW)
+    db_parts      OUT (C, K) float64: chunk c's partial db; shape (C, 0): no bias gradient
+    dX            OUT (N, d) data dtype: the gradient with respect to the rows; shape (0, 0): none
     """
     gather = rows.shape[0] > 0
     N = rows.shape[0] if gather else X.shape[0]
@@ -495,7 +553,8 @@ def _linear_xent_small(X, rows, W, b, y, w, eps, scale, losses, dW_parts, db_par
                 _logits_group(xb, 0, n, W, zb)
             else:
                 _logits_group(X, i, n, W, zb)
-            bad += _grad_block(zb, zb, b, False, y, w, eps, scale, 0, n, i, losses, db)
+            bad += _grad_block(zb, zb, b, False, y, sample_weight, smoothing, scale, 0, n, i,
+                               losses, db)
             if gather:
                 _accumulate_dW_group(xb, 0, n, zb, dW)
             else:
@@ -505,13 +564,18 @@ def _linear_xent_small(X, rows, W, b, y, w, eps, scale, losses, dW_parts, db_par
     return bad
 
 
-@_jit(parallel=True)
+@_parallel_kernel
 def _linear_softmax_small(X, W, b, out):
-    """out := softmax(X W^T + b) for small K without BLAS; returns the number of bad rows."""
+    """out := softmax(X W^T + b) for small K without BLAS; returns the number of bad rows.
+
+    X   IN  (N, d) data dtype, C-contiguous
+    W   IN  (K, d) data dtype, C-contiguous
+    b   IN  (K,) data dtype; size 0: no bias
+    out OUT (N, K) data dtype, C-contiguous
+    """
     N = X.shape[0]
-    n_groups = (N + SMALL_K_GROUP - 1) // SMALL_K_GROUP
     bad = 0
-    for gi in prange(n_groups):
+    for gi in prange(_n_blocks(N, SMALL_K_GROUP)):
         i = gi * SMALL_K_GROUP
         n = min(SMALL_K_GROUP, N - i)
         zb = out[i:i + n]
@@ -544,28 +608,3 @@ def _axpy(alpha, A, B):
     bb = B.ravel()
     for k in range(a.shape[0]):
         bb[k] += alpha * a[k]
-
-
-# Serial twins of the parallel kernels (prange runs as range). Used in forked children of an OpenMP
-# process and under a busy workqueue layer (see _parallel.py), and between the multithreaded GEMMs of
-# the tiled path, where a Numba parallel region fights OpenBLAS's spinning threads for the cores
-# (PERF-NOTES, item 1).
-
-
-def _serial_twin(kernel):
-    """The same kernel compiled without `parallel`, as a function of its own name: Numba's cache is
-    keyed by qualified name, so jitting the shared py_func again would load the parallel machine code
-    from the cache."""
-    f = kernel.py_func
-    twin = types_module.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial",
-                                     f.__defaults__, f.__closure__)
-    twin.__qualname__ = f.__qualname__ + "_serial"
-    twin.__doc__ = f.__doc__
-    return _jit()(twin)
-
-
-_softmax_rows_serial = _serial_twin(_softmax_rows)
-_xent_rows_serial = _serial_twin(_xent_rows)
-_xent_grad_rows_serial = _serial_twin(_xent_grad_rows)
-_linear_xent_small_serial = _serial_twin(_linear_xent_small)
-_linear_softmax_small_serial = _serial_twin(_linear_softmax_small)

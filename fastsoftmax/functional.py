@@ -24,7 +24,6 @@ import numpy as np
 from scipy.linalg import blas as _blas
 
 from fastsoftmax import _kernels as _k
-from fastsoftmax import _parallel
 
 __all__ = [
     "cross_entropy",
@@ -195,7 +194,7 @@ def _check_logits(Z) -> np.ndarray:
 
 def _row_blocks(n_rows: int) -> int:
     """Number of prange iterations (blocks of ROW_BLOCK rows) of the row kernels."""
-    return -(-n_rows // _k.ROW_BLOCK)
+    return _k.n_blocks(n_rows, _k.ROW_BLOCK)
 
 
 def _raise_bad_logits(n_bad: int) -> None:
@@ -263,8 +262,7 @@ def log_softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
 def _row_softmax(Z, out, log: bool) -> np.ndarray:
     Zc = _check_logits(Z)
     target, copy = _check_out(out, Zc.shape, Zc.dtype, Zc)
-    bad = _parallel.run(_k._softmax_rows, _k._softmax_rows_serial, _row_blocks(Zc.shape[0]),
-                        Zc, target, np.empty(0, Zc.dtype), copy, log)
+    bad = _k._softmax_rows(_row_blocks(Zc.shape[0]), Zc, target, np.empty(0, Zc.dtype), copy, log)
     _raise_bad_logits(bad)
     return _finish_out(target, out)
 
@@ -288,8 +286,7 @@ def cross_entropy(
     reduction = _check_reduction(reduction)
     w, denom = _check_weights(sample_weight, Zc.shape[0], reduction)
     losses = np.empty(Zc.shape[0], dtype=np.float64)
-    _raise_bad_logits(_parallel.run(_k._xent_rows, _k._xent_rows_serial, _row_blocks(len(y)),
-                                    Zc, y, w, eps, losses))
+    _raise_bad_logits(_k._xent_rows(_row_blocks(len(y)), Zc, y, w, eps, losses))
     if reduction == "none":
         return losses.astype(Zc.dtype, copy=False)
     return float(losses.sum()) / denom
@@ -318,9 +315,9 @@ def cross_entropy_grad(
     N = Zc.shape[0]
     losses = np.empty(N, dtype=np.float64)
     no_db = np.empty((_row_blocks(N), 0), dtype=np.float64)
-    bad = _parallel.run(
-        _k._xent_grad_rows, _k._xent_grad_rows_serial, no_db.shape[0],
-        Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses, no_db,
+    bad = _k._xent_grad_rows(
+        no_db.shape[0], Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses,
+        no_db,
     )
     _raise_bad_logits(bad)
     return float(losses.sum()) / denom, _finish_out(target, out)
@@ -409,7 +406,7 @@ def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=Fa
 
 def _small_k_chunks(N: int, K: int, d: int, itemsize: int) -> int:
     """How many row chunks (each with its own partial dW) the small-K kernel uses."""
-    by_rows = -(-N // SMALL_K_CHUNK_ROWS)
+    by_rows = _k.n_blocks(N, SMALL_K_CHUNK_ROWS)
     by_memory = SMALL_K_PARTIALS_BYTES // max(1, K * d * itemsize)
     return max(1, min(SMALL_K_CHUNKS, by_rows, by_memory))
 
@@ -421,9 +418,8 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows):
     dW_parts = np.empty((C, K, d), dtype=X.dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
-    bad = _parallel.run(
-        _k._linear_xent_small, _k._linear_xent_small_serial, C,
-        X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX,
+    bad = _k._linear_xent_small(
+        C, X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX
     )
     if C == 1:
         dW = dW_parts[0]
@@ -453,8 +449,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
     Zbuf = np.empty((min(T, max(N, 1)), K), dtype=X.dtype)
     dW = np.zeros((K, d), dtype=X.dtype)
     db = np.zeros(K, dtype=np.float64) if b is not None else None
-    n_blocks = -(-Zbuf.shape[0] // _k.ROW_BLOCK)
-    db_parts = np.zeros((n_blocks, K if b is not None else 0), dtype=np.float64)
+    db_parts = np.zeros((_row_blocks(Zbuf.shape[0]), K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
     bad = 0
     for lo in range(0, N, T):
@@ -468,8 +463,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
             Zt.fill(0)
         if db is not None:
             db_parts[:] = 0.0
-        bad += _parallel.run(
-            _k._xent_grad_rows, _k._xent_grad_rows_serial,
+        bad += _k._xent_grad_rows(
             _row_blocks(hi - lo) if K >= TILED_PARALLEL_MIN_K else 1,
             _readonly(Zt), Zt, bias, False, y[lo:hi], w[lo:hi] if w.size else w, eps, scale,
             losses[lo:hi], db_parts,
@@ -497,17 +491,15 @@ def linear_softmax(X, W, b) -> np.ndarray:
     out = np.empty((N, K), dtype=dtype)
     bias = b if b is not None else np.empty(0, dtype)
     if K <= SMALL_K_MAX:
-        n_groups = -(-N // _k.SMALL_K_GROUP)
-        bad = _parallel.run(
-            _k._linear_softmax_small, _k._linear_softmax_small_serial, n_groups, X, W, bias, out
-        )
+        n_groups = _k.n_blocks(N, _k.SMALL_K_GROUP)
+        bad = _k._linear_softmax_small(n_groups, X, W, bias, out)
     else:
         if N and X.shape[1]:
             gemm = _blas.get_blas_funcs("gemm", dtype=dtype)
             gemm(1.0, W.T, X.T, c=out.T, trans_a=1, overwrite_c=1)
         else:
             out.fill(0)
-        bad = _k._softmax_rows_serial(_readonly(out), out, bias, False, False)
+        bad = _k._softmax_rows.serial(_readonly(out), out, bias, False, False)
     if bad:
         _raise_nonfinite_params(X, W, b)
     return out

@@ -187,10 +187,19 @@ import numpy as np
 import numba
 import fastsoftmax as fs
 from fastsoftmax import _kernels
+from fastsoftmax._parallel import KernelPair
+
+def dispatchers():
+    for name in dir(_kernels):
+        obj = getattr(_kernels, name)
+        if isinstance(obj, KernelPair):
+            yield name, obj.parallel
+            yield name + "_serial", obj.serial
+        elif isinstance(obj, numba.core.registry.CPUDispatcher):
+            yield name, obj
 
 def signatures():
-    return {name: set(map(str, obj.signatures)) for name in dir(_kernels)
-            if isinstance(obj := getattr(_kernels, name), numba.core.registry.CPUDispatcher)}
+    return {name: set(map(str, obj.signatures)) for name, obj in dispatchers()}
 
 def readonly(a):
     a = np.array(a, copy=True)
