@@ -38,7 +38,7 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 FASTMATH_EXP = {"contract", "nsz", "arcp", "afn"}
 
 ROW_BLOCK = 64  # rows per prange iteration of the row kernels
-SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernel
+SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernels (divides ROW_BLOCK)
 
 
 def _jit(parallel=False, fastmath=FASTMATH, inline=False):
@@ -305,8 +305,17 @@ def _softmax_rows(Z, out, b, copy, log):
     N = out.shape[0]
     bad = 0
     for blk in prange(_n_blocks(N, ROW_BLOCK)):
-        for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
-            bad += _softmax_row(out, i, Z, b, copy, log)
+        lo = blk * ROW_BLOCK
+        bad += _softmax_block(Z, out, b, copy, log, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_jit()
+def _softmax_block(Z, out, b, copy, log, lo, hi):
+    """Rows lo..hi of `_softmax_rows` (one prange iteration, shared by both twins)."""
+    bad = 0
+    for i in range(lo, hi):
+        bad += _softmax_row(out, i, Z, b, copy, log)
     return bad
 
 
@@ -340,14 +349,22 @@ def _xent_rows(Z, y, sample_weight, smoothing, losses):
     N = Z.shape[0]
     bad = 0
     for blk in prange(_n_blocks(N, ROW_BLOCK)):
-        for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
-            m, t = _row_max_sum(Z, i)
-            s = _row_sum_exp(Z, i, m)
-            wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-            ms = _row_mean_shifted(Z, i, m) if smoothing != 0.0 and wi != 0.0 else 0.0
-            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]],
-                                                                    smoothing)
-            bad += 1 if _row_is_bad(m, t, s) else 0
+        lo = blk * ROW_BLOCK
+        bad += _xent_block(Z, y, sample_weight, smoothing, losses, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_jit()
+def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
+    """Rows lo..hi of `_xent_rows` (one prange iteration, shared by both twins)."""
+    bad = 0
+    for i in range(lo, hi):
+        m, t = _row_max_sum(Z, i)
+        s = _row_sum_exp(Z, i, m)
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        ms = _row_mean_shifted(Z, i, m) if smoothing != 0.0 and wi != 0.0 else 0.0
+        losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], smoothing)
+        bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
 
 
@@ -389,9 +406,15 @@ def _xent_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, losses,
     bad = 0
     for blk in prange(_n_blocks(N, ROW_BLOCK)):
         lo = blk * ROW_BLOCK
-        bad += _grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo,
-                           min(N, lo + ROW_BLOCK), 0, losses, db_parts[blk])
+        bad += _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo,
+                                min(N, lo + ROW_BLOCK), losses, db_parts[blk])
     return bad
+
+
+@_jit()
+def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, losses, db):
+    """Rows lo..hi of `_xent_grad_rows` (one prange iteration, shared by both twins)."""
+    return _grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, 0, losses, db)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -532,35 +555,43 @@ def _linear_xent_small(X, rows, W, b, y, sample_weight, smoothing, scale, losses
     db_parts      OUT (C, K) float64: chunk c's partial db; shape (C, 0): no bias gradient
     dX            OUT (N, d) data dtype: the gradient with respect to the rows; shape (0, 0): none
     """
-    gather = rows.shape[0] > 0
-    N = rows.shape[0] if gather else X.shape[0]
-    K, d = W.shape
+    N = rows.shape[0] if rows.shape[0] > 0 else X.shape[0]
     n_chunks = dW_parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
-        lo = c * N // n_chunks
-        hi = (c + 1) * N // n_chunks
-        zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
-        xb = np.empty((SMALL_K_GROUP if gather else 0, d), dtype=X.dtype)
-        dW = dW_parts[c]
-        db = db_parts[c]
-        dW[:, :] = 0
-        db[:] = 0.0
-        for i in range(lo, hi, SMALL_K_GROUP):
-            n = min(SMALL_K_GROUP, hi - i)
-            if gather:
-                _gather_group(X, rows, i, n, xb)
-                _logits_group(xb, 0, n, W, zb)
-            else:
-                _logits_group(X, i, n, W, zb)
-            bad += _grad_block(zb, zb, b, False, y, sample_weight, smoothing, scale, 0, n, i,
-                               losses, db)
-            if gather:
-                _accumulate_dW_group(xb, 0, n, zb, dW)
-            else:
-                _accumulate_dW_group(X, i, n, zb, dW)
-            if dX.shape[0] > 0:
-                _dX_group(W, i, n, zb, dX)
+        bad += _linear_xent_chunk(X, rows, W, b, y, sample_weight, smoothing, scale,
+                                  c * N // n_chunks, (c + 1) * N // n_chunks, losses,
+                                  dW_parts[c], db_parts[c], dX)
+    return bad
+
+
+@_jit()
+def _linear_xent_chunk(X, rows, W, b, y, sample_weight, smoothing, scale, lo, hi, losses, dW, db,
+                       dX):
+    """Positions lo..hi of `_linear_xent_small`, into this chunk's dW (K, d) and db (K,) or (0,)
+    (one prange iteration, shared by both twins)."""
+    gather = rows.shape[0] > 0
+    K, d = W.shape
+    zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+    xb = np.empty((SMALL_K_GROUP if gather else 0, d), dtype=X.dtype)
+    dW[:, :] = 0
+    db[:] = 0.0
+    bad = 0
+    for i in range(lo, hi, SMALL_K_GROUP):
+        n = min(SMALL_K_GROUP, hi - i)
+        if gather:
+            _gather_group(X, rows, i, n, xb)
+            _logits_group(xb, 0, n, W, zb)
+        else:
+            _logits_group(X, i, n, W, zb)
+        bad += _grad_block(zb, zb, b, False, y, sample_weight, smoothing, scale, 0, n, i, losses,
+                           db)
+        if gather:
+            _accumulate_dW_group(xb, 0, n, zb, dW)
+        else:
+            _accumulate_dW_group(X, i, n, zb, dW)
+        if dX.shape[0] > 0:
+            _dX_group(W, i, n, zb, dX)
     return bad
 
 
@@ -575,9 +606,19 @@ def _linear_softmax_small(X, W, b, out):
     """
     N = X.shape[0]
     bad = 0
-    for gi in prange(_n_blocks(N, SMALL_K_GROUP)):
-        i = gi * SMALL_K_GROUP
-        n = min(SMALL_K_GROUP, N - i)
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _linear_softmax_block(X, W, b, out, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_jit()
+def _linear_softmax_block(X, W, b, out, lo, hi):
+    """Rows lo..hi of `_linear_softmax_small`, in groups of SMALL_K_GROUP rows from lo (a multiple
+    of it) (one prange iteration, shared by both twins)."""
+    bad = 0
+    for i in range(lo, hi, SMALL_K_GROUP):
+        n = min(SMALL_K_GROUP, hi - i)
         zb = out[i:i + n]
         _logits_group(X, i, n, W, zb)
         for r in range(n):

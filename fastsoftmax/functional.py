@@ -491,8 +491,7 @@ def linear_softmax(X, W, b) -> np.ndarray:
     out = np.empty((N, K), dtype=dtype)
     bias = b if b is not None else np.empty(0, dtype)
     if K <= SMALL_K_MAX:
-        n_groups = _k.n_blocks(N, _k.SMALL_K_GROUP)
-        bad = _k._linear_softmax_small(n_groups, X, W, bias, out)
+        bad = _k._linear_softmax_small(_row_blocks(N), X, W, bias, out)
     else:
         if N and X.shape[1]:
             gemm = _blas.get_blas_funcs("gemm", dtype=dtype)
