@@ -8,6 +8,15 @@ Design
 * Parallel kernels run ``prange`` over fixed blocks of rows (``ROW_BLOCK``); iteration ``i`` writes only
   its own rows and its own slot of any partial buffer. Block boundaries depend on the problem size only,
   never on the thread count, so results are bitwise identical with 1 or 2 threads.
+* Each parallel kernel is a pair (``@_parallel_kernel``: a ``KernelPair`` of _parallel.py) of the
+  ``prange`` kernel and its serial twin, compiled from one function; ``pair(n_tasks, *args)`` runs
+  the serial twin for a single task, in forked children of an OpenMP process and in workqueue threads
+  that find the pool busy. Determinism rule: the body of a ``prange`` iteration is one call to a
+  block function (``_softmax_block``, ...) compiled once, not inlined, and called by both twins, so
+  every rounding (vector width of the row sums, FMA contraction) is fixed in it and the twins differ
+  only in how blocks are handed out. Inlined into each twin, the same loops were vectorized
+  differently: float64 sums 1-2 ulp apart from 32 classes up (docs/design.md, "Threading and
+  determinism").
 * Reductions over samples never use a shared accumulator inside ``prange``: per-row losses go to an
   (N,) float64 array (summed afterwards in a fixed order), db and dW go to per-block / per-chunk partial
   buffers merged in chunk order by the caller.
@@ -27,9 +36,10 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import config, njit, prange, types
 from numba.extending import intrinsic, overload
 
+from fastsoftmax import _cache
 from fastsoftmax._parallel import parallel_kernel
 
 # Everything but nnan/ninf: -inf logits (masked classes) are legitimate input.
@@ -46,12 +56,21 @@ def _jit(parallel=False, fastmath=FASTMATH, inline=False):
 
     inline=True is for per-row helpers: Numba increfs array arguments at every call boundary (two
     atomic NRT calls per array per call, which LLVM's inliner cannot remove); inlining in Numba's IR
-    removes the boundary.
+    removes the boundary. Compiled code is cached on disk by `_cache.RecompilingCache` (Numba's
+    cache, but a corrupted cache file means a recompilation instead of an error on every call).
     """
-    return njit(
-        nogil=True, cache=True, error_model="numpy", fastmath=fastmath, parallel=parallel,
+    jit = njit(
+        nogil=True, cache=False, error_model="numpy", fastmath=fastmath, parallel=parallel,
         inline="always" if inline else "never",
     )
+
+    def decorate(py_func):
+        dispatcher = jit(py_func)
+        if not config.DISABLE_JIT:  # under NUMBA_DISABLE_JIT, jit returns py_func itself
+            _cache.enable(dispatcher)
+        return dispatcher
+
+    return decorate
 
 
 # Every parallel kernel is declared with this decorator: it compiles the kernel with
@@ -104,7 +123,7 @@ def _exp_nonpos(x):
     raise NotImplementedError  # only callable from jitted code
 
 
-@njit(inline="never", fastmath=FASTMATH_EXP, cache=True, error_model="numpy")
+@_jit(fastmath=FASTMATH_EXP)
 def _exp_nonpos_f64(x):
     # exp(x) = 2**n * exp(r), n = round(x / ln2), |r| <= ln2/2; Taylor to degree 13 (< 0.1 ulp
     # truncation). 2**n is built from two bit-cast factors so subnormal results round correctly.
@@ -130,7 +149,7 @@ def _exp_nonpos_f64(x):
     return p * _bits_to_float((n1 + 1023) << 52) * _bits_to_float((ni - n1 + 1023) << 52)
 
 
-@njit(inline="never", fastmath=FASTMATH_EXP, cache=True, error_model="numpy")
+@_jit(fastmath=FASTMATH_EXP)
 def _exp_nonpos_f32(x):
     # The float32 twin: degree-7 Taylor on |r| <= ln2/2 (< 0.1 ulp truncation).
     x = np.float32(-110.0) if x < np.float32(-110.0) else x
@@ -157,6 +176,22 @@ def _exp_nonpos_overload(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         return lambda x: _exp_nonpos_f32(x)
     return lambda x: _exp_nonpos_f64(x)
+
+
+if config.DISABLE_JIT:
+    # NUMBA_DISABLE_JIT=1 (pdb, coverage) runs every kernel as Python; intrinsics and overloads
+    # exist only in compiled code, so these stand in for them (same arithmetic, slowly).
+
+    def _maxnum(a, b):  # noqa: F811
+        return a if b != b or a >= b else b
+
+    def _bits_to_float(bits):  # noqa: F811
+        return bits.view(np.float64 if bits.dtype.itemsize == 8 else np.float32)
+
+    def _exp_nonpos(x):  # noqa: F811
+        if x != x:  # the compiled polynomial propagates NaN; int(NaN) raises in Python
+            return x
+        return _exp_nonpos_f32(x) if isinstance(x, np.float32) else _exp_nonpos_f64(x)
 
 
 # ------------------------------------------------------------------------------------------------

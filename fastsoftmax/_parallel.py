@@ -58,7 +58,10 @@ def run(parallel_kernel, serial_kernel, n_tasks: int, *args):
         return serial_kernel(*args)
     try:
         result = parallel_kernel(*args)
-        _layer = numba.threading_layer()
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:  # no pool was launched: NUMBA_DISABLE_JIT runs kernels as Python
+            pass
     finally:
         _launch_lock.release()
     return result

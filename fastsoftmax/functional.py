@@ -41,9 +41,9 @@ SMALL_K_MAX = 32
 TILE_BYTES = 64 * 2**20
 TILE_ROWS_MAX = 8192
 TILE_ROWS_MIN = 64
-# From this many classes the tiled path's row pass runs in parallel between the GEMMs (measured at
-# 100 classes: serial 1.07-1.12x the floor, parallel 1.34-1.63x; at 1000: serial 1.11-1.20x,
-# parallel 1.00-1.12x).
+# From this many classes a row pass between BLAS GEMMs (the tiled loss, linear_softmax) runs in
+# parallel (measured on the loss at 100 classes: serial 1.07-1.12x the floor, parallel 1.34-1.63x; at
+# 1000: serial 1.11-1.20x, parallel 1.00-1.12x). See `_row_pass_tasks`.
 TILED_PARALLEL_MIN_K = 512
 # Row chunks of the small-K kernel: at most this many (each holds a K x d partial dW), fixed by the
 # problem size only so that results do not depend on the thread count.
@@ -195,6 +195,15 @@ def _check_logits(Z) -> np.ndarray:
 def _row_blocks(n_rows: int) -> int:
     """Number of prange iterations (blocks of ROW_BLOCK rows) of the row kernels."""
     return _k.n_blocks(n_rows, _k.ROW_BLOCK)
+
+
+def _row_pass_tasks(n_rows: int, n_classes: int) -> int:
+    """Parallel tasks of a row pass that runs between BLAS GEMMs: its row blocks from
+    TILED_PARALLEL_MIN_K classes, else 1 (serial). Below that, a Numba parallel region costs more
+    in fighting OpenBLAS's spinning threads for the cores than it saves; from there on rows are
+    long enough that it pays (docs/design.md, "Threading and determinism"). Either way the results
+    are the same bits: the kernel pairs' twins agree bitwise."""
+    return _row_blocks(n_rows) if n_classes >= TILED_PARALLEL_MIN_K else 1
 
 
 def _raise_bad_logits(n_bad: int) -> None:
@@ -438,9 +447,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
     """Tiles of rows: Z = X_t W^T (BLAS), fused row pass in place, dW += G^T X_t (BLAS, beta=1).
 
     All three products use scipy's BLAS (the one Numba links against), so one OpenBLAS thread pool
-    serves the loop. Between them the row pass runs serially below TILED_PARALLEL_MIN_K classes,
-    where a Numba parallel region costs more in fighting OpenBLAS's spinning threads for the cores
-    than it saves (PERF-NOTES, item 1); from there on rows are long enough that it pays.
+    serves the loop; `_row_pass_tasks` decides whether the row pass between them runs in parallel.
     """
     N, d = X.shape
     K = W.shape[0]
@@ -464,7 +471,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
         if db is not None:
             db_parts[:] = 0.0
         bad += _k._xent_grad_rows(
-            _row_blocks(hi - lo) if K >= TILED_PARALLEL_MIN_K else 1,
+            _row_pass_tasks(hi - lo, K),
             _readonly(Zt), Zt, bias, False, y[lo:hi], w[lo:hi] if w.size else w, eps, scale,
             losses[lo:hi], db_parts,
         )
@@ -498,7 +505,7 @@ def linear_softmax(X, W, b) -> np.ndarray:
             gemm(1.0, W.T, X.T, c=out.T, trans_a=1, overwrite_c=1)
         else:
             out.fill(0)
-        bad = _k._softmax_rows.serial(_readonly(out), out, bias, False, False)
+        bad = _k._softmax_rows(_row_pass_tasks(N, K), _readonly(out), out, bias, False, False)
     if bad:
         _raise_nonfinite_params(X, W, b)
     return out
