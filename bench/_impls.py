@@ -19,7 +19,7 @@ computes the same quantity.
 from __future__ import annotations
 
 import numpy as np
-from _common import import_torch
+from _cases import import_torch
 
 _SKIPS = {
     (
@@ -99,7 +99,9 @@ def _fastsoftmax(op, **data):
 
     if op in ("softmax", "cross_entropy_grad"):
         # Measured as a training loop calls it: into a preallocated output, as the floor writes.
-        # (A fresh N x K result per call mostly measures page faults on this VM: PERF-NOTES, item 4.)
+        # A fresh N x K result per call would mostly measure page faults, not the softmax: on a
+        # virtual machine, memory freed and touched again can fault in at a small fraction of the
+        # memory bandwidth (docs/design.md, "Measured facts").
         Z = data["Z"]
         out = np.empty_like(Z)
         if op == "softmax":

@@ -30,7 +30,7 @@ def _reset_high_water_mark() -> None:
 
 
 def main(argv: list[str]) -> dict:
-    import _common
+    import _cases
     import _impls
     import numpy as np
 
@@ -38,8 +38,8 @@ def main(argv: list[str]) -> dict:
     shape, dtype = (int(n), int(d), int(k)), np.dtype(dtype_name).type
     if _impls.unsupported(op, impl):
         raise SystemExit(_impls.unsupported(op, impl))
-    data = _common.make_data(op, shape, dtype)
-    warm = _common.make_data(op, (64, min(int(d), 16), int(k)), dtype, seed=1)
+    data = _cases.make_data(op, shape, dtype)
+    warm = _cases.make_data(op, (64, min(int(d), 16), int(k)), dtype, seed=1)
     fn, _ = _impls.build(op, impl, warm)
     fn()
     fn()

@@ -12,7 +12,8 @@ import sys
 import tempfile
 
 import pytest
-from _common import FULL, json_extras, probe_env  # noqa: F401 (autouse fixture)
+from _cases import FULL
+from _harness import json_extras, probe_env  # noqa: F401 (autouse fixture)
 
 CASES = (
     [(k, dt) for k in (10, 1000) for dt in ("float32", "float64")] if FULL else [(10, "float32")]

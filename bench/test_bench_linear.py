@@ -5,7 +5,8 @@ comparing floor, fastsoftmax, reference, scikit-learn and PyTorch side by side (
 """
 
 import pytest
-from _common import CASES, IMPLEMENTATIONS, json_extras, make_data, run_case, shape_id  # noqa: F401
+from _cases import CASES, IMPLEMENTATIONS, make_data, shape_id
+from _harness import json_extras, run_case  # noqa: F401 (autouse fixture)
 
 import fastsoftmax as fs
 

@@ -5,7 +5,9 @@ Two groups per shape (readable ids ``n=...-d=...-k=...-dtype``):
 * ``lbfgs ...``: time to scikit-learn's optimum. ``LogisticRegression(C=C, solver="lbfgs")`` and
   ``SoftmaxRegression(alpha=1/(C n))`` on the same data with the same ``tol``; each run must reach
   scikit-learn's objective. scikit-learn is timed as shipped and with its BLAS limited to one
-  thread (its faster configuration on this machine, PERF-NOTES item 1).
+  thread: its threaded BLAS calls interleave with single-threaded work and a second BLAS copy
+  (scipy's, in L-BFGS-B), and on two cores one BLAS thread is its faster configuration
+  (docs/design.md, "Measured facts").
 * ``sgd recipe ...``: the Dive into Deep Learning recipe (batch 256, learning rate 0.1, no weight
   decay, reshuffled epochs) in float32, beside the same loop in PyTorch (``nn.Linear`` +
   ``optim.SGD``), the textbook NumPy loop on ``reference``, and the matrix work of the same epochs
@@ -21,13 +23,15 @@ import warnings
 
 import numpy as np
 import pytest
-from _common import FULL, import_torch, json_extras, shape_id  # noqa: F401 (autouse fixture)
+from _cases import FULL, import_torch, shape_id
+from _harness import json_extras  # noqa: F401 (autouse fixture)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 import reference
 from fastsoftmax import functional as F
+from fastsoftmax.datasets import make_synthetic
 from fastsoftmax.estimator import SoftmaxRegression
 
 SHAPE = (60000, 784, 10) if FULL else (3000, 64, 10)
@@ -39,15 +43,13 @@ BATCH, LEARNING_RATE = 256, 0.1
 
 
 def make_problem(shape, dtype, seed=0):
-    """Gaussian features, labels drawn from a random softmax model: learnable, not separable."""
+    """Gaussian features, labels drawn from a softmax model: learnable, not separable.
+
+    ``separation=3`` (rather than ``make_synthetic``'s default 8) keeps the classes overlapping,
+    so L-BFGS needs a realistic number of iterations to reach the optimum.
+    """
     n, d, k = shape
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d))
-    Z = X @ (3.0 * rng.standard_normal((k, d)) / np.sqrt(d)).T
-    P = np.exp(Z - Z.max(axis=1, keepdims=True))
-    P /= P.sum(axis=1, keepdims=True)
-    y = (P.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
-    return X.astype(dtype), y
+    return make_synthetic(n, d, k, seed=seed, dtype=dtype, separation=3.0)
 
 
 def objective(X, y, coef, intercept, alpha):

@@ -16,8 +16,6 @@ from fastsoftmax.functional import (
     softmax,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "SoftmaxRegression",
     "cross_entropy",
@@ -29,11 +27,25 @@ __all__ = [
 ]
 
 
+def _package_version() -> str:
+    """The installed distribution's version (pyproject.toml holds the one copy of it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fastsoftmax")
+    except PackageNotFoundError:  # a source tree on sys.path, never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str):
-    # The estimator imports scikit-learn (0.85 s): load it on first use so that the functional API
-    # alone starts fast (PEP 562).
+    # PEP 562: what is slow to load comes on first use, so that the functional API alone starts
+    # fast. The estimator imports scikit-learn (0.85 s); the version scans the installed
+    # distributions' metadata (up to tens of ms on a cold file cache).
     if name == "SoftmaxRegression":
         from fastsoftmax.estimator import SoftmaxRegression
 
         return SoftmaxRegression
+    if name == "__version__":
+        globals()["__version__"] = _package_version()  # later reads skip __getattr__
+        return globals()["__version__"]
     raise AttributeError(f"module 'fastsoftmax' has no attribute {name!r}")

@@ -249,25 +249,52 @@ def parse_synthetic(spec: str) -> tuple[int, int, int, int]:
 
 
 def make_synthetic(
-    n_samples: int, n_features: int, n_classes: int, *, seed: int = 0, dtype=np.float64
-) -> tuple[np.ndarray, np.ndarray]:
-    """Samples of a well-specified softmax regression problem.
+    n_samples: int,
+    n_features: int,
+    n_classes: int,
+    *,
+    seed: int | np.random.Generator | None = 0,
+    dtype=np.float64,
+    separation: float = 8.0,
+    coef: bool = False,
+):
+    """Samples of a well-specified softmax regression problem: the one problem generator.
 
-    Features are standard normal; labels are drawn from ``softmax(X W^T + b)`` (Gumbel-max trick),
-    where the true ``W`` has entries of size ``8 / sqrt(d)`` so the logits spread over several
-    units: classes overlap somewhat, as in real data (the Bayes accuracy is about 0.87 for 10
-    classes, 0.93 for 3, 0.78 for 100), but far above chance. The true ``W`` and ``b`` depend
-    only on ``n_features`` and ``n_classes``; ``seed`` only draws the samples, so a different
-    seed gives a fresh test sample of the same problem.
+    Features are standard normal, drawn directly in ``dtype``; labels are drawn from
+    ``softmax(X W^T + b)`` (Gumbel-max trick), where the true ``W`` has entries of size
+    ``separation / sqrt(n_features)`` and ``b`` entries of size 0.5. With the default
+    ``separation=8`` the logits spread over several units: classes overlap somewhat, as in real
+    data (the Bayes accuracy is about 0.87 for 10 classes, 0.93 for 3, 0.78 for 100), but far
+    above chance; smaller values give harder, less separable problems. The true ``W`` and ``b``
+    depend only on ``n_features``, ``n_classes`` and ``separation``; ``seed`` only draws the
+    samples, so a different seed gives a fresh test sample of the same problem.
+
+    Parameters
+    ----------
+    n_samples, n_features, n_classes : int
+        N, d and K.
+    seed : int, numpy.random.Generator or None, default 0
+        Draws ``X`` and the labels: the same integer gives the same data; a Generator is used (and
+        advanced) as given; None draws fresh entropy.
+    dtype : float32 or float64, default float64
+        dtype of ``X`` (and of ``W`` and ``b``).
+    separation : float, default 8.0
+        Size of the true weights times ``sqrt(n_features)``: how far apart the classes are.
+    coef : bool, default False
+        Also return the true ``W`` and ``b`` (a linear layer of the right shapes and scale for
+        benchmarks and tests of the kernels).
 
     Returns
     -------
     X : ndarray of shape (n_samples, n_features), dtype ``dtype``
     y : ndarray of shape (n_samples,), int64 in ``0..n_classes-1``
+    W : ndarray of shape (n_classes, n_features), dtype ``dtype``; only when ``coef``
+    b : ndarray of shape (n_classes,), dtype ``dtype``; only when ``coef``
     """
     dtype = _check_dtype(dtype)
     truth = np.random.default_rng([n_features, n_classes, 20261124])
-    W = (truth.standard_normal((n_classes, n_features)) * (8.0 / np.sqrt(n_features))).astype(dtype)
+    scale = separation / np.sqrt(max(n_features, 1))  # d = 0: W is empty, keep the scale finite
+    W = (truth.standard_normal((n_classes, n_features)) * scale).astype(dtype)
     b = truth.normal(0.0, 0.5, n_classes).astype(dtype)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n_samples, n_features), dtype=dtype)
@@ -276,7 +303,7 @@ def make_synthetic(
     for start in range(0, n_samples, chunk):
         Z = X[start : start + chunk] @ W.T + b
         y[start : start + chunk] = np.argmax(Z + rng.gumbel(size=Z.shape), axis=1)
-    return X, y
+    return (X, y, W, b) if coef else (X, y)
 
 
 # ----------------------------------------------------------------------------- npz

@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Callable
+from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from fastsoftmax import functional as F
 from fastsoftmax import solvers
-from fastsoftmax._threads import effective_n_jobs, thread_limits
+from fastsoftmax._threads import thread_limits
 
-__all__ = ["SoftmaxRegression"]
+__all__ = ["SOLVERS", "SoftmaxRegression"]
 
-_SOLVERS = ("lbfgs", "sgd", "gd")
+#: The solver names, in the order the documentation lists them (the command line offers these).
+SOLVERS = ("lbfgs", "sgd", "gd")
 _FLOAT_DTYPES = [np.float64, np.float32]
+
+
+def _check_param_combinations(est: SoftmaxRegression, *, partial: bool) -> None:
+    """What ``_parameter_constraints`` cannot say: parameters that exclude one another."""
+    if est.tol is None and est.solver == "lbfgs" and not partial:
+        raise ValueError("tol=None is for the 'sgd' and 'gd' solvers; lbfgs needs a tol")
+    if partial and isinstance(est.class_weight, str):
+        raise ValueError(
+            "class_weight='balanced' needs the class counts of all the data, which "
+            "partial_fit does not see; pass a dict of class weights instead"
+        )
+
+
+def _refuse_one_class(label, where: str = "") -> None:
+    """fit and partial_fit refuse a single class with one message (softmax needs two)."""
+    raise ValueError(
+        f"SoftmaxRegression needs at least 2 classes{where}; got 1 class: {label!r}"
+    )
 
 
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
@@ -36,10 +56,18 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     ``fastsoftmax.functional.linear_cross_entropy(..., reduction="mean")``: every gradient is one
     fused pass that never holds an n_samples x n_classes array.
 
-    Relation to scikit-learn: ``LogisticRegression(C=C)`` (multinomial, lbfgs) minimizes
-    ``C * sum_i w_i CE_i + 1/2 ||W||^2``; dividing by ``C * sum_i w_i`` gives the objective above
-    with ``alpha = 1 / (C * n_samples)`` (``n_samples`` being ``sum(sample_weight)`` when weights
-    are given). Both have the same minimizer.
+    Relation to scikit-learn: ``LogisticRegression(C=C)`` (lbfgs) minimizes
+    ``C * sum_i w_i CE_i + 1/2 ||coef||^2``. Divided by ``C * S``, with ``S = sum_i w_i`` the total
+    weight (``n_samples`` when unweighted; ``sum_i sample_weight_i * class_weight[y_i]`` otherwise),
+    it is the objective above with
+
+    - ``alpha = 1 / (C * S)`` for three classes or more (both penalize all K rows of W);
+    - ``alpha = 2 / (C * S)`` for two classes: LogisticRegression fits one vector ``beta``, the
+      softmax two rows whose difference ``w_1 - w_0`` plays its part; for a given difference the
+      penalty is smallest at ``w_1 = -w_0 = beta / 2``, where ``alpha/2 (||w_0||^2 + ||w_1||^2)``
+      is ``alpha/4 ||beta||^2``, which equals ``1/(2 C S) ||beta||^2`` for this alpha.
+
+    Both then have the same minimizer, the same ``predict_proba`` and ``decision_function``.
 
     float32 input trains and predicts in float32 (``coef_.dtype == np.float32``, no copy of X);
     float64 stays float64; other dtypes are converted to float64.
@@ -59,14 +87,27 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         - "gd": full-batch gradient descent with a fixed ``learning_rate``, ``max_iter`` steps
           (the textbook algorithm; ``reference.SoftmaxRegression`` is its NumPy twin).
     max_iter : int, default=100
-        Iterations (lbfgs), epochs (sgd) or gradient steps (gd).
+        Iterations (lbfgs), epochs (sgd) or gradient steps (gd). 0 returns the starting model
+        (zeros, or the warm start) with a ``ConvergenceWarning`` when ``tol`` is set.
     tol : float or None, default=1e-4
         lbfgs: stop when the projected gradient's max-abs is <= tol. gd: stop (before a step) when
         the gradient's max-abs is <= tol. sgd: stop when the epoch loss has not improved on the
         best one by at least tol for ``n_iter_no_change`` epochs in a row. None (sgd and gd only)
         runs exactly ``max_iter`` iterations and never warns, like a textbook training loop.
-    learning_rate : float, default=0.1
-        Step size of "sgd", "gd" and ``partial_fit``.
+    learning_rate : float or "auto", default="auto"
+        Step size of "sgd", "gd" and ``partial_fit``. A float is the textbook fixed step (Dive
+        into Deep Learning uses 0.1 on data scaled to [0, 1]); too large a step for the data's
+        scale makes training diverge, which stops it with a ``ConvergenceWarning`` (or a
+        ``ValueError`` when the weights overflow). "auto" takes ``1 / L``, L bounding the
+        curvature of the objective (``solvers.lipschitz_bound``): the Hessian of the
+        cross-entropy in the logits has norm at most 1/2, so
+        ``L = 0.5 * max_i (||x_i||^2 + fit_intercept) + alpha`` for "sgd" and ``partial_fit``
+        (scikit-learn's SAG rule; any mini-batch), and the weighted mean of
+        ``||x_i||^2 + fit_intercept`` in place of the max for "gd" and for "sgd" when
+        ``batch_size >= n_samples`` (one batch: the full objective). No step of that
+        size overshoots, whatever the data's scale; on standardized data with many features it is
+        smaller (slower) than a hand-tuned step. ``partial_fit`` keeps the smallest step of the
+        chunks seen so far. The step taken is stored in ``learning_rate_``.
     batch_size : int, default=256
         Samples per step of "sgd" and ``partial_fit``; capped at the number of samples.
     shuffle : bool, default=True
@@ -78,7 +119,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         number of features match. ``n_iter_`` and ``loss_curve_`` then count the new fit only.
     class_weight : dict, "balanced" or None, default=None
         Weights per class, multiplied into ``sample_weight``. "balanced" uses
-        ``n_samples / (n_classes * np.bincount(y))`` (not supported by ``partial_fit``).
+        ``sum(sample_weight) / (n_classes * weighted_count(y))`` with the class counts weighted by
+        ``sample_weight``, as scikit-learn's ``compute_class_weight`` (not supported by
+        ``partial_fit``).
     label_smoothing : float in [0, 1), default=0.0
         Mixes the one-hot target with the uniform distribution, as in PyTorch's cross-entropy.
     n_iter_no_change : int, default=5
@@ -99,14 +142,21 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     coef_ : ndarray of shape (n_classes, n_features)
-        The weights W, float32 when trained on float32 data, else float64.
+        The weights W, float32 when trained on float32 data, else float64. Two classes keep two
+        rows (the softmax parameterization; ``LogisticRegression`` stores one): its single
+        vector is ``coef_[1] - coef_[0]`` (shape (n_features,); ``[None]`` gives (1, n_features)),
+        its intercept ``intercept_[1] - intercept_[0]``.
     intercept_ : ndarray of shape (n_classes,)
         The intercept b (zeros when ``fit_intercept=False``).
     classes_ : ndarray of shape (n_classes,)
         The class labels, sorted; any labels work (strings, non-contiguous integers).
     n_iter_ : int
         Iterations, epochs or steps performed by the last ``fit`` (``partial_fit`` adds one
-        epoch per call).
+        epoch per call). An int, as in ``SGDClassifier`` and ``MLPClassifier`` (one model, one
+        count), not ``LogisticRegression``'s array of one count per fitted problem.
+    learning_rate_ : float
+        The step size used by "sgd", "gd" and ``partial_fit`` (``learning_rate``, or the value
+        "auto" chose). Not set by "lbfgs".
     loss_curve_ : list of float
         The objective per iteration (lbfgs: after it), per step (gd: before it) or per epoch
         (sgd and partial_fit: the weighted mean of the batch objectives, each before its step).
@@ -120,7 +170,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     >>> from sklearn.datasets import load_iris
     >>> from fastsoftmax.estimator import SoftmaxRegression
     >>> X, y = load_iris(return_X_y=True)
-    >>> clf = SoftmaxRegression(alpha=1 / len(X)).fit(X, y)   # LogisticRegression(C=1)
+    >>> clf = SoftmaxRegression(alpha=1 / len(X)).fit(X, y)   # LogisticRegression(C=1), 3 classes
     >>> clf.predict(X[:2])
     array([0, 0])
     """
@@ -133,7 +183,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         solver: str = "lbfgs",
         max_iter: int = 100,
         tol: float | None = 1e-4,
-        learning_rate: float = 0.1,
+        learning_rate: float | str = "auto",
         batch_size: int = 256,
         shuffle: bool = True,
         random_state=None,
@@ -164,47 +214,29 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ validation
 
-    def _check_params(self, *, partial: bool = False) -> None:
-        def check_real(name, low, high=np.inf, low_open=False, high_open=False, none_ok=False):
-            value = getattr(self, name)
-            if value is None and none_ok:
-                return
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{name} must be a real number, got {value!r}")
-            too_low = value <= low if low_open else value < low
-            too_high = value >= high if high_open else value > high
-            if not np.isfinite(value) or too_low or too_high:
-                raise ValueError(f"{name} must be in the range allowed for it, got {value!r}")
-
-        def check_int(name, low):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value!r}")
-
-        if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}")
-        check_real("alpha", 0.0)
-        check_real("learning_rate", 0.0, low_open=True)
-        check_real("label_smoothing", 0.0, 1.0, high_open=True)
-        check_real("tol", 0.0, none_ok=True)
-        if self.tol is None and self.solver == "lbfgs" and not partial:
-            raise ValueError("tol=None is for the 'sgd' and 'gd' solvers; lbfgs needs a tol")
-        check_int("max_iter", 1)
-        check_int("batch_size", 1)
-        check_int("n_iter_no_change", 1)
-        effective_n_jobs(self.n_jobs)
-        cw = self.class_weight
-        if not (cw is None or isinstance(cw, dict) or (isinstance(cw, str) and cw == "balanced")):
-            raise ValueError(f"class_weight must be None, a dict or 'balanced', got {cw!r}")
-        if partial and isinstance(cw, str):
-            raise ValueError(
-                "class_weight='balanced' needs the class counts of all the data, which "
-                "partial_fit does not see; pass a dict of class weights instead"
-            )
-        if self.callback is not None and not callable(self.callback):
-            raise TypeError(f"callback must be callable or None, got {self.callback!r}")
+    _parameter_constraints: dict = {
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "fit_intercept": ["boolean"],
+        "solver": [StrOptions(set(SOLVERS))],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
+        "learning_rate": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        # 0 threads has no meaning; -1 is all of Numba's threads, -2 all but one, ...
+        "n_jobs": [
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
+        "verbose": ["verbose"],
+        "callback": [callable, None],
+    }
 
     def _sample_weight(self, X, y_codes, sample_weight, n_classes):
         """Per-sample weights (float64) with the class weights folded in; None if all ones."""
@@ -213,21 +245,34 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             if np.any(sample_weight < 0):
                 raise ValueError("sample_weight must be non-negative")
         if self.class_weight is not None:
-            per_class = compute_class_weight(
-                self.class_weight, classes=self.classes_, y=self.classes_[y_codes]
-            )
+            # "balanced" from the weighted class counts, as scikit-learn >= 1.6 (issue 10).
+            with np.errstate(divide="ignore"):
+                per_class = compute_class_weight(
+                    self.class_weight, classes=self.classes_, y=self.classes_[y_codes],
+                    sample_weight=sample_weight,
+                )
+            # A class whose samples all weigh 0 gets weight inf from "balanced"; its samples
+            # carry no weight either way.
+            per_class = np.where(np.isfinite(per_class), per_class, 0.0)
             class_sw = per_class[y_codes]
             sample_weight = class_sw if sample_weight is None else sample_weight * class_sw
         if sample_weight is not None:
             class_totals = np.bincount(y_codes, weights=sample_weight, minlength=n_classes)
             if not np.any(class_totals > 0):
                 raise ValueError("sample_weight (times class_weight) is all zero: nothing to fit")
+            if not np.isfinite(class_totals.sum()):
+                raise ValueError(
+                    "sample_weight (times class_weight) sums to infinity in float64: the weights "
+                    "are too extreme; divide them all by one factor (the objective is their "
+                    "weighted mean, so the fit does not change)"
+                )
         else:
             class_totals = np.bincount(y_codes, minlength=n_classes)
         return sample_weight, class_totals
 
     # ------------------------------------------------------------------ training
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None, *, coef_init=None, intercept_init=None):
         """Fit the model with the chosen solver.
 
@@ -248,7 +293,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         -------
         self : SoftmaxRegression
         """
-        self._check_params()
+        _check_param_combinations(self, partial=False)
         # C order once here: the kernels want rows contiguous, and would otherwise copy an
         # F-ordered X at every evaluation.
         X, y = validate_data(self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, order="C")
@@ -259,23 +304,44 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         n_classes = len(self.classes_)
         sample_weight, class_totals = self._sample_weight(X, y_codes, sample_weight, n_classes)
         if np.count_nonzero(class_totals > 0) < 2:
-            raise ValueError(
-                "SoftmaxRegression needs samples of at least 2 classes with positive weight; "
-                f"got 1 class: {self.classes_[np.argmax(class_totals > 0)]!r}"
-            )
+            _refuse_one_class(self.classes_[np.argmax(class_totals > 0)], " with positive weight")
         W, b = self._initial_params(X, n_classes, coef_init, intercept_init, previous)
         self._rng = check_random_state(self.random_state)
+        if self.solver == "lbfgs":
+            self.__dict__.pop("learning_rate_", None)  # a stale step from an earlier fit
+        else:
+            # one batch per epoch (batch_size >= n_samples) is full-batch descent
+            full_batch = self.solver == "gd" or self.batch_size >= X.shape[0]
+            self.learning_rate_ = self._learning_rate(X, sample_weight, full_batch)
         with thread_limits(self.n_jobs):
             result = self._run_solver(X, y_codes, sample_weight, W, b)
         self._set_solution(W, b, result.n_iter, result.loss_curve)
-        if not (result.converged or result.stopped) and self.tol is not None:
+        self._warn_outcome(result, self.solver, self.tol)
+        return self
+
+    def _learning_rate(self, X, sample_weight, full_batch: bool) -> float:
+        if self.learning_rate != "auto":
+            return float(self.learning_rate)
+        return solvers.auto_learning_rate(
+            X, sample_weight, float(self.alpha), self.fit_intercept, full_batch=full_batch
+        )
+
+    @staticmethod
+    def _warn_outcome(result, solver: str, tol) -> None:
+        """ConvergenceWarning for a diverged run (always) or an unconverged one (with a tol)."""
+        if result.diverged:
             warnings.warn(
-                f"SoftmaxRegression(solver={self.solver!r}) did not converge: {result.message}. "
+                f"SoftmaxRegression(solver={solver!r}) diverged: {result.message}.",
+                ConvergenceWarning,
+                stacklevel=4,  # through _fit_context's wrapper to the caller
+            )
+        elif not (result.converged or result.stopped) and tol is not None:
+            warnings.warn(
+                f"SoftmaxRegression(solver={solver!r}) did not converge: {result.message}. "
                 "Increase max_iter, scale the data or loosen tol.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=4,  # through _fit_context's wrapper to the caller
             )
-        return self
 
     def _warm_start_params(self):
         if self.warm_start and hasattr(self, "coef_"):
@@ -317,8 +383,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         if self.solver == "lbfgs":
             # Up to SMALL_K_MAX classes the loss kernels use no BLAS, so scipy's OpenBLAS only
             # serves L-BFGS-B's vector updates, which gain nothing from threads whose spinning
-            # steals cores from the kernels (PERF-NOTES 1); above it the kernels' GEMMs need them.
-            small_k = W.shape[0] <= getattr(F, "SMALL_K_MAX", 0)
+            # steals cores from the kernels (docs/design.md, "Threading and determinism"); above
+            # it the kernels' GEMMs need them.
+            small_k = W.shape[0] <= F.SMALL_K_MAX
             return solvers.lbfgs(
                 X,
                 y_codes,
@@ -337,7 +404,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 sample_weight,
                 W,
                 b,
-                learning_rate=float(self.learning_rate),
+                learning_rate=self.learning_rate_,
                 max_iter=self.max_iter,
                 tol=self.tol,
                 **common,
@@ -348,7 +415,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             sample_weight,
             W,
             b,
-            learning_rate=float(self.learning_rate),
+            learning_rate=self.learning_rate_,
             batch_size=self.batch_size,
             max_iter=self.max_iter,
             tol=self.tol,
@@ -379,12 +446,14 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self.n_iter_ = int(n_iter)
         self.loss_curve_ = [float(v) for v in loss_curve]
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch of mini-batch SGD over (X, y), for data that arrives in chunks.
 
         Uses ``learning_rate``, ``batch_size``, ``shuffle`` and ``random_state`` whatever the
         ``solver``, continues from the current solution (also one found by ``fit``), appends the
-        epoch loss to ``loss_curve_`` and adds 1 to ``n_iter_``.
+        epoch loss to ``loss_curve_`` and adds 1 to ``n_iter_``. As in scikit-learn, the
+        parameters are validated on the first call only.
 
         Parameters
         ----------
@@ -393,8 +462,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
             Its labels; each must be one of ``classes``.
         classes : array-like of shape (n_classes,), default=None
-            All the labels that can occur. Required on the first call, optional later (and then
-            it must equal ``classes_``).
+            All the labels that can occur, at least 2 of them. Required on the first call,
+            optional later (and then it must equal ``classes_``).
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights.
 
@@ -402,16 +471,60 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         -------
         self : SoftmaxRegression
         """
-        self._check_params(partial=True)
+        _check_param_combinations(self, partial=True)
         first_call = not hasattr(self, "classes_")
         X, y = validate_data(
             self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, order="C", reset=first_call
         )
         check_classification_targets(y)
+        y_codes = self._partial_fit_codes(y, classes, first_call)
+        n_classes = len(self.classes_)
+        if first_call:
+            W, b = self._initial_params(X, n_classes, None, None, None)
+            self._set_solution(W, b, 0, [])
+            self._rng = check_random_state(self.random_state)
+        elif X.dtype != self.coef_.dtype:
+            X = X.astype(self.coef_.dtype)
+        sample_weight, _ = self._sample_weight(X, y_codes, sample_weight, n_classes)
+        step = self._learning_rate(X, sample_weight, self.batch_size >= X.shape[0])
+        # "auto": never a larger step than an earlier chunk allowed (the bound holds for all).
+        if self.learning_rate == "auto" and hasattr(self, "learning_rate_"):
+            step = min(step, self.learning_rate_)
+        self.learning_rate_ = step
+        W = self.coef_.copy()
+        b = self.intercept_.copy() if self.fit_intercept else None
+        n_iter, loss_curve = self.n_iter_, list(self.loss_curve_)
+        with thread_limits(self.n_jobs):
+            result = solvers.sgd(
+                X, y_codes, sample_weight, W, b,
+                alpha=float(self.alpha),
+                label_smoothing=float(self.label_smoothing),
+                learning_rate=step,
+                batch_size=self.batch_size,
+                max_iter=1,
+                tol=None,
+                n_iter_no_change=self.n_iter_no_change,
+                shuffle=self.shuffle,
+                rng=self._rng,
+                callback=self._solver_callback(n_iter, loss_curve),
+                n_iter_start=n_iter,
+                # worse than uniform probabilities: without a pass over the chunk at the start
+                # (which would double the cost of a call), the reference for divergence
+                initial_loss=None if first_call else float(np.log(n_classes)),
+            )
+        self._set_solution(W, b, n_iter + result.n_iter, loss_curve + result.loss_curve)
+        self._warn_outcome(result, "sgd", None)  # one epoch: only divergence
+        return self
+
+    def _partial_fit_codes(self, y, classes, first_call: bool) -> np.ndarray:
+        """Set ``classes_`` on the first call, check ``classes`` later; y's integer codes."""
         if first_call:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
-            self.classes_ = np.unique(np.asarray(classes))
+            all_classes = np.unique(np.asarray(classes))
+            if len(all_classes) < 2:
+                _refuse_one_class(all_classes[0] if len(all_classes) else None)
+            self.classes_ = all_classes
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(
                 f"classes={classes!r} differs from the classes of the previous calls "
@@ -422,38 +535,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         unknown = self.classes_[y_codes] != y
         if np.any(unknown):
             raise ValueError(f"y contains labels not in classes: {np.unique(y[unknown])!r}")
-        n_classes = len(self.classes_)
-        if first_call:
-            W, b = self._initial_params(X, n_classes, None, None, None)
-            self._set_solution(W, b, 0, [])
-            self._rng = check_random_state(self.random_state)
-        elif X.dtype != self.coef_.dtype:
-            X = X.astype(self.coef_.dtype)
-        sample_weight, _ = self._sample_weight(X, y_codes, sample_weight, n_classes)
-        W = self.coef_.copy()
-        b = self.intercept_.copy() if self.fit_intercept else None
-        n_iter, loss_curve = self.n_iter_, list(self.loss_curve_)
-        with thread_limits(self.n_jobs):
-            result = solvers.sgd(
-                X,
-                y_codes,
-                sample_weight,
-                W,
-                b,
-                alpha=float(self.alpha),
-                label_smoothing=float(self.label_smoothing),
-                learning_rate=float(self.learning_rate),
-                batch_size=self.batch_size,
-                max_iter=1,
-                tol=None,
-                n_iter_no_change=self.n_iter_no_change,
-                shuffle=self.shuffle,
-                rng=self._rng,
-                callback=self._solver_callback(n_iter, loss_curve),
-                n_iter_start=n_iter,
-            )
-        self._set_solution(W, b, n_iter + result.n_iter, loss_curve + result.loss_curve)
-        return self
+        return y_codes
 
     # ------------------------------------------------------------------ prediction
 

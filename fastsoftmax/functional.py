@@ -1,11 +1,15 @@
-"""The public functions of fastsoftmax: validation, dtype and layout, allocation, tiling.
+"""The public functions of fastsoftmax: dtype and layout, allocation, tiling, kernel calls.
+
+Input checks live in :mod:`fastsoftmax._validation`.
 
 Conventions (shared by every function here and by ``reference``):
 
 * ``X``: ``(n_samples, n_features)``; ``W``: ``(n_classes, n_features)`` (scikit-learn's ``coef_``,
   torch's ``Linear.weight``); ``b``: ``(n_classes,)`` or None; ``Z``: logits ``(n_samples, n_classes)``.
 * ``y``: integer class codes in ``[0, n_classes)``, shape ``(n_samples,)``.
-* ``sample_weight``: ``(n_samples,)``, finite and non-negative, or None (all ones).
+* ``sample_weight``: ``(n_samples,)``, finite and non-negative, or None (all ones). Any scale is
+  legal: the mean is computed as for the same weights rescaled to order one (5e-324 and 1e308
+  included); a ``"sum"`` or ``"none"`` result beyond the float range raises ``ValueError``.
 * dtype: float32 inputs give float32 results; anything else is converted to float64. The loss is a
   Python float accumulated in float64 whatever the dtype.
 * ``reduction="mean"`` divides by ``sum(sample_weight)`` (n_samples when None), ``"sum"`` does not,
@@ -18,12 +22,26 @@ No function modifies its inputs. Bad input raises ``ValueError`` or ``TypeError`
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from scipy.linalg import blas as _blas
 
 from fastsoftmax import _kernels as _k
+from fastsoftmax._validation import (
+    check_grad_range,
+    check_labels,
+    check_linear,
+    check_logits,
+    check_out,
+    check_per_sample,
+    check_reduction,
+    check_scalar,
+    check_total,
+    check_weights,
+    finish_out,
+    raise_bad_logits,
+    raise_nonfinite_params,
+    readonly,
+)
 
 __all__ = [
     "cross_entropy",
@@ -51,146 +69,6 @@ SMALL_K_CHUNKS = 16
 SMALL_K_CHUNK_ROWS = 128  # a 256-row SGD batch still uses two cores
 SMALL_K_PARTIALS_BYTES = 64 * 2**20
 
-_REDUCTIONS = ("mean", "sum", "none")
-
-
-# ------------------------------------------------------------------------------------------------
-# Validation
-# ------------------------------------------------------------------------------------------------
-
-
-def _float_dtype(*arrays) -> np.dtype:
-    """float32 when every given array is float32, float64 otherwise."""
-    present = [a for a in arrays if a is not None]
-    if present and all(a.dtype == np.float32 for a in present):
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
-
-
-def _as_numeric(name: str, a, ndim: int) -> np.ndarray:
-    """`a` as an ndarray of real numbers with `ndim` dimensions (not yet converted in dtype)."""
-    try:
-        arr = np.asarray(a)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} must be array-like of real numbers: {exc}") from None
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
-    return arr
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    """A read-only view. Numba compiles a separate specialization for read-only arrays (seconds, and
-    one per combination of arguments): every input reaches the kernels read-only, whatever the
-    caller's flags, so one specialization per dtype serves them all."""
-    view = a.view()
-    view.flags.writeable = False
-    return view
-
-
-def _as_float(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """C-contiguous read-only array of `dtype` (a view when possible; never the caller's array to
-    write)."""
-    return _readonly(np.ascontiguousarray(arr, dtype=dtype))
-
-
-def _check_labels(y, n_samples: int, n_classes: int) -> np.ndarray:
-    try:
-        y = np.asarray(y)
-    except Exception as exc:
-        raise TypeError(f"y must be an array of integer class codes: {exc}") from None
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"y must hold integer class codes, got dtype {y.dtype}")
-    if y.ndim != 1:
-        raise ValueError(f"y must be 1-D, got shape {y.shape}")
-    if y.shape[0] != n_samples:
-        raise ValueError(f"y has {y.shape[0]} labels but there are {n_samples} samples")
-    if n_samples:
-        lo, hi = y.min(), y.max()
-        if lo < 0 or hi >= n_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"y holds label {bad}, outside [0, n_classes={n_classes})")
-    return _readonly(np.ascontiguousarray(y, dtype=np.intp))
-
-
-def _check_scalar(name: str, value, low: float, high: float = np.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (low <= value <= high) or not np.isfinite(value):
-        raise ValueError(f"{name} must be finite and in [{low}, {high}], got {value}")
-    return value
-
-
-def _check_reduction(reduction, allowed=_REDUCTIONS) -> str:
-    if reduction not in allowed:
-        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
-    return reduction
-
-
-def _check_weights(sample_weight, n_samples: int, reduction: str):
-    """float64 weights (size 0 for None) and the normalizer of the reduction."""
-    if sample_weight is None:
-        w = _readonly(np.empty(0, dtype=np.float64))
-        total = float(n_samples)
-    else:
-        w = _as_numeric("sample_weight", sample_weight, 1)
-        if w.shape[0] != n_samples:
-            raise ValueError(
-                f"sample_weight has {w.shape[0]} entries but there are {n_samples} samples"
-            )
-        w = _readonly(np.ascontiguousarray(w, dtype=np.float64))
-        if not np.isfinite(w).all():
-            raise ValueError("sample_weight must be finite")
-        if n_samples and w.min() < 0:
-            raise ValueError("sample_weight must be non-negative")
-        total = float(w.sum())
-    if reduction == "mean" and not total > 0:
-        what = "there are no samples" if n_samples == 0 else "sample_weight sums to zero"
-        raise ValueError(f"reduction='mean' is undefined: {what}")
-    return w, (total if reduction == "mean" else 1.0)
-
-
-def _check_out(out, shape, dtype, source: np.ndarray | None):
-    """Validate `out`; returns (array to compute into, whether rows must first be copied from the
-    source). A non-contiguous `out` is computed into a scratch array and copied at the end."""
-    if out is None:
-        return np.empty(shape, dtype=dtype), True
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if out.shape != shape:
-        raise ValueError(f"out must have shape {shape}, got {out.shape}")
-    if out.dtype != dtype:
-        raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    if source is not None and np.shares_memory(out, source):
-        same = (
-            out.flags.c_contiguous
-            and out.__array_interface__["data"][0] == source.__array_interface__["data"][0]
-        )
-        if not same:
-            raise ValueError("out overlaps the input without being the same array")
-        return out, False
-    if not out.flags.c_contiguous:
-        return np.empty(shape, dtype=dtype), True
-    return out, True
-
-
-def _finish_out(result: np.ndarray, out):
-    if out is not None and result is not out:
-        np.copyto(out, result)
-        return out
-    return result
-
-
-def _check_logits(Z) -> np.ndarray:
-    Z = _as_numeric("Z", Z, 2)
-    if Z.shape[1] == 0:
-        raise ValueError("Z must have at least one column (class)")
-    return _as_float("Z", Z, _float_dtype(Z))
-
 
 def _row_blocks(n_rows: int) -> int:
     """Number of prange iterations (blocks of ROW_BLOCK rows) of the row kernels."""
@@ -206,41 +84,6 @@ def _row_pass_tasks(n_rows: int, n_classes: int) -> int:
     return _row_blocks(n_rows) if n_classes >= TILED_PARALLEL_MIN_K else 1
 
 
-def _raise_bad_logits(n_bad: int) -> None:
-    if n_bad:
-        raise ValueError(
-            f"Z has {n_bad} row(s) with NaN or +inf, or with every entry -inf: "
-            "softmax and cross-entropy are undefined there"
-        )
-
-
-def _check_linear(X, W, b):
-    """Validated C-contiguous X, W, b (or None) in their common float dtype."""
-    X = _as_numeric("X", X, 2)
-    W = _as_numeric("W", W, 2)
-    if b is not None:
-        b = _as_numeric("b", b, 1)
-    if W.shape[0] == 0:
-        raise ValueError("W must have at least one row (class)")
-    if W.shape[1] != X.shape[1]:
-        raise ValueError(
-            f"W has {W.shape[1]} features per class but X has {X.shape[1]} features per sample"
-        )
-    if b is not None and b.shape[0] != W.shape[0]:
-        raise ValueError(f"b has {b.shape[0]} entries but W has {W.shape[0]} classes")
-    dtype = _float_dtype(X, W, b)
-    X, W = _as_float("X", X, dtype), _as_float("W", W, dtype)
-    return X, W, (None if b is None else _as_float("b", b, dtype)), dtype
-
-
-def _raise_nonfinite_params(X, W, b) -> None:
-    """Called when results came out NaN: name the argument that holds NaN or inf."""
-    for name, a in (("W", W), ("b", b), ("X", X)):
-        if a is not None and not np.isfinite(a).all():
-            raise ValueError(f"{name} contains NaN or infinity")
-    raise ValueError("X W^T + b overflowed to infinity: the logits are not representable")
-
-
 # ------------------------------------------------------------------------------------------------
 # Row functions on given logits
 # ------------------------------------------------------------------------------------------------
@@ -252,28 +95,84 @@ def softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
     Parameters
     ----------
     Z : array-like of shape (n_samples, n_classes)
-        Logits; -inf entries (masked classes) get probability 0.
+        Logits, n_classes >= 1; -inf entries (masked classes) get probability 0.
     out : ndarray of shape (n_samples, n_classes), optional
-        Where to write the result (may be ``Z`` itself for an in-place softmax).
+        Where to write the result, of the result's dtype; may be ``Z`` itself (an in-place
+        softmax) but must not otherwise overlap ``Z``.
 
     Returns
     -------
-    P : ndarray of shape (n_samples, n_classes), float32 for float32 Z, else float64.
+    P : ndarray of shape (n_samples, n_classes)
+        float32 for float32 ``Z``, else float64; ``out`` when given. Rows sum to one.
+
+    Raises
+    ------
+    ValueError
+        ``Z`` is not 2-D or has no column; a row holds NaN or +inf, or is entirely -inf;
+        ``out`` has the wrong shape, is read-only or partly overlaps ``Z``.
+    TypeError
+        ``Z`` does not hold real numbers; ``out`` is not an ndarray of the result's dtype.
+
+    Notes
+    -----
+    The row maximum is subtracted before exponentiating, so logits of any finite magnitude are
+    safe; row sums are accumulated in float64 whatever the dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import softmax
+    >>> softmax(np.array([[0.0, 0.0], [0.0, -np.inf]]))
+    array([[0.5, 0.5],
+           [1. , 0. ]])
     """
     return _row_softmax(Z, out, log=False)
 
 
 def log_softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
-    """Row-wise log-softmax ``Z - max - log(sum(exp(Z - max)))``; see :func:`softmax`."""
+    """Row-wise log-softmax ``Z - max - log(sum(exp(Z - max)))``.
+
+    Parameters
+    ----------
+    Z : array-like of shape (n_samples, n_classes)
+        Logits, n_classes >= 1; -inf entries (masked classes) give -inf.
+    out : ndarray of shape (n_samples, n_classes), optional
+        Where to write the result, of the result's dtype; may be ``Z`` itself but must not
+        otherwise overlap it.
+
+    Returns
+    -------
+    L : ndarray of shape (n_samples, n_classes)
+        float32 for float32 ``Z``, else float64; ``out`` when given. ``exp(L)`` rows sum to one.
+
+    Raises
+    ------
+    ValueError
+        As :func:`softmax`: a bad shape, a row with NaN or +inf or entirely -inf, a bad ``out``.
+    TypeError
+        ``Z`` does not hold real numbers; ``out`` is not an ndarray of the result's dtype.
+
+    Notes
+    -----
+    Computed as ``(Z - max) - log(s)`` in this order, which keeps the small differences of rows
+    with huge equal logits exact (``log(softmax(Z))`` would lose them, and underflow to -inf).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import log_softmax
+    >>> log_softmax(np.array([[1e4, 1e4]]))
+    array([[-0.69314718, -0.69314718]])
+    """
     return _row_softmax(Z, out, log=True)
 
 
 def _row_softmax(Z, out, log: bool) -> np.ndarray:
-    Zc = _check_logits(Z)
-    target, copy = _check_out(out, Zc.shape, Zc.dtype, Zc)
+    Zc = check_logits(Z)
+    target, copy = check_out(out, Zc.shape, Zc.dtype, Zc)
     bad = _k._softmax_rows(_row_blocks(Zc.shape[0]), Zc, target, np.empty(0, Zc.dtype), copy, log)
-    _raise_bad_logits(bad)
-    return _finish_out(target, out)
+    raise_bad_logits(bad)
+    return finish_out(target, out)
 
 
 def cross_entropy(
@@ -284,21 +183,68 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
 ):
-    """Cross-entropy of logits ``Z`` (n_samples, n_classes) against integer labels ``y``.
+    """Weighted cross-entropy of logits ``Z`` against integer labels ``y``.
 
-    Returns a Python float for ``reduction="mean"`` or ``"sum"``, and the weighted per-sample losses
-    (n_samples,) in Z's dtype for ``"none"``.
+    The loss of sample i is ``l_i = log(sum_k exp(Z[i, k])) - Z[i, y_i]``, or with label smoothing
+    ``(1 - eps) * l_i + eps * mean_k(-log p_ik)``; it is weighted by ``sample_weight[i]`` and
+    reduced over the samples.
+
+    Parameters
+    ----------
+    Z : array-like of shape (n_samples, n_classes)
+        Logits, n_classes >= 1; -inf entries are masked classes.
+    y : array-like of int, shape (n_samples,)
+        Class codes in ``[0, n_classes)``.
+    sample_weight : array-like of shape (n_samples,), optional
+        Finite non-negative weights; None weighs every sample 1.
+    label_smoothing : float in [0, 1], default 0
+        PyTorch's label smoothing ``eps``.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` divides the weighted sum by ``sum(sample_weight)`` (n_samples when None),
+        ``"sum"`` does not, ``"none"`` returns the weighted per-sample losses.
+
+    Returns
+    -------
+    loss : float or ndarray of shape (n_samples,)
+        A Python float (accumulated in float64) for ``"mean"`` and ``"sum"``; for ``"none"`` an
+        array in Z's dtype (float32 for float32 Z, else float64).
+
+    Raises
+    ------
+    ValueError
+        Bad shapes; a label outside ``[0, n_classes)``; negative or non-finite weights; a mean
+        over no samples or zero total weight; ``label_smoothing`` outside [0, 1]; an unknown
+        reduction; a row of Z with NaN or +inf or entirely -inf; weights so large that the
+        ``"sum"`` (or a ``"none"`` entry) exceeds the floating-point range.
+    TypeError
+        Non-numeric ``Z`` or ``sample_weight``, non-integer ``y``, non-real ``label_smoothing``.
+
+    Notes
+    -----
+    A masked label (``Z[i, y_i] = -inf``) gives an infinite loss unless its weight is 0. The mean
+    is invariant to the scale of ``sample_weight``: weights as small as 5e-324 or as large as
+    1e308 give the result of the same weights rescaled to order one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import cross_entropy
+    >>> Z = np.array([[2.0, 0.0], [0.0, 0.0]])
+    >>> round(cross_entropy(Z, [0, 1]), 6)
+    0.410038
+    >>> cross_entropy(Z, [0, 1], reduction="none")
+    array([0.12692801, 0.69314718])
     """
-    Zc = _check_logits(Z)
-    y = _check_labels(y, *Zc.shape)
-    eps = _check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-    reduction = _check_reduction(reduction)
-    w, denom = _check_weights(sample_weight, Zc.shape[0], reduction)
+    Zc = check_logits(Z)
+    y = check_labels(y, *Zc.shape)
+    eps = check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    reduction = check_reduction(reduction)
+    w, denom = check_weights(sample_weight, Zc.shape[0], reduction)
     losses = np.empty(Zc.shape[0], dtype=np.float64)
-    _raise_bad_logits(_k._xent_rows(_row_blocks(len(y)), Zc, y, w, eps, losses))
+    raise_bad_logits(_k._xent_rows(_row_blocks(len(y)), Zc, y, w, eps, losses))
     if reduction == "none":
-        return losses.astype(Zc.dtype, copy=False)
-    return float(losses.sum()) / denom
+        return check_per_sample(losses, denom, Zc.dtype, sample_weight is not None)
+    return check_total(float(losses.sum()), denom)
 
 
 def cross_entropy_grad(
@@ -312,15 +258,64 @@ def cross_entropy_grad(
 ):
     """The reduced cross-entropy and its gradient with respect to the logits, in one pass.
 
-    Returns ``(loss, dZ)`` with ``dZ = (softmax(Z) - Y) * w / sum(w)`` for ``reduction="mean"``
-    (without the division for ``"sum"``), Y the (smoothed) one-hot targets. ``out`` may be ``Z``.
+    Parameters
+    ----------
+    Z : array-like of shape (n_samples, n_classes)
+        Logits, n_classes >= 1; -inf entries are masked classes.
+    y : array-like of int, shape (n_samples,)
+        Class codes in ``[0, n_classes)``.
+    sample_weight : array-like of shape (n_samples,), optional
+        Finite non-negative weights; None weighs every sample 1.
+    label_smoothing : float in [0, 1], default 0
+        PyTorch's label smoothing ``eps``.
+    reduction : {"mean", "sum"}, default "mean"
+        As :func:`cross_entropy`; the gradient is that of the reduced loss.
+    out : ndarray of shape (n_samples, n_classes), optional
+        Where to write dZ, of its dtype; may be ``Z`` itself (overwritten by its gradient) but
+        must not otherwise overlap ``Z``, nor overlap ``y`` or ``sample_weight``.
+
+    Returns
+    -------
+    loss : float
+        The loss :func:`cross_entropy` gives for the same arguments.
+    dZ : ndarray of shape (n_samples, n_classes)
+        ``(softmax(Z) - T) * w[:, None] / sum(w)`` for ``"mean"`` (without the division for
+        ``"sum"``), T the one-hot targets smoothed as ``(1 - eps) * onehot + eps / n_classes``;
+        float32 for float32 Z, else float64; ``out`` when given.
+
+    Raises
+    ------
+    ValueError
+        As :func:`cross_entropy` (``reduction="none"`` is refused); a bad ``out``, or one that
+        overlaps an input; with ``"sum"``, weights beyond the dtype's range.
+    TypeError
+        As :func:`cross_entropy`; ``out`` not an ndarray of the result's dtype.
+
+    Notes
+    -----
+    dZ is exactly 0 where the prediction is certain and right (and everywhere when n_classes
+    is 1); a masked label gives an infinite loss but a finite gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import cross_entropy_grad
+    >>> loss, dZ = cross_entropy_grad(np.zeros((2, 2)), [0, 1])
+    >>> round(loss, 6)
+    0.693147
+    >>> dZ
+    array([[-0.25,  0.25],
+           [ 0.25, -0.25]])
     """
-    Zc = _check_logits(Z)
-    y = _check_labels(y, *Zc.shape)
-    eps = _check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-    reduction = _check_reduction(reduction, ("mean", "sum"))
-    w, denom = _check_weights(sample_weight, Zc.shape[0], reduction)
-    target, copy = _check_out(out, Zc.shape, Zc.dtype, Zc)
+    Zc = check_logits(Z)
+    labels_given = y
+    y = check_labels(y, *Zc.shape)
+    eps = check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    reduction = check_reduction(reduction, ("mean", "sum"))
+    w, denom = check_weights(sample_weight, Zc.shape[0], reduction)
+    check_grad_range(w, denom, Zc.dtype, summed=False)
+    target, copy = check_out(out, Zc.shape, Zc.dtype, Zc, y=labels_given,
+                             sample_weight=sample_weight)
     N = Zc.shape[0]
     losses = np.empty(N, dtype=np.float64)
     no_db = np.empty((_row_blocks(N), 0), dtype=np.float64)
@@ -328,8 +323,8 @@ def cross_entropy_grad(
         no_db.shape[0], Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses,
         no_db,
     )
-    _raise_bad_logits(bad)
-    return float(losses.sum()) / denom, _finish_out(target, out)
+    raise_bad_logits(bad)
+    return check_total(float(losses.sum()), denom), finish_out(target, out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,39 +348,79 @@ def linear_cross_entropy(
 
     Parameters
     ----------
-    X : array-like (n_samples, n_features)
-    W : array-like (n_classes, n_features)
-    b : array-like (n_classes,) or None
-    y : integer array (n_samples,) of class codes in [0, n_classes)
-    sample_weight : array-like (n_samples,) or None
-    label_smoothing : float in [0, 1]
-    alpha : float >= 0
-        L2 penalty: adds ``alpha/2 ||W||_F^2`` to the loss and ``alpha W`` to dW (b is not penalized).
-    reduction : {"mean", "sum"}
-    return_dX : bool
+    X : array-like of shape (n_samples, n_features)
+        The data.
+    W : array-like of shape (n_classes, n_features)
+        Weights (scikit-learn's ``coef_``, torch's ``Linear.weight``), n_classes >= 1.
+    b : array-like of shape (n_classes,) or None
+        Intercepts; None for none.
+    y : array-like of int, shape (n_samples,)
+        Class codes in ``[0, n_classes)``.
+    sample_weight : array-like of shape (n_samples,), optional
+        Finite non-negative weights; None weighs every sample 1.
+    label_smoothing : float in [0, 1], default 0
+        PyTorch's label smoothing ``eps``.
+    alpha : float >= 0, default 0
+        L2 penalty: adds ``alpha/2 ||W||_F^2`` to the loss and ``alpha W`` to dW (b is not
+        penalized).
+    reduction : {"mean", "sum"}, default "mean"
+        As :func:`cross_entropy`; the gradients are those of the reduced loss.
+    return_dX : bool, default False
         Also return the gradient with respect to X (for a layer inside a network).
 
     Returns
     -------
     loss : float
-    dW : ndarray (n_classes, n_features)
-    db : ndarray (n_classes,) or None when b is None
-    dX : ndarray (n_samples, n_features), only with ``return_dX=True``
+        Accumulated in float64, penalty included.
+    dW : ndarray of shape (n_classes, n_features)
+    db : ndarray of shape (n_classes,), or None when b is None
+    dX : ndarray of shape (n_samples, n_features), only with ``return_dX=True``
+        The arrays are float32 when X, W and b are all float32, else float64.
 
+    Raises
+    ------
+    ValueError
+        Bad shapes (W's features must match X's, b's length W's classes); a label out of range;
+        bad weights, ``label_smoothing`` or ``alpha``; an unknown reduction; X, W or b holding NaN
+        or infinity (the message names which); finite inputs whose logits ``X W^T + b`` overflow
+        (the message gives max |X| and max |W|); with ``"sum"``, weights beyond the dtype's
+        range.
+    TypeError
+        Non-numeric arrays, non-integer ``y``, non-real scalars.
+
+    Notes
+    -----
     Extra memory is O(tile x n_classes + chunks x n_classes x n_features), independent of
-    n_samples (beyond the (n_samples,) float64 per-sample losses).
+    n_samples (beyond the (n_samples,) float64 per-sample losses). Up to 32 classes a fused kernel
+    reads each row of X once for both ``X W^T`` and ``G^T X``; above, tiles of rows go through
+    BLAS. Results do not depend on the number of threads.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import linear_cross_entropy
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> loss, dW, db = linear_cross_entropy(X, np.zeros((2, 2)), np.zeros(2), [0, 1])
+    >>> round(loss, 6)
+    0.693147
+    >>> dW
+    array([[-0.25,  0.25],
+           [ 0.25, -0.25]])
+    >>> db
+    array([0., 0.])
     """
-    X, W, b, dtype = _check_linear(X, W, b)
+    X, W, b, dtype = check_linear(X, W, b)
     N = X.shape[0]
-    y = _check_labels(y, N, W.shape[0])
-    eps = _check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-    alpha = _check_scalar("alpha", alpha, 0.0)
-    reduction = _check_reduction(reduction, ("mean", "sum"))
-    w, denom = _check_weights(sample_weight, N, reduction)
+    y = check_labels(y, N, W.shape[0])
+    eps = check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    alpha = check_scalar("alpha", alpha, 0.0)
+    reduction = check_reduction(reduction, ("mean", "sum"))
+    w, denom = check_weights(sample_weight, N, reduction)
+    check_grad_range(w, denom, dtype, summed=True)
     return _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX)
 
 
-_ALL_ROWS = _readonly(np.empty(0, dtype=np.intp))
+_ALL_ROWS = readonly(np.empty(0, dtype=np.intp))
 
 
 def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=False, rows=_ALL_ROWS):
@@ -394,7 +429,7 @@ def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=Fa
     problem made of the rows `rows` of X (a mini-batch; empty for all of X) with labels and weights
     given per row of that problem. Small K reads the rows in place; larger K gathers them first."""
     if rows.shape[0] and W.shape[0] > SMALL_K_MAX:
-        X, rows = _readonly(np.take(X, rows, axis=0)), _ALL_ROWS
+        X, rows = readonly(np.take(X, rows, axis=0)), _ALL_ROWS
     N = rows.shape[0] if rows.shape[0] else X.shape[0]
     dX = np.empty((N, X.shape[1]) if return_dX else (0, 0), dtype=X.dtype)
     losses = np.empty(N, dtype=np.float64)
@@ -403,10 +438,11 @@ def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=Fa
         dW, db, bad = _linear_small_k(*args, rows)
     else:
         dW, db, bad = _linear_tiled(*args)
-    loss = float(losses.sum()) / denom
-    # Finite X, W, b give finite gradients; anything else means non-finite parameters or data.
-    if bad or np.isnan(loss) or not np.isfinite(dW).all():
-        _raise_nonfinite_params(X, W, b)
+    total = float(losses.sum())
+    # Finite X, W, b with representable logits give finite results; otherwise name the culprit.
+    if bad or np.isnan(total) or not np.isfinite(dW).all():
+        raise_nonfinite_params(X, W, b, logits=bool(bad) or bool(np.isnan(total)))
+    loss = check_total(total, denom)
     if alpha:
         loss += 0.5 * alpha * _k._sum_squares(W)
         _k._axpy(alpha, W, dW)
@@ -472,7 +508,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
             db_parts[:] = 0.0
         bad += _k._xent_grad_rows(
             _row_pass_tasks(hi - lo, K),
-            _readonly(Zt), Zt, bias, False, y[lo:hi], w[lo:hi] if w.size else w, eps, scale,
+            readonly(Zt), Zt, bias, False, y[lo:hi], w[lo:hi] if w.size else w, eps, scale,
             losses[lo:hi], db_parts,
         )
         if db is not None:
@@ -490,9 +526,43 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
 def linear_softmax(X, W, b) -> np.ndarray:
     """Class probabilities of a linear model, ``softmax(X W^T + b)`` (predict_proba).
 
-    Returns an (n_samples, n_classes) array in the common dtype of the inputs.
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        The data.
+    W : array-like of shape (n_classes, n_features)
+        Weights, n_classes >= 1.
+    b : array-like of shape (n_classes,) or None
+        Intercepts; None for none. A -inf intercept masks its class.
+
+    Returns
+    -------
+    P : ndarray of shape (n_samples, n_classes)
+        Rows sum to one; float32 when X, W and b are all float32, else float64.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes; X, W or b holding NaN or infinity (the message names which); finite inputs
+        whose logits ``X W^T + b`` overflow (the message gives max |X| and max |W|).
+    TypeError
+        Non-numeric arrays.
+
+    Notes
+    -----
+    Up to 32 classes a fused kernel computes the logits and the softmax row by row without
+    BLAS; above, one GEMM writes the logits into the output, which the softmax overwrites in
+    place. No array other than the output is allocated.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import linear_softmax
+    >>> linear_softmax(np.array([[1.0], [-1.0]]), np.array([[1.0], [-1.0]]), None)
+    array([[0.88079708, 0.11920292],
+           [0.11920292, 0.88079708]])
     """
-    X, W, b, dtype = _check_linear(X, W, b)
+    X, W, b, dtype = check_linear(X, W, b)
     N = X.shape[0]
     K = W.shape[0]
     out = np.empty((N, K), dtype=dtype)
@@ -505,7 +575,7 @@ def linear_softmax(X, W, b) -> np.ndarray:
             gemm(1.0, W.T, X.T, c=out.T, trans_a=1, overwrite_c=1)
         else:
             out.fill(0)
-        bad = _k._softmax_rows(_row_pass_tasks(N, K), _readonly(out), out, bias, False, False)
+        bad = _k._softmax_rows(_row_pass_tasks(N, K), readonly(out), out, bias, False, False)
     if bad:
-        _raise_nonfinite_params(X, W, b)
+        raise_nonfinite_params(X, W, b)
     return out

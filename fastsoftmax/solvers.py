@@ -10,9 +10,9 @@ gradients without an N x K array.
 - :func:`lbfgs`: scipy's L-BFGS-B, one fused call per function evaluation.
 - :func:`sgd`: mini-batch stochastic gradient descent with a fixed learning rate, reshuffled every
   epoch (the Dive into Deep Learning recipe). Inputs are validated once per call, not per batch;
-  up to 32 classes the kernel reads a batch's rows of X in place (no gathered copy), above that
-  each batch is gathered (one batch x n_features copy). Beyond the epoch's permutation, nothing of
-  size N is allocated.
+  up to ``F.SMALL_K_MAX`` classes the kernel reads a batch's rows of X in place (no gathered
+  copy), above that each batch is gathered (one batch x n_features copy). Beyond the epoch's
+  permutation, nothing of size N is allocated.
 - :func:`gd`: full-batch gradient descent with a fixed learning rate (the textbook algorithm).
 
 Conventions: X ``(n_samples, n_features)`` float32 or float64, W ``(n_classes, n_features)`` and b
@@ -22,6 +22,12 @@ place (lbfgs writes its result into them) and return a :class:`SolverResult`.
 
 ``callback(n_iter, W, b, loss_curve) -> bool`` is called after every iteration (lbfgs) or epoch
 (sgd, gd) with the current solution; returning True stops the solver.
+
+Step sizes: the objective's gradient is Lipschitz with constant at most
+``0.5 * max_i (||x_i||^2 + fit_intercept) + alpha`` (see :func:`lipschitz_bound`), so a step of
+``1 / L`` never overshoots. sgd and gd stop with ``diverged=True`` once the loss rises clearly
+above the starting loss, and raise ``ValueError`` naming the learning rate and the data scale
+when the iterates become non-finite, instead of returning a model that is worse than the start.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ import scipy.optimize
 
 from fastsoftmax import functional as F
 from fastsoftmax._threads import blas_limits
+from fastsoftmax._validation import check_labels, check_linear, check_weights, readonly
 
-__all__ = ["SolverResult", "gd", "lbfgs", "sgd"]
+__all__ = ["SolverResult", "auto_learning_rate", "gd", "lbfgs", "lipschitz_bound", "sgd"]
 
 Callback = Callable[[int, np.ndarray, "np.ndarray | None", list], bool]
 
@@ -54,6 +61,9 @@ class SolverResult:
         The stopping criterion on ``tol`` was met.
     stopped : bool
         The callback asked to stop.
+    diverged : bool
+        The objective rose instead of falling (sgd, gd: the loss went clearly above the starting
+        loss; lbfgs: the line search found no decrease from the start). ``message`` says why.
     message : str
         The optimizer's own account of why it stopped.
     """
@@ -62,7 +72,92 @@ class SolverResult:
     loss_curve: list = field(default_factory=list)
     converged: bool = False
     stopped: bool = False
+    diverged: bool = False
     message: str = ""
+
+
+# Margin of the divergence test, relative to max(starting loss, log n_classes): SGD's epoch loss
+# is noisy, but an epoch 10% worse than the start (or than predicting uniform probabilities) is no
+# longer noise around a decreasing path.
+_DIVERGENCE_MARGIN = 0.1
+# Rows whose squared norms are summed in float64 per block: bounds the temporary for float32 X.
+_NORM_BLOCK = 2048
+
+
+def squared_row_norms(X: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """``||x_i||^2`` in float64 (no float32 overflow), over rows of positive weight only."""
+    norms = np.empty(X.shape[0], dtype=np.float64)
+    for start in range(0, X.shape[0], _NORM_BLOCK):
+        block = X[start:start + _NORM_BLOCK].astype(np.float64, copy=False)
+        norms[start:start + _NORM_BLOCK] = np.einsum("ij,ij->i", block, block)
+    return norms if sample_weight is None else norms[sample_weight > 0]
+
+
+def lipschitz_bound(
+    X: np.ndarray,
+    sample_weight: np.ndarray | None,
+    alpha: float,
+    fit_intercept: bool,
+    *,
+    full_batch: bool = False,
+) -> float:
+    """An upper bound L on the Lipschitz constant of the objective's gradient in (W, b).
+
+    The Hessian of the cross-entropy with respect to a row's logits is ``diag(p) - p p^T``, whose
+    largest eigenvalue is at most 1/2 (label smoothing does not change it: the target enters
+    linearly). Through ``z_i = W x_i + b`` a row adds ``(diag(p) - p p^T) kron x~_i x~_i^T`` with
+    ``x~_i = [x_i, 1]`` (``[x_i]`` without intercept), of norm at most ``||x~_i||^2 / 2``; the
+    weighted mean over rows is at most their weighted mean, and the penalty adds ``alpha``:
+
+        L <= 0.5 * sum_i w_i ||x~_i||^2 / sum_i w_i + alpha      (full batch: gd)
+        L <= 0.5 * max_i ||x~_i||^2 + alpha                       (any mini-batch: sgd)
+
+    The second is scikit-learn's SAG rule (its binary log-loss has 1/4 where the two-row softmax
+    has 1/2); only rows of positive weight count. Returns inf when the squared norms overflow.
+    """
+    norms = squared_row_norms(X, sample_weight)
+    if norms.size == 0:
+        return float(alpha)
+    if full_batch:
+        w = None if sample_weight is None else sample_weight[sample_weight > 0]
+        typical = float(np.average(norms, weights=w))
+    else:
+        typical = float(norms.max())
+    return 0.5 * (typical + float(fit_intercept)) + float(alpha)
+
+
+def auto_learning_rate(X, sample_weight, alpha, fit_intercept, *, full_batch=False) -> float:
+    """The step ``1 / L`` of :func:`lipschitz_bound`; ValueError if X's scale makes it 0."""
+    with np.errstate(over="ignore"):
+        L = lipschitz_bound(X, sample_weight, alpha, fit_intercept, full_batch=full_batch)
+    if not (np.isfinite(L) and L > 0):
+        raise ValueError(
+            f"learning_rate='auto' is undefined: the squared row norms of X overflow float64 "
+            f"(max |X| = {float(np.max(np.abs(X))):.3g}) or are all zero with alpha=0; "
+            "standardize X or pass a float learning_rate"
+        )
+    return 1.0 / L
+
+
+def _divergence_message(X, sample_weight, learning_rate, fit_intercept, alpha, what) -> str:
+    with np.errstate(over="ignore"):
+        norms = squared_row_norms(X, sample_weight)
+        max_norm = float(norms.max()) if norms.size else 0.0
+        L = 0.5 * (max_norm + float(fit_intercept)) + alpha
+    return (
+        f"{what}: learning_rate={learning_rate:.3g} is too large for the data scale (max squared "
+        f"row norm of X = {max_norm:.3g}; steps up to 1/L = {1 / L:.3g} are stable, "
+        "learning_rate='auto' takes one); standardize X or lower learning_rate"
+    )
+
+
+def _finite(W, b) -> bool:
+    return bool(np.isfinite(W).all() and (b is None or np.isfinite(b).all()))
+
+
+def _rose_above(loss: float, reference: float, n_classes: int) -> bool:
+    """True when ``loss`` is clearly above ``reference`` (see _DIVERGENCE_MARGIN)."""
+    return loss > reference + _DIVERGENCE_MARGIN * max(reference, np.log(n_classes))
 
 
 def _loss_grad(X, W, b, y, sample_weight, alpha, label_smoothing):
@@ -102,17 +197,21 @@ def lbfgs(
     evaluation converts it to X's dtype and makes one fused loss-and-gradient call. As in
     scikit-learn, ``ftol = 64 * eps`` (float64's: the loss is accumulated in float64 for both
     dtypes) also stops the run when the objective no longer decreases, and ``maxls = 50``.
-    ``converged`` is False only when the iteration budget ran out. ``loss_curve[k]`` is the
-    objective at the iterate after iteration k + 1. ``blas_threads`` limits scipy's own OpenBLAS
-    (used by L-BFGS-B itself) during the run: its threads otherwise spin against the loss
-    kernels' threads.
+    ``converged`` is False when the iteration budget ran out (``max_iter=0`` returns the start
+    untouched) and when the line search failed without lowering the objective from its starting
+    value (``diverged``: typically data of extreme scale). ``loss_curve[k]`` is the objective at
+    the iterate after iteration k + 1. ``blas_threads`` limits scipy's own OpenBLAS (used by
+    L-BFGS-B itself) during the run: its threads otherwise spin against the loss kernels' threads.
     """
+    result = SolverResult()
+    if max_iter == 0:
+        result.message = "reached max_iter=0: the starting point is returned"
+        return result
     n_classes, n_features = W.shape
     n_coef = n_classes * n_features
     dtype = W.dtype
     x0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
-    last = {"x": None, "loss": np.nan}
-    result = SolverResult()
+    last = {"x": None, "loss": np.nan, "first_loss": None}
 
     def unpack(x):
         W_x = x[:n_coef].reshape(n_classes, n_features).astype(dtype, copy=False)
@@ -128,6 +227,8 @@ def lbfgs(
             grad[n_coef:] = db
         last["x"] = x.copy()
         last["loss"] = loss
+        if last["first_loss"] is None:  # scipy evaluates x0 first
+            last["first_loss"] = loss
         return loss, grad
 
     def on_iteration(xk):
@@ -157,13 +258,7 @@ def lbfgs(
                 fun, x0, method="L-BFGS-B", jac=True, callback=on_iteration, options=options
             )
         x = opt.x
-        # status 1: iteration or evaluation budget spent. status 2: the line search found no
-        # decrease, i.e. the objective is flat to the precision of its evaluation (common in
-        # float32 with a small tol); it is a stop at the attainable optimum, not a failure.
-        result.converged = opt.status != 1
-        result.message = str(opt.message)
-        if opt.status == 1:
-            result.message = f"reached max_iter={max_iter} ({opt.message})"
+        _lbfgs_outcome(result, opt, max_iter, last["first_loss"], X)
     except _StopRequested:
         x = last["stop_x"]
         result.stopped = True
@@ -175,8 +270,46 @@ def lbfgs(
     return result
 
 
+def _lbfgs_outcome(result: SolverResult, opt, max_iter: int, first_loss: float, X) -> None:
+    """Fill ``result`` from scipy's status: converged, out of budget, or no decrease at all."""
+    result.message = str(opt.message)
+    if opt.status == 1:
+        result.message = f"reached max_iter={max_iter} ({opt.message})"
+    elif opt.status == 2 and (result.n_iter == 0 or not float(opt.fun) < first_loss):
+        # The line search failed before any decrease: with a gradient as large as data of
+        # extreme scale makes it, every trial step overshoots by orders of magnitude and the
+        # backtracking runs out (issue 10: iris * 1e60 stopped at the all-zero model silently).
+        result.diverged = True
+        scipy_says = str(opt.message).rstrip(": ")
+        result.message = (
+            f"the objective did not decrease from its starting value {first_loss:.6g} "
+            f"(L-BFGS-B: {scipy_says}, {result.n_iter} iterations): the line search "
+            "found no step that lowers it, which happens when the data's scale is extreme "
+            f"(max |X| = {float(np.max(np.abs(X))):.3g}); standardize X"
+        )
+    else:
+        # status 2 after progress: the line search found no further decrease, i.e. the objective
+        # is flat to the precision of its evaluation (common in float32 with a small tol); it is
+        # a stop at the attainable optimum, not a failure.
+        result.converged = True
+
+
 def _max_abs(*arrays) -> float:
     return max(float(np.max(np.abs(a))) for a in arrays if a is not None and a.size)
+
+
+def _step(W, dW, b, db, learning_rate) -> None:
+    """``W -= learning_rate * dW`` (and b) in place. Callers silence numpy's overflow warnings
+    (``_quiet_overflow``) and check the weights themselves, to raise an error naming the cause."""
+    dW *= learning_rate
+    W -= dW
+    if b is not None:
+        db *= learning_rate
+        b -= db
+
+
+def _quiet_overflow():
+    return np.errstate(over="ignore", invalid="ignore")
 
 
 def gd(
@@ -197,7 +330,9 @@ def gd(
 
     Runs ``max_iter`` steps, or stops before a step once the gradient's max-abs is <= ``tol``
     (never when tol is None). ``loss_curve[k]`` is the objective at the point step k + 1 started
-    from, as the textbook loop records it.
+    from, as the textbook loop records it. Stops with ``diverged=True`` when the objective rises
+    clearly above its starting value (a step of at most ``2 / L`` never raises it), and raises
+    ValueError when a step overflows the weights.
     """
     result = SolverResult()
     for _ in range(max_iter):
@@ -206,11 +341,27 @@ def gd(
             result.converged = True
             result.message = f"gradient max-abs <= tol={tol}"
             break
-        dW *= learning_rate
-        W -= dW
-        if b is not None:
-            db *= learning_rate
-            b -= db
+        if not np.isfinite(loss):
+            raise ValueError(_divergence_message(
+                X, sample_weight, learning_rate, b is not None, alpha,
+                f"gradient descent overflowed the weights or the objective by step "
+                f"{result.n_iter}",
+            ))
+        if result.loss_curve and _rose_above(loss, result.loss_curve[0], W.shape[0]):
+            result.diverged = True
+            result.message = _divergence_message(
+                X, sample_weight, learning_rate, b is not None, alpha,
+                f"the objective rose from {result.loss_curve[0]:.4g} to {loss:.4g} in "
+                f"{result.n_iter} step(s)",
+            )
+            break
+        with _quiet_overflow():
+            _step(W, dW, b, db, learning_rate)
+        if not _finite(W, b):
+            raise ValueError(_divergence_message(
+                X, sample_weight, learning_rate, b is not None, alpha,
+                f"gradient descent overflowed the weights at step {result.n_iter + 1}",
+            ))
         result.loss_curve.append(loss)
         result.n_iter += 1
         if callback is not None and callback(result.n_iter, W, b, list(result.loss_curve)):
@@ -240,6 +391,7 @@ def sgd(
     rng: np.random.RandomState,
     callback: Callback | None = None,
     n_iter_start: int = 0,
+    initial_loss: float | None = None,
 ) -> SolverResult:
     """Mini-batch SGD: ``max_iter`` epochs of batches of ``batch_size``, reshuffled each epoch.
 
@@ -250,64 +402,29 @@ def sgd(
     training stops once the epoch loss has not improved on the best one by at least ``tol`` for
     ``n_iter_no_change`` epochs in a row (scikit-learn's SGD rule). ``n_iter_start`` offsets the
     epoch numbers passed to the callback (for partial_fit).
+
+    Divergence: training stops with ``diverged=True`` once an epoch loss rises clearly above
+    ``initial_loss``, the objective at the start (``log(n_classes)`` from all-zero weights;
+    computed with one pass when None and the start is not zero), and raises ValueError when a
+    step overflows the weights.
     """
     batch_size = max(1, min(batch_size, X.shape[0]))
-    return _sgd_epochs(
-        X, y, sample_weight, W, b, alpha, label_smoothing, learning_rate, batch_size,
-        max_iter, tol, n_iter_no_change, shuffle, rng, callback, n_iter_start,
-    )
-
-
-def _sgd_epochs(
-    X, y, sample_weight, W, b, alpha, label_smoothing, learning_rate, batch_size,
-    max_iter, tol, n_iter_no_change, shuffle, rng, callback, n_iter_start,
-):
-    # Validated once for all batches (read-only C-contiguous views, as the functional API makes
-    # them; a copy only for non-C-contiguous X); each batch then skips validation, and for small K
-    # its rows are read from X in place.
-    n_samples = X.shape[0]
-    # W_in, b_in: read-only views of W and b, which see the in-place updates.
-    X, W_in, b_in, dtype = F._check_linear(X, W, b)
-    for name, a in (("W", W), ("b", b)):
-        if a is not None and not (a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable):
-            raise ValueError(f"{name} must be a writable C-contiguous {dtype} array (updated in place)")
-    y = F._check_labels(y, n_samples, W.shape[0])
-    w, _ = F._check_weights(sample_weight, n_samples, "sum")
-    y_buf = np.empty(batch_size, dtype=np.intp)
-    w_buf = np.empty(batch_size if w.size else 0, dtype=np.float64)
-    y_batch, w_batch = F._readonly(y_buf), F._readonly(w_buf)
+    data = _SgdData(X, y, sample_weight, W, b, batch_size)
+    if initial_loss is None:
+        initial_loss = _starting_loss(data, W, b, alpha, label_smoothing)
     result = SolverResult()
     best_loss, n_bad_epochs = np.inf, 0
     for _ in range(max_iter):
-        order = F._readonly(rng.permutation(n_samples).astype(np.intp, copy=False)) if shuffle else None
-        loss_sum, weight_sum = 0.0, 0.0
-        for start in range(0, n_samples, batch_size):
-            stop = min(start + batch_size, n_samples)
-            m = stop - start
-            if order is None:
-                X_b, rows = X[start:stop], F._ALL_ROWS
-                y_b, w_b = y[start:stop], w[start:stop]
-            else:
-                X_b, rows = X, order[start:stop]
-                np.take(y, rows, out=y_buf[:m])
-                y_b = y_batch[:m]
-                if w.size:
-                    np.take(w, rows, out=w_buf[:m])
-                w_b = w_batch[:m]
-            batch_weight = float(m) if not w.size else float(w_b.sum())
-            if batch_weight == 0.0:
-                continue
-            loss, dW, db = F._linear_cross_entropy_checked(
-                X_b, W_in, b_in, y_b, w_b, label_smoothing, alpha, batch_weight, rows=rows
+        with _quiet_overflow():  # once per epoch, not per batch
+            epoch_loss = _sgd_epoch(
+                data, W, b, alpha, label_smoothing, learning_rate, shuffle, rng
             )
-            dW *= learning_rate
-            W -= dW
-            if b is not None:
-                db *= learning_rate
-                b -= db
-            loss_sum += loss * batch_weight
-            weight_sum += batch_weight
-        epoch_loss = loss_sum / weight_sum if weight_sum > 0 else np.nan
+        if epoch_loss is None or not (np.isfinite(epoch_loss) and _finite(W, b)):
+            raise ValueError(_divergence_message(
+                X, sample_weight, learning_rate, b is not None, alpha,
+                f"SGD overflowed the weights or the objective in epoch "
+                f"{n_iter_start + result.n_iter + 1}",
+            ))
         result.loss_curve.append(epoch_loss)
         result.n_iter += 1
         if callback is not None and callback(
@@ -315,6 +432,14 @@ def _sgd_epochs(
         ):
             result.stopped = True
             result.message = "stopped by the callback"
+            break
+        if _rose_above(epoch_loss, initial_loss, W.shape[0]):
+            result.diverged = True
+            result.message = _divergence_message(
+                X, sample_weight, learning_rate, b is not None, alpha,
+                f"the epoch loss rose from {initial_loss:.4g} at the start to {epoch_loss:.4g} "
+                f"in epoch {n_iter_start + result.n_iter}",
+            )
             break
         if tol is not None:
             n_bad_epochs = n_bad_epochs + 1 if epoch_loss > best_loss - tol else 0
@@ -328,3 +453,77 @@ def _sgd_epochs(
     else:
         result.message = f"reached max_iter={max_iter}"
     return result
+
+
+class _SgdData:
+    """X, y, weights validated once for all batches, and the batch buffers.
+
+    Read-only C-contiguous views, as the functional API makes them (a copy only for a
+    non-C-contiguous X); each batch then skips validation, and for small K its rows are read
+    from X in place. ``W_in``, ``b_in``: read-only views of W and b, which see the in-place updates.
+    """
+
+    def __init__(self, X, y, sample_weight, W, b, batch_size):
+        self.n_samples = X.shape[0]
+        self.X, self.W_in, self.b_in, dtype = check_linear(X, W, b)
+        for name, a in (("W", W), ("b", b)):
+            if a is not None and not (
+                a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+            ):
+                raise ValueError(
+                    f"{name} must be a writable C-contiguous {dtype} array (updated in place)"
+                )
+        self.y = check_labels(y, self.n_samples, W.shape[0])
+        self.w, _ = check_weights(sample_weight, self.n_samples, "sum")
+        self.total_weight = float(self.w.sum()) if self.w.size else float(self.n_samples)
+        self.batch_size = batch_size
+        self.y_buf = np.empty(batch_size, dtype=np.intp)
+        self.w_buf = np.empty(batch_size if self.w.size else 0, dtype=np.float64)
+        self.y_batch, self.w_batch = readonly(self.y_buf), readonly(self.w_buf)
+
+
+def _starting_loss(data: _SgdData, W, b, alpha, label_smoothing) -> float:
+    """The objective at the start: log(n_classes) from zero weights, else one full pass."""
+    if not (W.any() or (b is not None and b.any())):
+        return float(np.log(W.shape[0]))
+    loss, _, _ = F._linear_cross_entropy_checked(
+        data.X, data.W_in, data.b_in, data.y, data.w, label_smoothing, alpha, data.total_weight,
+        rows=F._ALL_ROWS,
+    )
+    return loss
+
+
+def _sgd_epoch(data: _SgdData, W, b, alpha, label_smoothing, learning_rate, shuffle, rng):
+    """One epoch of steps; the weighted mean batch loss, or None when the weights overflowed."""
+    n_samples, batch_size, w = data.n_samples, data.batch_size, data.w
+    order = readonly(rng.permutation(n_samples).astype(np.intp, copy=False)) if shuffle else None
+    loss_sum, weight_sum = 0.0, 0.0
+    for start in range(0, n_samples, batch_size):
+        stop = min(start + batch_size, n_samples)
+        m = stop - start
+        if order is None:
+            X_b, rows = data.X[start:stop], F._ALL_ROWS
+            y_b, w_b = data.y[start:stop], w[start:stop]
+        else:
+            X_b, rows = data.X, order[start:stop]
+            np.take(data.y, rows, out=data.y_buf[:m])
+            y_b = data.y_batch[:m]
+            if w.size:
+                np.take(w, rows, out=data.w_buf[:m])
+            w_b = data.w_batch[:m]
+        batch_weight = float(m) if not w.size else float(w_b.sum())
+        if batch_weight == 0.0:
+            continue
+        try:
+            loss, dW, db = F._linear_cross_entropy_checked(
+                X_b, data.W_in, data.b_in, y_b, w_b, label_smoothing, alpha, batch_weight,
+                rows=rows,
+            )
+        except ValueError:
+            if _finite(W, b):
+                raise
+            return None  # the previous step overflowed W: the logits are not representable
+        _step(W, dW, b, db, learning_rate)
+        loss_sum += loss * batch_weight
+        weight_sum += batch_weight
+    return loss_sum / weight_sum if weight_sum > 0 else np.nan

@@ -11,16 +11,17 @@ def _float_dtype(*arrays):
     return np.float64
 
 
-def _weights(y, sample_weight):
-    """Per-sample weights, float64; ones when none are given."""
-    if sample_weight is None:
-        return np.ones(len(y))
-    return np.asarray(sample_weight, dtype=np.float64)
+def _weights(y, sample_weight, reduction):
+    """Per-sample weights in float64 (ones when none are given), normalized for 'mean'.
 
-
-def _normalizer(w, reduction):
-    """What the summed loss is divided by: sum of weights for 'mean', 1 for 'sum' and 'none'."""
-    return w.sum() if reduction == "mean" else 1.0
+    The mean divides by the sum of the weights. Dividing by the largest weight first keeps the
+    sum in range: all-5e-324 or all-1e308 weights give the same mean as all-ones.
+    """
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if reduction != "mean" or not len(w):
+        return w
+    w = w / w.max()
+    return w / w.sum()
 
 
 def softmax(Z, *, out=None):
@@ -57,12 +58,12 @@ def _row_losses(Z, y, label_smoothing):
 def cross_entropy(Z, y, *, sample_weight=None, label_smoothing=0.0, reduction="mean"):
     """Weighted cross-entropy of logits Z against integer labels y."""
     y = np.asarray(y)
-    w = _weights(y, sample_weight)
+    w = _weights(y, sample_weight, reduction)
     # a sample of weight 0 contributes nothing, even where its loss is infinite (a masked label)
     losses = np.where(w > 0, w * _row_losses(Z, y, label_smoothing), 0.0)
     if reduction == "none":
         return losses.astype(_float_dtype(Z))
-    return float(losses.sum() / _normalizer(w, reduction))
+    return float(losses.sum())
 
 
 def _target(y, n_classes, label_smoothing):
@@ -78,13 +79,13 @@ def cross_entropy_grad(
     """The reduced cross-entropy and its gradient ``(P - Y) * w / sum(w)`` with respect to Z."""
     dtype = _float_dtype(Z)
     y = np.asarray(y)
-    w = _weights(y, sample_weight)
+    w = _weights(y, sample_weight, reduction)
     loss = cross_entropy(
         Z, y, sample_weight=sample_weight, label_smoothing=label_smoothing, reduction=reduction
     )
     P = softmax(np.asarray(Z, dtype=np.float64))
     Y = _target(y, P.shape[1], label_smoothing)
-    G = ((P - Y) * (w / _normalizer(w, reduction))[:, None]).astype(dtype)
+    G = ((P - Y) * w[:, None]).astype(dtype)
     if out is not None:
         out[...] = G
         return loss, out

@@ -33,6 +33,15 @@ PUBLIC = (
 )
 
 
+def blas_threads() -> list[tuple[str, str, int]]:
+    """``(internal_api, filepath, num_threads)`` of every loaded BLAS library, sorted: the one probe
+    of BLAS thread counts, in test processes and in the children started here."""
+    from threadpoolctl import threadpool_info
+
+    return sorted((lib["internal_api"], lib["filepath"], lib["num_threads"])
+                  for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
 # ---------------------------------------------------------------------------------------------------
 # A workload that calls every public function, on every code path
 # ---------------------------------------------------------------------------------------------------
@@ -40,15 +49,17 @@ PUBLIC = (
 
 def workload(impl, dtype, n: int = 700, seed: int = 0) -> list[tuple[str, Callable[[], object]]]:
     """Named zero-argument calls covering every public function of `impl` and every kernel path:
-    row kernels, the small-K (<= 32 classes) and tiled (BLAS) linear paths, with and without bias,
-    weights, label smoothing, the three reductions, ``return_dX`` and ``out=``.
+    row kernels, the small-K (<= SMALL_K_MAX classes) and tiled (BLAS) linear paths, with and
+    without bias, weights, label smoothing, the three reductions, ``return_dX`` and ``out=``.
 
     n = 700 rows span several row blocks (64 rows) and several small-K chunks (512 rows), so the
     parallel kernels really split work.
     """
+    from fastsoftmax.functional import SMALL_K_MAX  # the callers have imported fastsoftmax already
+
     rng = np.random.default_rng(seed)
     dtype = np.dtype(dtype)
-    k_small, k_tiled, d = 7, 40, 12
+    k_small, k_tiled, d = 7, SMALL_K_MAX + 8, 12
     Z = (rng.normal(size=(n, k_small)) * 4).astype(dtype)
     y = rng.integers(0, k_small, n)
     w = rng.uniform(0, 2, n)
@@ -425,7 +436,6 @@ def estimators_main(n_threads: int = 8) -> None:
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_info
 
     from fastsoftmax import SoftmaxRegression
 
@@ -453,10 +463,6 @@ def estimators_main(n_threads: int = 8) -> None:
         model = SoftmaxRegression(alpha=1e-3, **params).fit(X.astype(dtype), y)
         return digest((model.coef_, model.intercept_, np.array(model.n_iter_),
                        model.predict_proba(X.astype(dtype))))
-
-    def blas_threads():
-        return sorted((i["internal_api"], i["filepath"], i["num_threads"])
-                      for i in threadpool_info() if i["user_api"] == "blas")
 
     blas_before = blas_threads()
     results: list[tuple[int, str]] = []

@@ -1,9 +1,10 @@
-"""Shared fixtures and the one place where numerical tolerances live."""
+"""Shared fixtures and helpers, and the one place where numerical tolerances live."""
 
 import numpy as np
 import pytest
 
-# DESIGN.md: float64 agrees with reference/ to about 1e-10 relative, float32 to about 1e-5.
+# docs/design.md ("Numerics"): float64 agrees with reference/ to about 1e-10 relative, float32 to
+# about 1e-5.
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 # Finite differences of the float64 loss: central differences with step FD_STEP are accurate to
 # about FD_STEP**2 * (third derivative) + eps / FD_STEP; 1e-6 relative is comfortably above both.
@@ -49,6 +50,21 @@ def assert_unchanged(arrays, copies):
     for a, c in zip(arrays, copies, strict=True):
         if a is not None:
             np.testing.assert_array_equal(a, c)
+
+
+# IDX element type codes and their big-endian dtypes (http://yann.lecun.com/exdb/mnist/).
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    """An IDX file written byte by byte: 0, 0, type code, ndim, big-endian uint32 dims, data.
+
+    Written independently of the loader under test; the default type code is unsigned bytes (MNIST).
+    """
+    header = bytes([0, 0, type_code, array.ndim])
+    for size in array.shape:
+        header += int(size).to_bytes(4, "big")
+    return header + array.astype(IDX_DTYPES[type_code]).tobytes()
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from _reliability import run_python
 
 import fastsoftmax as fs
+from fastsoftmax import _validation as V
 
 Z = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]])
 Y = np.array([0, 2])
@@ -24,6 +26,18 @@ def inf_at(a, idx, value=np.inf):
     return a
 
 
+def _grad_into_buffer(other):
+    """cross_entropy_grad with `out` and `other` (y or sample_weight) views of one buffer: the
+    kernel would read the weights (or labels) while writing the gradient over them."""
+    buf = np.zeros(Z.size + 1)
+    out = buf[: Z.size].reshape(Z.shape)
+    if other == "y":
+        return fs.cross_entropy_grad(Z, buf[Z.size - 2: Z.size].view(np.int64), out=out)
+    weights = buf[Z.size - 1: Z.size + 1]
+    weights[:] = 1.0
+    return fs.cross_entropy_grad(Z, Y, sample_weight=weights, out=out)
+
+
 CASES = [
     # (call, error type, message fragment)
     ("softmax 1-D", lambda: fs.softmax(np.ones(3)), ValueError, "Z must be 2-D"),
@@ -42,6 +56,9 @@ CASES = [
     ("out list", lambda: fs.softmax(Z, out=[[0.0] * 3] * 2), TypeError, "out must be a numpy"),
     ("out overlapping", lambda: (lambda a: fs.softmax(a[:2], out=a[1:3]))(np.ones((4, 3))),
      ValueError, "out overlaps"),
+    ("out overlaps sample_weight", lambda: _grad_into_buffer("sample_weight"), ValueError,
+     "out overlaps sample_weight"),
+    ("out overlaps y", lambda: _grad_into_buffer("y"), ValueError, "out overlaps y"),
     ("y float", lambda: fs.cross_entropy(Z, Y.astype(float)), TypeError, "y must hold integer"),
     ("y 2-D", lambda: fs.cross_entropy(Z, Y[:, None]), ValueError, "y must be 1-D"),
     ("y length", lambda: fs.cross_entropy(Z, np.array([0])), ValueError, "y has 1 labels"),
@@ -91,7 +108,9 @@ CASES = [
     ("linear y range", lambda: fs.linear_cross_entropy(X, W, B, np.array([0, 5])), ValueError,
      "outside [0, n_classes=3)"),
     ("X NaN small K", lambda: fs.linear_cross_entropy(nan_at(X, (1, 2)), W, B, Y), ValueError,
-     "X contains NaN"),
+     "X contains NaN or infinity: 1 NaN entry, first at (1, 2)"),
+    ("W NaN and inf", lambda: fs.linear_softmax(X, inf_at(nan_at(W, (2, 3)), (0, 1)), B),
+     ValueError, "W contains NaN or infinity: 1 NaN and 1 infinite entries, first at (0, 1)"),
     ("X inf small K", lambda: fs.linear_cross_entropy(inf_at(X, (0, 0)), W, B, Y), ValueError,
      "X contains NaN or infinity"),
     ("X -inf small K", lambda: fs.linear_cross_entropy(inf_at(X, (0, 0), -np.inf), W, B, Y),
@@ -107,6 +126,15 @@ CASES = [
     ("overflowing logits", lambda: fs.linear_cross_entropy(np.full((2, 4), 1e300),
                                                            np.full((3, 4), 1e300), None, Y),
      ValueError, "overflowed"),
+    ("overflowing logits magnitudes",
+     lambda: fs.linear_cross_entropy(np.full((2, 4), 1e300), np.full((3, 4), -1e300), B, Y),
+     ValueError, "X W^T + b overflowed to infinity in float64 (max |X| = 1e+300, "
+     "max |W| = 1e+300, max |b| = 0)"),
+    ("overflowing logits tiled", lambda: fs.linear_softmax(np.full((2, 4), 1e30, np.float32),
+                                                           np.full((40, 4), 1e30, np.float32),
+                                                           None),
+     ValueError, "in float32 (max |X| = 1e+30, max |W| = 1e+30): the logits are not representable;"
+     " scale the data, or, if W was being fitted, lower the learning rate"),
 ]
 
 
@@ -129,3 +157,68 @@ def test_bad_input_never_modifies_arguments():
         fs.linear_cross_entropy(Xbad, W, B, Y, alpha=1.0)
     for a, c in zip((Xbad, W, B), copies, strict=False):
         np.testing.assert_array_equal(a, c)
+
+
+def test_validated_labels_are_a_copy():
+    """The kernels index with the validated labels: they are never the caller's memory, even when
+    the caller's array is already intp and contiguous (issue 10)."""
+    y = np.array([0, 2, 1], dtype=np.intp)
+    labels = V.check_labels(y, 3, 3)
+    assert not np.shares_memory(labels, y)
+    assert labels.dtype == np.intp and labels.flags.c_contiguous and not labels.flags.writeable
+    w, _ = V.check_weights(np.ones(3), 3, "mean")
+    assert not np.shares_memory(w, y)
+
+
+def test_labels_beyond_intp_are_refused():
+    with pytest.raises(ValueError, match=f"label {2**64 - 1}, outside"):
+        fs.cross_entropy(Z, np.array([0, 2**64 - 1], dtype=np.uint64))
+
+
+RACE_CODE = """
+import threading, time
+import numpy as np
+import fastsoftmax as fs
+
+N, K = 200_000, 8
+rng = np.random.default_rng(0)
+Z = rng.normal(size=(N, K))
+X = rng.normal(size=(N, 4))
+W = rng.normal(size=(K, 4))
+y = rng.integers(0, K, N).astype(np.intp)
+valid = y.copy()
+spots = rng.integers(0, N, 64)
+stop = threading.Event()
+
+def flip():  # numpy holds the GIL here, the kernels (nogil) run meanwhile
+    while not stop.is_set():
+        y[spots] = 1 << 40
+        y[spots] = valid[spots]
+
+calls = [lambda: fs.cross_entropy_grad(Z, y), lambda: fs.cross_entropy(Z, y),
+         lambda: fs.linear_cross_entropy(X, W, None, y)]
+for call in calls:
+    call()
+writer = threading.Thread(target=flip)
+writer.start()
+try:
+    for call in calls:
+        end = time.perf_counter() + 0.7
+        while time.perf_counter() < end:
+            try:
+                call()
+            except ValueError as exc:  # the copy caught a flipped label: the right answer
+                assert "y holds label" in str(exc), exc
+finally:
+    stop.set()
+    writer.join()
+print("ok")
+"""
+
+
+def test_concurrent_writes_to_y_cannot_crash():
+    """A caller's thread writing huge values into y while the functions run: the labels are
+    copied before their range check, so the kernels never index with an unchecked label. Before
+    the fix the child died of SIGSEGV (issue 10); in a subprocess because that kills pytest."""
+    result = run_python(RACE_CODE, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.explain()

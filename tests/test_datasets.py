@@ -4,6 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
+from conftest import assert_close, idx_bytes
 
 from fastsoftmax.datasets import (
     DataError,
@@ -21,15 +22,6 @@ from fastsoftmax.datasets import (
 )
 
 DTYPES = [np.float32, np.float64]
-
-
-def idx_bytes(array: np.ndarray, type_code: int) -> bytes:
-    """An IDX file written byte by byte: 0, 0, type code, ndim, big-endian uint32 dims, data."""
-    header = bytes([0, 0, type_code, array.ndim])
-    for size in array.shape:
-        header += int(size).to_bytes(4, "big")
-    big_endian = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    return header + array.astype(big_endian[type_code]).tobytes()
 
 
 def write_mnist_like(directory, rng, *, split="train", n=12, gz=False, sep="-"):
@@ -96,6 +88,30 @@ def test_synthetic_spec():
     ]:
         with pytest.raises(DataError, match="synthetic"):
             parse_synthetic(bad)
+
+
+def test_synthetic_data_is_pinned():
+    """`synthetic:8,3,4,7` stays the same data release to release (saved models, papers, bugs)."""
+    X, y = make_synthetic(8, 3, 4, seed=7)
+    assert y.tolist() == [2, 2, 2, 0, 3, 3, 3, 3]
+    assert X[0].tolist() == [0.0012301533574825742, 0.2987455375084699, -0.2741378553622176]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_synthetic_coef_generator_seed_and_separation(dtype):
+    """The one problem generator of tests and benchmarks: the true W and b on request, a Generator
+    as seed (used as given), and the size of W set by `separation`."""
+    X, y = make_synthetic(400, 6, 5, seed=2, dtype=dtype)
+    X2, y2, W, b = make_synthetic(400, 6, 5, seed=np.random.default_rng(2), dtype=dtype, coef=True)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    assert W.shape == (5, 6) and b.shape == (5,) and W.dtype == b.dtype == dtype
+    *_, W1, _ = make_synthetic(10, 6, 5, dtype=dtype, separation=1.0, coef=True)
+    assert_close(W1 * 8, W)  # the same draw, rescaled
+    rng = np.random.default_rng(5)
+    a, _ = make_synthetic(10, 6, 5, seed=rng)
+    b_, _ = make_synthetic(10, 6, 5, seed=rng)
+    assert not np.array_equal(a, b_)  # the Generator advanced
 
 
 # ----------------------------------------------------------------------------- npz

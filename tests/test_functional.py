@@ -10,7 +10,9 @@ from conftest import FD_RTOL, FD_STEP, assert_close, assert_unchanged, frozen
 
 import fastsoftmax as fs
 import reference as ref
+from fastsoftmax import _validation as V
 from fastsoftmax import functional as F
+from fastsoftmax.datasets import make_synthetic
 
 DTYPES = [np.float64, np.float32]
 
@@ -37,11 +39,10 @@ def make_logits(rng, n, k, dtype, order="C", scale=3.0):
 
 
 def make_linear(rng, n, d, k, dtype, bias=True):
-    X = rng.normal(size=(n, d)).astype(dtype)
-    W = (rng.normal(size=(k, d)) / np.sqrt(d)).astype(dtype)
-    b = rng.normal(size=k).astype(dtype) if bias else None
-    y = rng.integers(0, k, size=n)
-    return X, W, b, y
+    """X, W, b (None without bias), y of the project's one problem generator, drawn from `rng`;
+    separation 1 keeps the logits of order one, as a linear layer at initialization gives."""
+    X, y, W, b = make_synthetic(n, d, k, seed=rng, dtype=dtype, separation=1.0, coef=True)
+    return X, W, b if bias else None, y
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,26 +308,26 @@ def test_linear_many_tiles_and_chunks(rng, monkeypatch, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [1, 3, 10, 32, 40])
+@pytest.mark.parametrize("k", [1, 3, 10, F.SMALL_K_MAX, F.SMALL_K_MAX + 8])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 def test_linear_rows_are_the_gathered_batch(rng, threads, weighted, bias, k, dtype):
-    """The solvers' entry point on rows of X (read in place up to 32 classes, gathered above) is
-    bitwise the public function on the gathered batch X[rows], dX included."""
+    """The solvers' entry point on rows of X (read in place up to SMALL_K_MAX classes, gathered
+    above) is bitwise the public function on the gathered batch X[rows], dX included."""
     X, W, b, y = make_linear(rng, 600, 37, k, dtype)
     b = b if bias else None
     w = rng.uniform(0, 2, size=600) if weighted else None
     rows = rng.permutation(600)[:301]  # three chunks of the small-K kernel: the parallel one
     want = fs.linear_cross_entropy(X[rows], W, b, y[rows], label_smoothing=0.1, alpha=0.3,
                                    sample_weight=None if w is None else w[rows], return_dX=True)
-    X_in = F._as_float("X", X, X.dtype)
-    y_in = F._readonly(y[rows].astype(np.intp))
-    w_in = F._readonly(np.empty(0) if w is None else w[rows])
+    X_in = V.as_float("X", X, X.dtype)
+    y_in = V.readonly(y[rows].astype(np.intp))
+    w_in = V.readonly(np.empty(0) if w is None else w[rows])
     denom = float(len(rows)) if w is None else float(w_in.sum())
     copies = frozen(X, W, b)
     got = F._linear_cross_entropy_checked(
-        X_in, F._readonly(W), None if b is None else F._readonly(b), y_in, w_in, 0.1, 0.3, denom,
-        return_dX=True, rows=F._readonly(rows.astype(np.intp)),
+        X_in, V.readonly(W), None if b is None else V.readonly(b), y_in, w_in, 0.1, 0.3, denom,
+        return_dX=True, rows=V.readonly(rows.astype(np.intp)),
     )
     assert got[0] == want[0]
     for g, v in zip(got[1:], want[1:], strict=True):

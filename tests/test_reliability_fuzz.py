@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 import reference as ref
+from fastsoftmax.functional import SMALL_K_MAX
 
 EXAMPLES = 300
 LAYOUTS = ["C", "F", "strided", "read-only"]
@@ -113,7 +114,7 @@ def test_fuzz_functions_of_logits(seed, n, k, dtype, layout, scale, opts, masked
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(1, 300),
     d=st.integers(1, 24),
-    k=st.one_of(st.integers(1, 32), st.integers(33, 80)),  # small-K and tiled paths
+    k=st.one_of(st.integers(1, SMALL_K_MAX), st.integers(SMALL_K_MAX + 1, 80)),  # both paths
     dtypes=st.tuples(*[st.sampled_from([np.float32, np.float64])] * 3),
     layouts=st.tuples(*[st.sampled_from(LAYOUTS)] * 3),
     bias=st.booleans(),

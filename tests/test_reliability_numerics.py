@@ -8,7 +8,7 @@ the argument where the input itself is non-finite (NaN, +inf, or a row of logits
 import numpy as np
 import pytest
 from _reliability import run_python
-from conftest import assert_close
+from conftest import F64_ROUNDING, assert_close
 
 import fastsoftmax as fs
 import reference as ref
@@ -374,3 +374,116 @@ def test_nonfinite_sample_weight_raises(name, value):
         args = (np.zeros((10, 2)), np.zeros((3, 2)), None, np.zeros(10, int))
     with pytest.raises(ValueError, match="sample_weight must be finite"):
         getattr(fs, name)(*args, sample_weight=w)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Extreme sample weights (issue 10): the mean is scale invariant, the sum overflows with a message
+# ---------------------------------------------------------------------------------------------------
+
+EXTREME_WEIGHTS = {
+    "all 5e-324": lambda w: np.full_like(w, 5e-324),
+    "all 1e308": lambda w: np.full_like(w, 1e308),
+    "mixed huge": lambda w: np.where(np.arange(len(w)) % 2, 1e308, w),
+    "2**-1000 w": lambda w: np.ldexp(w, -1000),
+    "2**1000 w": lambda w: np.ldexp(w, 1000),
+}
+
+
+def _mean_calls(dtype, k, rng):
+    n, d = 150, 5
+    Z = (rng.normal(size=(n, k)) * 3).astype(dtype)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    W = rng.normal(size=(k, d)).astype(dtype)
+    b = rng.normal(size=k).astype(dtype)
+    y = rng.integers(0, k, n)
+    kw = dict(label_smoothing=0.1)
+    return rng.uniform(0.5, 2, n), {
+        "cross_entropy": lambda impl, w: impl.cross_entropy(Z, y, sample_weight=w, **kw),
+        "cross_entropy_grad": lambda impl, w: impl.cross_entropy_grad(Z, y, sample_weight=w, **kw),
+        "linear_cross_entropy": lambda impl, w: impl.linear_cross_entropy(
+            X, W, b, y, sample_weight=w, alpha=0.1, return_dX=True, **kw),
+    }
+
+
+def _flat(result):
+    return [np.asarray(r) for r in (result if isinstance(result, tuple) else (result,))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [5, 40], ids=["small-K", "tiled"])
+@pytest.mark.parametrize("case", list(EXTREME_WEIGHTS))
+def test_extreme_weights_mean_is_scale_invariant(rng, case, k, dtype):
+    """Legal weights of any scale: the mean loss and gradients are finite, match the reference and
+    the same weights rescaled to order one, bitwise so where the rescaling is a power of two (exact).
+    Before the fix: infinite gradients (5e-324), or a NaN loss and a zero gradient (1e308)."""
+    w, calls = _mean_calls(dtype, k, rng)
+    extreme = EXTREME_WEIGHTS[case](w)
+    exact = {"2**-1000 w": w, "2**1000 w": w, "all 5e-324": np.ones_like(w)}.get(case)
+    for name, call in calls.items():
+        got = _flat(call(fs, extreme))
+        want = _flat(call(ref, extreme))
+        rescaled = _flat(call(fs, extreme / extreme.max()))
+        for g, v, r in zip(got, want, rescaled, strict=True):
+            assert np.isfinite(g).all(), name
+            assert_close(g, v, dtype, floor=F64_ROUNDING)
+            assert_close(g, r, dtype, floor=F64_ROUNDING)
+        if exact is not None:
+            for g, e in zip(got, _flat(call(fs, exact)), strict=True):
+                np.testing.assert_array_equal(g, e, err_msg=name)
+
+
+def test_sum_of_subnormal_weights_is_rounded_once(rng):
+    """reduction="sum" with all weights 5e-324 (2**-1074): the loss is the unweighted sum times
+    2**-1074 rounded once, not a sum of per-sample products each rounded to a multiple of 5e-324."""
+    Z = rng.normal(size=(50, 4))
+    y = rng.integers(0, 4, 50)
+    w = np.full(50, 5e-324)
+    plain = fs.cross_entropy(Z, y, reduction="sum")
+    assert fs.cross_entropy(Z, y, sample_weight=w, reduction="sum") == np.ldexp(plain, -1074)
+    loss, dZ = fs.cross_entropy_grad(Z, y, sample_weight=w, reduction="sum")
+    assert loss == np.ldexp(fs.cross_entropy_grad(Z, y, reduction="sum")[0], -1074)
+    assert np.isfinite(dZ).all()
+
+
+def _sum_calls(Z, X, W, y, w, dtype=np.float64):
+    Z, X, W = Z.astype(dtype), X.astype(dtype), W.astype(dtype)
+    return {
+        "cross_entropy": lambda: fs.cross_entropy(Z, y, sample_weight=w, reduction="sum"),
+        "cross_entropy none": lambda: fs.cross_entropy(Z, y, sample_weight=w, reduction="none"),
+        "cross_entropy_grad": lambda: fs.cross_entropy_grad(Z, y, sample_weight=w,
+                                                            reduction="sum"),
+        "linear_cross_entropy": lambda: fs.linear_cross_entropy(X, W, None, y, sample_weight=w,
+                                                                reduction="sum"),
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weighted_sum_beyond_range_names_sample_weight(rng, dtype):
+    """Weights of 1e308 with reduction="sum" (or "none"): the true sum exceeds the float64 range
+    (and float32 gradients cannot hold 1e308): a ValueError naming sample_weight, never a silent
+    inf or NaN. Before the fix the loss was inf or NaN."""
+    Z = rng.normal(size=(50, 4)) + 3.0 * (np.arange(4) == 1)
+    y = np.zeros(50, dtype=int)  # every loss > 2: 1e308 * loss overflows
+    X, W = rng.normal(size=(50, 3)), rng.normal(size=(4, 3))
+    for name, call in _sum_calls(Z, X, W, y, np.full(50, 1e308), dtype).items():
+        with pytest.raises(ValueError, match="sample_weight") as info:
+            call()
+        assert "reduction='mean'" in str(info.value), name
+
+
+def test_weighted_sum_within_range_is_exact():
+    """1e308 weights whose weighted sum is representable give it; an infinite per-sample loss (a
+    masked label) with such a weight is a true infinity, returned as such."""
+    Z = np.zeros((3, 2))
+    y = np.array([0, 1, 0])
+    w = np.array([1e308, 0.0, 1e300])
+    want = (1e308 + 1e300) * np.log(2)
+    for name, call in _sum_calls(Z, np.zeros((3, 1)), np.zeros((2, 1)), y, w).items():
+        result = call()
+        loss = result[0] if isinstance(result, tuple) else result
+        assert_close(np.sum(loss), want, np.float64)
+        if name == "cross_entropy_grad":
+            assert_close(result[1], [[-0.5e308, 0.5e308], [0.0, 0.0], [-0.5e300, 0.5e300]])
+    Z[0, 0] = -np.inf
+    assert fs.cross_entropy(Z, y, sample_weight=w, reduction="sum") == np.inf
+    assert fs.cross_entropy(Z, y, sample_weight=w, reduction="none")[0] == np.inf

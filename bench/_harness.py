@@ -1,13 +1,11 @@
-"""Shared pieces of the benchmark suite: problem shapes, data, cost model, memory probe.
-
-By default the suite runs small shapes (a smoke test for CI: `pytest bench --benchmark-disable`).
-Set FASTSOFTMAX_BENCH_FULL=1 for the large N x d x K problems the README reports.
+"""The timing harness: how every case is timed, skipped, measured for memory and written to JSON.
 
 Every timed case goes through `run_case`, which gives it one benchmark group per operation and
-shape (`"<op> n=...-d=...-k=...-<dtype>"`), warms it up, times it, and records in `extra_info` what
-the report needs (operation, implementation, shape, dtype, nominal flops and bytes, peak extra
-memory). The implementations themselves live in `_impls.py`, so the timed run and the memory probe
-(`_peakmem.py`, run in a fresh subprocess) build exactly the same callables.
+shape (`"<op> n=...-d=...-k=...-<dtype>"`), warms it up, checks that the peers compute the same
+loss, times it, and records in `extra_info` what the report needs (operation, implementation,
+shape, dtype, nominal flops and bytes, peak extra memory). The cases and their data come from
+`_cases.py`, the callables from `_impls.py`, so the timed run and the memory probe (`_peakmem.py`,
+run in a fresh subprocess) build exactly the same callables.
 """
 
 from __future__ import annotations
@@ -18,107 +16,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _impls
 import numpy as np
 import pytest
+from _cases import (
+    ELEMENTWISE_OPS,
+    LINEAR_OPS,
+    data_bytes,
+    import_torch,
+    nominal_cost,
+    shape_id,
+)
 
-FULL = os.environ.get("FASTSOFTMAX_BENCH_FULL", "") not in ("", "0")
 # Peak memory of every case is measured in a fresh subprocess when the benchmark is timed (not under
 # --benchmark-disable). FASTSOFTMAX_BENCH_MEMORY=0 turns it off to save time.
 MEASURE_MEMORY = os.environ.get("FASTSOFTMAX_BENCH_MEMORY", "1") not in ("", "0")
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-
-# (N, d, K): MNIST-sized, many samples, 100 and 1000 classes, a language-model-sized head.
-SHAPES = (
-    [
-        (60000, 784, 10),
-        (1000000, 128, 10),
-        (100000, 256, 100),
-        (20000, 512, 1000),
-        (4096, 1024, 32000),
-    ]
-    if FULL
-    else [(2000, 64, 10), (1000, 32, 100)]
-)
-DTYPES = [np.float32, np.float64]
-CASES = [(s, dt) for s in SHAPES for dt in DTYPES]
-
-LINEAR_OPS = ("linear_cross_entropy", "linear_cross_entropy+dX", "linear_softmax")
-ELEMENTWISE_OPS = ("softmax", "cross_entropy_grad")
-OPERATIONS = LINEAR_OPS + ELEMENTWISE_OPS
-IMPLEMENTATIONS = ("floor", "fastsoftmax", "reference", "scikit-learn", "torch")
-
-
-def shape_id(shape, dtype, op: str | None = None) -> str:
-    """`n=...-d=...-k=...-float32`; the elementwise operations never see d, so it is left out."""
-    n, d, k = shape
-    dims = f"n={n}-k={k}" if op in ELEMENTWISE_OPS else f"n={n}-d={d}-k={k}"
-    return f"{dims}-{np.dtype(dtype).name}"
-
-
-def make_problem(shape, dtype, seed=0):
-    """X (N, d), W (K, d), b (K,), y (N,) int64, generated directly in `dtype` (no float64 copy)."""
-    n, d, k = shape
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d), dtype=dtype)
-    W = (rng.standard_normal((k, d), dtype=dtype) / dtype(np.sqrt(d))).astype(dtype)
-    b = (0.1 * rng.standard_normal(k, dtype=dtype)).astype(dtype)
-    y = rng.integers(0, k, size=n)
-    return X, W, b, y
-
-
-def make_logits(shape, dtype, seed=0):
-    """Logits Z (N, K) of the size a trained linear layer gives (standard deviation 3), labels y."""
-    n, _, k = shape
-    rng = np.random.default_rng(seed)
-    Z = rng.standard_normal((n, k), dtype=dtype)
-    Z *= dtype(3.0)
-    y = rng.integers(0, k, size=n)
-    return Z, y
-
-
-def make_data(op: str, shape, dtype, seed=0) -> dict:
-    if op in ELEMENTWISE_OPS:
-        Z, y = make_logits(shape, dtype, seed)
-        return {"Z": Z, "y": y}
-    X, W, b, y = make_problem(shape, dtype, seed)
-    return {"X": X, "W": W, "b": b, "y": y}
-
-
-def data_bytes(op: str, shape, dtype) -> int:
-    n, d, k = shape
-    item = np.dtype(dtype).itemsize
-    if op in ELEMENTWISE_OPS:
-        return n * k * item + n * 8
-    return (n * d + k * d + k) * item + n * 8
-
-
-def import_torch():
-    """PyTorch with one thread per core, or a skip with the reason (an optional dependency)."""
-    torch = pytest.importorskip("torch", reason="PyTorch CPU is optional: pip install '.[bench]'")
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return torch
-
-
-# --------------------------------------------------------------------------------------------------
-# Cost model: the same nominal counts for every implementation, so throughputs compare directly.
-# --------------------------------------------------------------------------------------------------
-
-GEMMS = {"linear_cross_entropy": 2, "linear_cross_entropy+dX": 3, "linear_softmax": 1}
-
-
-def nominal_cost(op: str, shape, dtype) -> dict:
-    """Useful flops (2NdK per matrix product) for the linear operations; for the elementwise ones,
-    the bytes of one read and one write of the N x K array (their floor)."""
-    n, d, k = shape
-    item = np.dtype(dtype).itemsize
-    if op in ELEMENTWISE_OPS:
-        return {"flops": None, "bytes": 2 * n * k * item}
-    return {"flops": 2 * n * d * k * GEMMS[op], "bytes": None}
-
 
 # Peak extra memory, outputs included, in N x K float64 arrays, as the probe measured it at
 # n=20000, d=256, k=1000 float64 (see bench/_peakmem.py), rounded up. Used only to skip, with the
@@ -155,7 +70,7 @@ def memory_budget_bytes() -> int:
     return 2**62  # unknown: never skip
 
 
-# Cases skipped by run_case, with the reason; bench/conftest.py adds them to the JSON so that the
+# Cases skipped by run_case, with the reason; `_JsonExtras` below adds them to the JSON so that the
 # report shows why a cell is empty.
 SKIPPED: list[dict] = []
 
@@ -238,8 +153,6 @@ def measure_peak_extra(op: str, impl: str, shape, dtype, timeout: float = 1800) 
 
 def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_loss=None):
     """Time `impl` on `op`, after one warm-up call, and record what the report needs."""
-    import _impls
-
     reason = _impls.unsupported(op, impl)
     if reason:
         _skip(op, impl, shape, dtype, reason)
@@ -260,7 +173,11 @@ def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_l
     fn, loss_of = _impls.build(op, impl, data)
     loss = loss_of(fn())  # warm-up: JIT compilation, thread pools, first touch of the outputs
     if expected_loss is not None and loss is not None:
-        # the peers must compute the same quantity, or the comparison means nothing
+        # The peers must compute the same quantity, or the comparison means nothing. Deliberately
+        # looser than the tests' RTOL (tests/conftest.py): peers other than reference/ sum the loss
+        # in their own order and precision (float32 in PyTorch and scikit-learn for float32 data)
+        # over up to 10**6 rows; a different quantity (a wrong mean, a missing bias) is off by far
+        # more.
         rel = 1e-3 if np.dtype(dtype) == np.float32 else 1e-8
         assert loss == pytest.approx(expected_loss, rel=rel), (impl, loss, expected_loss)
     benchmark(fn)

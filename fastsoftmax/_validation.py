@@ -1,0 +1,311 @@
+"""Input checks and conversions of the functional API, shared with the solvers.
+
+Every function here either returns arrays in the form the kernels take (C-contiguous, read-only,
+float32 or float64, ``intp`` labels) or raises ``ValueError`` / ``TypeError`` naming the argument.
+No scikit-learn here: ``import fastsoftmax`` stays free of it, and ``sklearn.utils.validation.
+check_scalar`` accepts NaN and infinity, which these checks reject.
+
+Ownership: arrays the kernels *index with* (the labels) are always copied before they are checked,
+so a caller's thread writing into ``y`` during a call cannot turn checked labels into out-of-range
+indices; sample weights are copied too, so what was checked is what is used.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+REDUCTIONS = ("mean", "sum", "none")
+
+# Sample weights whose largest entry lies in [2**-WEIGHT_EXP, 2**WEIGHT_EXP] are used as given;
+# outside it they are rescaled by a power of two first (see check_weights).
+WEIGHT_EXP = 64
+
+
+def float_dtype(*arrays) -> np.dtype:
+    """float32 when every given array is float32, float64 otherwise."""
+    present = [a for a in arrays if a is not None]
+    if present and all(a.dtype == np.float32 for a in present):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def as_numeric(name: str, a, ndim: int) -> np.ndarray:
+    """`a` as an ndarray of real numbers with `ndim` dimensions (not yet converted in dtype)."""
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like of real numbers: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    return arr
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view. Numba compiles a separate specialization for read-only arrays (seconds, and
+    one per combination of arguments): every input reaches the kernels read-only, whatever the
+    caller's flags, so one specialization per dtype serves them all."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def as_float(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """C-contiguous read-only array of `dtype` (a view when possible; never the caller's array to
+    write). `name` is for symmetry with the other checks; conversion of a checked numeric array
+    cannot fail."""
+    return readonly(np.ascontiguousarray(arr, dtype=dtype))
+
+
+def check_labels(y, n_samples: int, n_classes: int) -> np.ndarray:
+    """Labels as a new read-only intp array, every entry checked to lie in [0, n_classes).
+
+    Always a copy, made before the range check: the kernels index with these labels, and the
+    caller's array (even one already intp and contiguous) may change under a concurrent writer.
+    """
+    try:
+        y = np.asarray(y)
+    except Exception as exc:
+        raise TypeError(f"y must be an array of integer class codes: {exc}") from None
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"y must hold integer class codes, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+    if y.shape[0] != n_samples:
+        raise ValueError(f"y has {y.shape[0]} labels but there are {n_samples} samples")
+    if n_samples and y.dtype.kind == "u" and y.max() > np.iinfo(np.intp).max:
+        raise ValueError(f"y holds label {y.max()}, outside [0, n_classes={n_classes})")
+    labels = np.array(y, dtype=np.intp, order="C", copy=True)
+    if n_samples:
+        lo, hi = labels.min(), labels.max()
+        if lo < 0 or hi >= n_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"y holds label {bad}, outside [0, n_classes={n_classes})")
+    return readonly(labels)
+
+
+def check_scalar(name: str, value, low: float, high: float = np.inf) -> float:
+    """`value` as a finite Python float in [low, high] (bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (low <= value <= high) or not np.isfinite(value):
+        raise ValueError(f"{name} must be finite and in [{low}, {high}], got {value}")
+    return value
+
+
+def check_reduction(reduction, allowed=REDUCTIONS) -> str:
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {allowed}, got {reduction!r}")
+    return reduction
+
+
+def check_weights(sample_weight, n_samples: int, reduction: str):
+    """Weights for the kernels (float64, a new array; size 0 for None) and the denominator.
+
+    The kernels compute ``loss = sum_i w_i l_i / denom`` and the gradient rows
+    ``(p_i - t_i) * w_i / denom``. For ``"mean"``, ``denom`` is the sum of the returned weights;
+    for ``"sum"`` and ``"none"``, ``w_i / denom`` is the caller's weight.
+
+    Weights whose largest entry lies outside ``[2**-WEIGHT_EXP, 2**WEIGHT_EXP]`` (all 5e-324, or
+    1e308, where ``sum(w)`` or ``1 / sum(w)`` overflows) are first multiplied by the power of two
+    that brings the largest near [0.5, 1), and ``denom`` for ``"sum"``/``"none"`` becomes the
+    inverse power of two. Multiplying by a power of two is exact (save for weights over 2**1022
+    times smaller than the largest, rounded in the subnormal range or to 0, whose share of the
+    result is below float64 resolution anyway), so the mean is exactly what the same
+    weights rescaled to order one give; the sum's overflow, when the true value exceeds the
+    float64 range, is reported by :func:`check_total`. Weights inside the range are used as given.
+    Callers that only need relative weights (the solvers' mini-batch means) may ignore ``denom``.
+    """
+    if sample_weight is None:
+        total = float(n_samples)
+        if reduction == "mean" and not total > 0:
+            raise ValueError("reduction='mean' is undefined: there are no samples")
+        return readonly(np.empty(0, dtype=np.float64)), (total if reduction == "mean" else 1.0)
+    w = as_numeric("sample_weight", sample_weight, 1)
+    if w.shape[0] != n_samples:
+        raise ValueError(f"sample_weight has {w.shape[0]} entries but there are {n_samples} samples")
+    w = np.array(w, dtype=np.float64, order="C", copy=True)
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight must be finite")
+    if n_samples and w.min() < 0:
+        raise ValueError("sample_weight must be non-negative")
+    largest = float(w.max()) if n_samples else 0.0
+    unscale = 1.0
+    if largest > 0 and not 2.0**-WEIGHT_EXP <= largest <= 2.0**WEIGHT_EXP:
+        # Clipped so that both 2**exponent and 2**-exponent are normal floats: the kernels get
+        # 1 / denom as the gradient's scale.
+        exponent = int(np.clip(np.frexp(largest)[1], -1022, 1022))
+        w = np.ldexp(w, -exponent)
+        unscale = float(np.ldexp(1.0, -exponent))
+    total = float(w.sum())
+    if reduction == "mean" and not total > 0:
+        what = "there are no samples" if n_samples == 0 else "sample_weight sums to zero"
+        raise ValueError(f"reduction='mean' is undefined: {what}")
+    return readonly(w), (total if reduction == "mean" else unscale)
+
+
+def check_grad_range(w: np.ndarray, denom: float, dtype: np.dtype, summed: bool) -> None:
+    """Refuse weights that make the gradients unrepresentable in `dtype`.
+
+    A gradient row ``(p_i - t_i) * w_i / denom`` reaches ``max(w) / denom`` in magnitude, and a
+    sum over samples (db, and dW through X) ``sum(w) / denom`` (``summed=True``). With
+    ``reduction="mean"`` these are at most 1; with ``"sum"`` and weights such as 1e308 they are
+    beyond the range of the dtype: say so rather than return infinities or NaN.
+    """
+    if not w.size:
+        return
+    bound = float(w.sum() if summed else w.max()) / denom
+    if bound > float(np.finfo(dtype).max):
+        what = "sum(sample_weight)" if summed else "max(sample_weight)"
+        raise ValueError(
+            f"{what} = {bound:.3g} is beyond the {dtype} range, and with reduction='sum' the "
+            "gradients reach it: scale sample_weight down or use reduction='mean'"
+        )
+
+
+def check_total(total: float, denom: float) -> float:
+    """The reduced loss ``total / denom`` (``total``: the sum of the per-sample weighted losses);
+    a ValueError naming sample_weight when only the weights' scale (``denom`` < 1 with ``"sum"``)
+    makes it overflow."""
+    loss = total / denom
+    if np.isinf(loss) and np.isfinite(total):
+        raise _weighted_overflow("the weighted sum of the losses")
+    return loss
+
+
+def check_per_sample(losses: np.ndarray, denom: float, dtype: np.dtype, weighted: bool):
+    """``losses / denom`` in `dtype` (``reduction="none"``). With sample weights, a ValueError
+    naming sample_weight when a weighted loss that is finite in float64 overflows on the way."""
+    if not weighted:
+        return losses.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):
+        out = (losses / denom if denom != 1.0 else losses).astype(dtype, copy=False)
+    if not np.isfinite(out).all() and (np.isfinite(losses) & np.isinf(out)).any():
+        raise _weighted_overflow(f"a weighted per-sample loss (in {dtype})")
+    return out
+
+
+def _weighted_overflow(what: str) -> ValueError:
+    return ValueError(
+        f"{what} exceeds the floating-point range because of the scale of sample_weight: "
+        "scale sample_weight down or use reduction='mean'"
+    )
+
+
+def check_out(out, shape, dtype, source: np.ndarray | None, **inputs):
+    """Validate `out`; returns (array to compute into, whether rows must first be copied from the
+    source). A non-contiguous `out` is computed into a scratch array and copied at the end.
+
+    `out` may be the source (``Z``) itself, computed in place; it must not share memory with any
+    of the other `inputs` (given by argument name), which the kernels would read while it is
+    being written.
+    """
+    if out is None:
+        return np.empty(shape, dtype=dtype), True
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    for name, a in inputs.items():
+        if a is not None and np.shares_memory(out, np.asarray(a)):
+            raise ValueError(f"out overlaps {name}: pass an array that does not share memory with it")
+    if source is not None and np.shares_memory(out, source):
+        same = (
+            out.flags.c_contiguous
+            and out.__array_interface__["data"][0] == source.__array_interface__["data"][0]
+        )
+        if not same:
+            raise ValueError("out overlaps the input without being the same array")
+        return out, False
+    if not out.flags.c_contiguous:
+        return np.empty(shape, dtype=dtype), True
+    return out, True
+
+
+def finish_out(result: np.ndarray, out):
+    """The array to return: `out` when given (filled from the scratch result if needed)."""
+    if out is not None and result is not out:
+        np.copyto(out, result)
+        return out
+    return result
+
+
+def check_logits(Z) -> np.ndarray:
+    Z = as_numeric("Z", Z, 2)
+    if Z.shape[1] == 0:
+        raise ValueError("Z must have at least one column (class)")
+    return as_float("Z", Z, float_dtype(Z))
+
+
+def raise_bad_logits(n_bad: int) -> None:
+    if n_bad:
+        raise ValueError(
+            f"Z has {n_bad} row(s) with NaN or +inf, or with every entry -inf: "
+            "softmax and cross-entropy are undefined there"
+        )
+
+
+def check_linear(X, W, b):
+    """Validated C-contiguous X, W, b (or None) in their common float dtype."""
+    X = as_numeric("X", X, 2)
+    W = as_numeric("W", W, 2)
+    if b is not None:
+        b = as_numeric("b", b, 1)
+    if W.shape[0] == 0:
+        raise ValueError("W must have at least one row (class)")
+    if W.shape[1] != X.shape[1]:
+        raise ValueError(
+            f"W has {W.shape[1]} features per class but X has {X.shape[1]} features per sample"
+        )
+    if b is not None and b.shape[0] != W.shape[0]:
+        raise ValueError(f"b has {b.shape[0]} entries but W has {W.shape[0]} classes")
+    dtype = float_dtype(X, W, b)
+    X, W = as_float("X", X, dtype), as_float("W", W, dtype)
+    return X, W, (None if b is None else as_float("b", b, dtype)), dtype
+
+
+def _nonfinite_summary(a: np.ndarray) -> str:
+    n_nan = int(np.isnan(a).sum())
+    n_inf = int(np.isinf(a).sum())
+    parts = [f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "infinite")) if n]
+    first = np.unravel_index(int(np.flatnonzero(~np.isfinite(a.ravel()))[0]), a.shape)
+    index = tuple(int(i) for i in first)
+    return f"{' and '.join(parts)} entr{'y' if n_nan + n_inf == 1 else 'ies'}, first at {index}"
+
+
+def _max_abs(a: np.ndarray | None) -> float:
+    return float(np.abs(a).max()) if a is not None and a.size else 0.0
+
+
+def raise_nonfinite_params(X, W, b, *, logits: bool = True) -> None:
+    """Called when the linear layer's results came out NaN or infinite.
+
+    Names the argument that holds NaN or infinity (and how many of which). When X, W and b are all
+    finite, the arithmetic overflowed: ``logits=True`` (rows of ``X W^T + b`` were NaN or +inf)
+    says so with the magnitudes of the inputs; ``logits=False`` (finite logits, non-finite dW)
+    points at the weighted sum of the gradients.
+    """
+    for name, a in (("W", W), ("b", b), ("X", X)):
+        if a is not None and not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinity: {_nonfinite_summary(a)}")
+    sizes = f"max |X| = {_max_abs(X):.3g}, max |W| = {_max_abs(W):.3g}"
+    if b is not None:
+        sizes += f", max |b| = {_max_abs(b):.3g}"
+    dtype = float_dtype(X, W, b)
+    if logits:
+        raise ValueError(
+            f"X W^T + b overflowed to infinity in {dtype} ({sizes}): the logits are not "
+            "representable; scale the data, or, if W was being fitted, lower the learning rate"
+        )
+    raise ValueError(
+        f"the gradient dW = G^T X overflowed {dtype} ({sizes}): scale X down, or with "
+        "reduction='sum' scale sample_weight down or use reduction='mean'"
+    )
