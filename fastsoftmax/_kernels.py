@@ -12,11 +12,12 @@ Design
   ``prange`` kernel and its serial twin, compiled from one function; ``pair(n_tasks, *args)`` runs
   the serial twin for a single task, in forked children of an OpenMP process and in workqueue threads
   that find the pool busy. Determinism rule: the body of a ``prange`` iteration is one call to a
-  block function (``_softmax_block``, ...) compiled once, not inlined, and called by both twins, so
-  every rounding (vector width of the row sums, FMA contraction) is fixed in it and the twins differ
-  only in how blocks are handed out. Inlined into each twin, the same loops were vectorized
-  differently: float64 sums 1-2 ulp apart from 32 classes up (docs/design.md, "Threading and
-  determinism").
+  block function (``_softmax_block``, ...), not inlined, called by both twins: its loops are
+  vectorized and contracted once, when it is compiled, and the twins differ only in how blocks are
+  handed out (each twin's module re-optimizes its linked copy, which left the floating-point code
+  unchanged; tests/test_kernel_pairs.py checks the bits). Inlined into each twin, the same loops
+  came out differently: float64 row sums 1-2 ulp apart from 32 classes up (docs/design.md,
+  "Threading and determinism").
 * Reductions over samples never use a shared accumulator inside ``prange``: per-row losses go to an
   (N,) float64 array (summed afterwards in a fixed order), db and dW go to per-block / per-chunk partial
   buffers merged in chunk order by the caller.
