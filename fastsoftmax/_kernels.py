@@ -8,6 +8,16 @@ Design
 * Parallel kernels run ``prange`` over fixed blocks of rows (``ROW_BLOCK``); iteration ``i`` writes only
   its own rows and its own slot of any partial buffer. Block boundaries depend on the problem size only,
   never on the thread count, so results are bitwise identical with 1 or 2 threads.
+* Each parallel kernel is a pair (``@_parallel_kernel``: a ``KernelPair`` of _parallel.py) of the
+  ``prange`` kernel and its serial twin, compiled from one function; ``pair(n_tasks, *args)`` runs
+  the serial twin for a single task, in forked children of an OpenMP process and in workqueue threads
+  that find the pool busy. Determinism rule: the body of a ``prange`` iteration is one call to a
+  block function (``_softmax_block``, ...), not inlined, called by both twins: its loops are
+  vectorized and contracted once, when it is compiled, and the twins differ only in how blocks are
+  handed out (each twin's module re-optimizes its linked copy, which left the floating-point code
+  unchanged; tests/test_kernel_pairs.py checks the bits). Inlined into each twin, the same loops
+  came out differently: float64 row sums 1-2 ulp apart from 32 classes up (docs/design.md,
+  "Threading and determinism").
 * Reductions over samples never use a shared accumulator inside ``prange``: per-row losses go to an
   (N,) float64 array (summed afterwards in a fixed order), db and dW go to per-block / per-chunk partial
   buffers merged in chunk order by the caller.
@@ -24,12 +34,14 @@ Design
 """
 
 import math
-import types as types_module
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import config, njit, prange, types
 from numba.extending import intrinsic, overload
+
+from fastsoftmax import _cache
+from fastsoftmax._parallel import parallel_kernel
 
 # Everything but nnan/ninf: -inf logits (masked classes) are legitimate input.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
@@ -37,7 +49,7 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 FASTMATH_EXP = {"contract", "nsz", "arcp", "afn"}
 
 ROW_BLOCK = 64  # rows per prange iteration of the row kernels
-SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernel
+SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernels (divides ROW_BLOCK)
 
 
 def _jit(parallel=False, fastmath=FASTMATH, inline=False):
@@ -45,12 +57,35 @@ def _jit(parallel=False, fastmath=FASTMATH, inline=False):
 
     inline=True is for per-row helpers: Numba increfs array arguments at every call boundary (two
     atomic NRT calls per array per call, which LLVM's inliner cannot remove); inlining in Numba's IR
-    removes the boundary.
+    removes the boundary. Compiled code is cached on disk by `_cache.RecompilingCache` (Numba's
+    cache, but a corrupted cache file means a recompilation instead of an error on every call).
     """
-    return njit(
-        nogil=True, cache=True, error_model="numpy", fastmath=fastmath, parallel=parallel,
+    jit = njit(
+        nogil=True, cache=False, error_model="numpy", fastmath=fastmath, parallel=parallel,
         inline="always" if inline else "never",
     )
+
+    def decorate(py_func):
+        dispatcher = jit(py_func)
+        if not config.DISABLE_JIT:  # under NUMBA_DISABLE_JIT, jit returns py_func itself
+            _cache.enable(dispatcher)
+        return dispatcher
+
+    return decorate
+
+
+# Every parallel kernel is declared with this decorator: it compiles the kernel with
+# `_jit(parallel=True)` and its serial twin with `_jit()`, as one `KernelPair` (see _parallel.py).
+_parallel_kernel = parallel_kernel(_jit)
+
+
+def n_blocks(n, size):
+    """How many blocks of `size` items cover `n` items (ceil(n / size)): the one block count of the
+    kernels and of the callers that size their per-block buffers (plain Python for those)."""
+    return (n + size - 1) // size
+
+
+_n_blocks = _jit(inline=True)(n_blocks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,7 +124,7 @@ def _exp_nonpos(x):
     raise NotImplementedError  # only callable from jitted code
 
 
-@njit(inline="never", fastmath=FASTMATH_EXP, cache=True, error_model="numpy")
+@_jit(fastmath=FASTMATH_EXP)
 def _exp_nonpos_f64(x):
     # exp(x) = 2**n * exp(r), n = round(x / ln2), |r| <= ln2/2; Taylor to degree 13 (< 0.1 ulp
     # truncation). 2**n is built from two bit-cast factors so subnormal results round correctly.
@@ -115,7 +150,7 @@ def _exp_nonpos_f64(x):
     return p * _bits_to_float((n1 + 1023) << 52) * _bits_to_float((ni - n1 + 1023) << 52)
 
 
-@njit(inline="never", fastmath=FASTMATH_EXP, cache=True, error_model="numpy")
+@_jit(fastmath=FASTMATH_EXP)
 def _exp_nonpos_f32(x):
     # The float32 twin: degree-7 Taylor on |r| <= ln2/2 (< 0.1 ulp truncation).
     x = np.float32(-110.0) if x < np.float32(-110.0) else x
@@ -142,6 +177,22 @@ def _exp_nonpos_overload(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         return lambda x: _exp_nonpos_f32(x)
     return lambda x: _exp_nonpos_f64(x)
+
+
+if config.DISABLE_JIT:
+    # NUMBA_DISABLE_JIT=1 (pdb, coverage) runs every kernel as Python; intrinsics and overloads
+    # exist only in compiled code, so these stand in for them (same arithmetic, slowly).
+
+    def _maxnum(a, b):  # noqa: F811
+        return a if b != b or a >= b else b
+
+    def _bits_to_float(bits):  # noqa: F811
+        return bits.view(np.float64 if bits.dtype.itemsize == 8 else np.float32)
+
+    def _exp_nonpos(x):  # noqa: F811
+        if x != x:  # the compiled polynomial propagates NaN; int(NaN) raises in Python
+            return x
+        return _exp_nonpos_f32(x) if isinstance(x, np.float32) else _exp_nonpos_f64(x)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,106 +275,154 @@ def _row_mean_shifted(A, i, m):
 
 
 # Not inlined in Numba IR and without contract/reassoc: inlined, the parallel kernels and their
-# serial twins contracted (1 - eps) * nll + eps * smooth into different FMAs, and forked children or
-# workqueue-contended calls got losses 1 ulp away from the parent's (tests/test_reliability.py).
+# serial twins contracted (1 - smoothing) * nll + smoothing * smooth into different FMAs, and forked
+# children or workqueue-contended calls got losses 1 ulp away from the parent's
+# (tests/test_reliability.py).
 @_jit(fastmath={"nsz", "arcp", "afn"})
-def _xent_from_stats(m, mean_shifted, s, zy, eps):
-    """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy."""
+def _xent_from_stats(m, mean_shifted, s, zy, smoothing):
+    """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy,
+    with label smoothing `smoothing` in [0, 1]."""
     log_s = math.log(s)
     nll = log_s - (np.float64(zy) - np.float64(m))
-    if eps == 0.0:
+    if smoothing == 0.0:
         return nll
     smooth = log_s - mean_shifted
-    if eps == 1.0:
+    if smoothing == 1.0:
         return smooth
-    return (1.0 - eps) * nll + eps * smooth
+    return (1.0 - smoothing) * nll + smoothing * smooth
 
 
 @_jit(inline=True)
-def _row_grad(A, i, Z, zi, b, copy, yi, wi, eps, scale):
-    """A[i] := weighted gradient of the cross-entropy of logits Z[zi] (+ b); returns
-    (weighted loss, bad)."""
+def _row_grad(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
+    """A[i] := gradient of weight * scale * cross-entropy of logits Z[zi] (+ b) with label yi;
+    returns (weight * loss, bad)."""
     K = A.shape[1]
     _row_load(A, i, Z, zi, b, copy)
     m, t = _row_max_sum(A, i)
     zy = A[i, yi]
-    ms = _row_mean_shifted(A, i, m) if eps != 0.0 else 0.0
+    ms = _row_mean_shifted(A, i, m) if smoothing != 0.0 else 0.0
     s = _row_exp_inplace(A, i, m)
     bad = _row_is_bad(m, t, s)
-    loss = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, zy, eps)
-    # (p - target) * w, written so that p == target gives exactly 0 (K = 1, a certain row).
+    loss = 0.0 if weight == 0.0 else weight * _xent_from_stats(m, ms, s, zy, smoothing)
+    # (p - target) * weight, written so that p == target gives exactly 0 (K = 1, a certain row).
     inv = A.dtype.type(1.0 / s)
-    u = A.dtype.type(eps / K)
-    ws = A.dtype.type(wi * scale)
+    u = A.dtype.type(smoothing / K)
+    ws = A.dtype.type(weight * scale)
     ey = A[i, yi]
     for k in range(K):
         A[i, k] = (A[i, k] * inv - u) * ws
-    # The label's entry p_y - (1 - eps) cancels when p_y is near 1: take it in float64, from the
-    # float64 sum s (in float32, p_y - 1 = -3.4e-4 came out 4e-5 off).
-    A[i, yi] = A.dtype.type((np.float64(ey) / s - eps / K - (1.0 - eps)) * (wi * scale))
+    # The label's entry p_y - (1 - smoothing) cancels when p_y is near 1: take it in float64, from
+    # the float64 sum s (in float32, p_y - 1 = -3.4e-4 came out 4e-5 off).
+    A[i, yi] = A.dtype.type((np.float64(ey) / s - smoothing / K - (1.0 - smoothing))
+                            * (weight * scale))
     return loss, bad
 
 
 # ------------------------------------------------------------------------------------------------
 # Row kernels on given logits
+#
+# Argument notes, as in scikit-learn's _loss.pyx.tp: IN is only read, OUT only written, INOUT both.
+# Shapes use N rows (samples) and K columns (classes); "data dtype" is float32 or float64, the same
+# for every array so marked. Optional arrays are passed with size 0 when absent (one compiled
+# specialization instead of one per combination of None arguments).
 # ------------------------------------------------------------------------------------------------
 
 
-@_jit(parallel=True)
+@_parallel_kernel
 def _softmax_rows(Z, out, b, copy, log):
-    """out := softmax(Z + b) (or log-softmax) row by row; returns the number of bad rows."""
+    """out := softmax(Z + b) (or log-softmax) row by row; returns the number of bad rows.
+
+    Z    IN    (N, K) data dtype, C-contiguous: logits; read only when `copy` (else out holds them)
+    out  INOUT (N, K) data dtype, C-contiguous: the result; the logits on entry when not `copy`
+    b    IN    (K,) data dtype: bias added to every row; size 0: no bias
+    copy IN    bool: start from Z (False: work in place on out)
+    log  IN    bool: log-softmax instead of softmax
+    """
     N = out.shape[0]
-    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     bad = 0
-    for blk in prange(n_blocks):
-        for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
-            bad += _softmax_row(out, i, Z, b, copy, log)
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _softmax_block(Z, out, b, copy, log, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_jit()
+def _softmax_block(Z, out, b, copy, log, lo, hi):
+    """Rows lo..hi of `_softmax_rows` (one prange iteration, shared by both twins).
+
+    The branches on the flags stay in this function, around leaf helpers: inside an inlined row
+    helper they made Numba keep reference-count updates of `out` in the row loop (1.5x slower at
+    7 classes)."""
+    bad = 0
+    for i in range(lo, hi):
+        _row_load(out, i, Z, i, b, copy)
+        m, t = _row_max_sum(out, i)
+        if log:
+            s = _row_sum_exp(out, i, m)
+            _row_sub_inplace(out, i, m, out.dtype.type(math.log(s)))
+        else:
+            s = _row_exp_inplace(out, i, m)
+            _row_scale_inplace(out, i, out.dtype.type(1.0 / s))
+        bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
 
 
 @_jit(inline=True)
-def _softmax_row(A, i, Z, b, copy, log):
-    _row_load(A, i, Z, i, b, copy)
-    m, t = _row_max_sum(A, i)
-    if log:
-        s = _row_sum_exp(A, i, m)
-        log_s = A.dtype.type(math.log(s))
-        for k in range(A.shape[1]):
-            A[i, k] = _sub_then_sub(A[i, k], m, log_s)
-    else:
-        s = _row_exp_inplace(A, i, m)
-        inv = A.dtype.type(1.0 / s)
-        for k in range(A.shape[1]):
-            A[i, k] *= inv
-    return 1 if _row_is_bad(m, t, s) else 0
+def _row_scale_inplace(A, i, c):
+    """A[i] *= c."""
+    for k in range(A.shape[1]):
+        A[i, k] *= c
 
 
-@_jit(parallel=True)
-def _xent_rows(Z, y, w, eps, losses):
-    """losses[i] := w[i] * cross-entropy of row i (float64); Z is only read. Returns bad rows."""
+@_jit(inline=True)
+def _row_sub_inplace(A, i, m, c):
+    """A[i] := (A[i] - m) - c, in this order (see `_sub_then_sub`)."""
+    for k in range(A.shape[1]):
+        A[i, k] = _sub_then_sub(A[i, k], m, c)
+
+
+@_parallel_kernel
+def _xent_rows(Z, y, sample_weight, smoothing, losses):
+    """losses[i] := sample_weight[i] * cross-entropy of row i; returns the number of bad rows.
+
+    Z             IN  (N, K) data dtype, C-contiguous: logits
+    y             IN  (N,) intp: labels in [0, K)
+    sample_weight IN  (N,) float64; size 0: all ones
+    smoothing     IN  float in [0, 1]: label smoothing
+    losses        OUT (N,) float64: weighted per-sample losses
+    """
     N = Z.shape[0]
-    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     bad = 0
-    for blk in prange(n_blocks):
-        for i in range(blk * ROW_BLOCK, min(N, (blk + 1) * ROW_BLOCK)):
-            m, t = _row_max_sum(Z, i)
-            s = _row_sum_exp(Z, i, m)
-            wi = w[i] if w.shape[0] > 0 else 1.0
-            ms = _row_mean_shifted(Z, i, m) if eps != 0.0 and wi != 0.0 else 0.0
-            losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], eps)
-            bad += 1 if _row_is_bad(m, t, s) else 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _xent_block(Z, y, sample_weight, smoothing, losses, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_jit()
+def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
+    """Rows lo..hi of `_xent_rows` (one prange iteration, shared by both twins)."""
+    bad = 0
+    for i in range(lo, hi):
+        m, t = _row_max_sum(Z, i)
+        s = _row_sum_exp(Z, i, m)
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        ms = _row_mean_shifted(Z, i, m) if smoothing != 0.0 and wi != 0.0 else 0.0
+        losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], smoothing)
+        bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
 
 
 @_jit(inline=True)
-def _grad_block(Z, out, b, copy, y, w, eps, scale, lo, hi, off, losses, db):
-    """Rows lo..hi of out := gradient of samples off+lo..off+hi; per-sample losses; db += column
-    sums of the gradient when db has size K (size 0: no bias). Returns the number of bad rows."""
+def _grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, off, losses, db):
+    """Rows lo..hi of out := gradient of samples off+lo..off+hi; their weighted losses; db += the
+    column sums of those gradient rows. Arguments as `_xent_grad_rows`, except db: (K,) float64,
+    or size 0 for no bias gradient. Returns the number of bad rows."""
     bad = 0
     for r in range(lo, hi):
         i = off + r
-        wi = w[i] if w.shape[0] > 0 else 1.0
-        losses[i], row_bad = _row_grad(out, r, Z, r, b, copy, y[i], wi, eps, scale)
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        losses[i], row_bad = _row_grad(out, r, Z, r, b, copy, y[i], wi, smoothing, scale)
         bad += row_bad
         if db.shape[0] > 0:
             for k in range(out.shape[1]):
@@ -331,20 +430,36 @@ def _grad_block(Z, out, b, copy, y, w, eps, scale, lo, hi, off, losses, db):
     return bad
 
 
-@_jit(parallel=True)
-def _xent_grad_rows(Z, out, b, copy, y, w, eps, scale, losses, db_parts):
-    """Gradient of the cross-entropy into out, per-row losses, per-block db partials (optional).
+@_parallel_kernel
+def _xent_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, losses, db_parts):
+    """Gradient of the cross-entropy into out, per-sample losses, per-block db partials.
 
-    db_parts is (n_blocks, K) float64, or (n_blocks, 0) when no bias gradient is wanted.
+    Z             IN    (N, K) data dtype, C-contiguous: logits; read only when `copy`
+    out           INOUT (N, K) data dtype, C-contiguous: the gradient of scale * sum of the
+                        weighted losses; the logits on entry when not `copy`
+    b             IN    (K,) data dtype: bias added to the logits; size 0: no bias
+    copy          IN    bool: start from Z (False: work in place on out)
+    y             IN    (N,) intp: labels in [0, K)
+    sample_weight IN    (N,) float64; size 0: all ones
+    smoothing     IN    float in [0, 1]: label smoothing
+    scale         IN    float: factor of the gradient (1 / the reduction's denominator)
+    losses        OUT   (N,) float64: weighted per-sample losses (not scaled)
+    db_parts      INOUT (n_blocks(N, ROW_BLOCK), K) float64, zeros on entry: block j adds the
+                        column sums of its gradient rows to row j; shape (n_blocks, 0): no db
     """
     N = out.shape[0]
-    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     bad = 0
-    for blk in prange(n_blocks):
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
         lo = blk * ROW_BLOCK
-        bad += _grad_block(Z, out, b, copy, y, w, eps, scale, lo, min(N, lo + ROW_BLOCK), 0,
-                           losses, db_parts[blk])
+        bad += _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo,
+                                min(N, lo + ROW_BLOCK), losses, db_parts[blk])
     return bad
+
+
+@_jit()
+def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, losses, db):
+    """Rows lo..hi of `_xent_grad_rows` (one prange iteration, shared by both twins)."""
+    return _grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, 0, losses, db)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,63 +577,95 @@ def _gather_group(X, rows, i, n, xb):
             xb[r, j] = X[src, j]
 
 
-@_jit(parallel=True)
-def _linear_xent_small(X, rows, W, b, y, w, eps, scale, losses, dW_parts, db_parts, dX):
-    """Fused loss and gradients of softmax(X W^T + b) for small K, chunked over rows.
+@_parallel_kernel
+def _linear_xent_small(X, rows, W, b, y, sample_weight, smoothing, scale, losses, dW_parts,
+                       db_parts, dX):
+    """Fused loss and gradients of softmax(X W^T + b) for small K, chunked over rows; returns the
+    number of bad rows.
 
-    rows: the rows of X that form the problem, in order (a mini-batch, gathered 4 rows at a time
-    into a buffer that stays in L1: no copy of X[rows] is ever made), or empty for all of X; the
-    caller guarantees they are valid indices. y, w, losses and dX are indexed by position in the
-    problem. Chunk c (of dW_parts.shape[0], fixed by the caller from the problem size) owns
-    positions [c N / C, (c+1) N / C) and accumulates into dW_parts[c] (data dtype) and db_parts[c]
-    (float64; shape (C, 0) when there is no bias).
-    dX has shape (N, d) to be written, or (0, 0) when not wanted. Returns the number of bad rows.
+    The problem is made of the N rows `rows` of X (a mini-batch, gathered 4 rows at a time into a
+    buffer that stays in L1: no copy of X[rows] is ever made), or of all of X. Chunk c (of C, fixed
+    by the caller from the problem size) owns positions [c N / C, (c+1) N / C).
+
+    X             IN  (n_X, d) data dtype, C-contiguous
+    rows          IN  (N,) intp: valid row indices of X (the caller checks); size 0: all of X
+    W             IN  (K, d) data dtype, C-contiguous
+    b             IN  (K,) data dtype; size 0: no bias
+    y             IN  (N,) intp: labels in [0, K), by position in the problem
+    sample_weight IN  (N,) float64, by position; size 0: all ones
+    smoothing     IN  float in [0, 1]: label smoothing
+    scale         IN  float: factor of the gradients (1 / the reduction's denominator)
+    losses        OUT (N,) float64: weighted per-sample losses (not scaled)
+    dW_parts      OUT (C, K, d) data dtype: chunk c's partial dW (sum them for dW)
+    db_parts      OUT (C, K) float64: chunk c's partial db; shape (C, 0): no bias gradient
+    dX            OUT (N, d) data dtype: the gradient with respect to the rows; shape (0, 0): none
     """
-    gather = rows.shape[0] > 0
-    N = rows.shape[0] if gather else X.shape[0]
-    K, d = W.shape
+    N = rows.shape[0] if rows.shape[0] > 0 else X.shape[0]
     n_chunks = dW_parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
-        lo = c * N // n_chunks
-        hi = (c + 1) * N // n_chunks
-        zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
-        xb = np.empty((SMALL_K_GROUP if gather else 0, d), dtype=X.dtype)
-        dW = dW_parts[c]
-        db = db_parts[c]
-        dW[:, :] = 0
-        db[:] = 0.0
-        for i in range(lo, hi, SMALL_K_GROUP):
-            n = min(SMALL_K_GROUP, hi - i)
-            if gather:
-                _gather_group(X, rows, i, n, xb)
-                _logits_group(xb, 0, n, W, zb)
-            else:
-                _logits_group(X, i, n, W, zb)
-            bad += _grad_block(zb, zb, b, False, y, w, eps, scale, 0, n, i, losses, db)
-            if gather:
-                _accumulate_dW_group(xb, 0, n, zb, dW)
-            else:
-                _accumulate_dW_group(X, i, n, zb, dW)
-            if dX.shape[0] > 0:
-                _dX_group(W, i, n, zb, dX)
+        bad += _linear_xent_chunk(X, rows, W, b, y, sample_weight, smoothing, scale,
+                                  c * N // n_chunks, (c + 1) * N // n_chunks, losses,
+                                  dW_parts[c], db_parts[c], dX)
     return bad
 
 
-@_jit(parallel=True)
-def _linear_softmax_small(X, W, b, out):
-    """out := softmax(X W^T + b) for small K without BLAS; returns the number of bad rows."""
-    N = X.shape[0]
-    n_groups = (N + SMALL_K_GROUP - 1) // SMALL_K_GROUP
+@_jit()
+def _linear_xent_chunk(X, rows, W, b, y, sample_weight, smoothing, scale, lo, hi, losses, dW, db,
+                       dX):
+    """Positions lo..hi of `_linear_xent_small`, into this chunk's dW (K, d) and db (K,) or (0,)
+    (one prange iteration, shared by both twins)."""
+    gather = rows.shape[0] > 0
+    K, d = W.shape
+    zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+    xb = np.empty((SMALL_K_GROUP if gather else 0, d), dtype=X.dtype)
+    dW[:, :] = 0
+    db[:] = 0.0
     bad = 0
-    for gi in prange(n_groups):
-        i = gi * SMALL_K_GROUP
-        n = min(SMALL_K_GROUP, N - i)
-        zb = out[i:i + n]
-        _logits_group(X, i, n, W, zb)
-        for r in range(n):
-            bad += _softmax_row(zb, r, zb, b, False, False)
+    for i in range(lo, hi, SMALL_K_GROUP):
+        n = min(SMALL_K_GROUP, hi - i)
+        if gather:
+            _gather_group(X, rows, i, n, xb)
+            _logits_group(xb, 0, n, W, zb)
+        else:
+            _logits_group(X, i, n, W, zb)
+        bad += _grad_block(zb, zb, b, False, y, sample_weight, smoothing, scale, 0, n, i, losses,
+                           db)
+        if gather:
+            _accumulate_dW_group(xb, 0, n, zb, dW)
+        else:
+            _accumulate_dW_group(X, i, n, zb, dW)
+        if dX.shape[0] > 0:
+            _dX_group(W, i, n, zb, dX)
     return bad
+
+
+@_parallel_kernel
+def _linear_softmax_small(X, W, b, out):
+    """out := softmax(X W^T + b) for small K without BLAS; returns the number of bad rows.
+
+    X   IN  (N, d) data dtype, C-contiguous
+    W   IN  (K, d) data dtype, C-contiguous
+    b   IN  (K,) data dtype; size 0: no bias
+    out OUT (N, K) data dtype, C-contiguous
+    """
+    N = X.shape[0]
+    bad = 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _linear_softmax_block(X, W, b, out, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_jit()
+def _linear_softmax_block(X, W, b, out, lo, hi):
+    """Rows lo..hi of `_linear_softmax_small` (one prange iteration, shared by both twins): logits
+    in groups of SMALL_K_GROUP rows from lo (a multiple of it), then the softmax rows in place while
+    the block is in L1."""
+    for i in range(lo, hi, SMALL_K_GROUP):
+        n = min(SMALL_K_GROUP, hi - i)
+        _logits_group(X, i, n, W, out[i:i + n])
+    return _softmax_block(out, out, b, False, False, lo, hi)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -544,28 +691,3 @@ def _axpy(alpha, A, B):
     bb = B.ravel()
     for k in range(a.shape[0]):
         bb[k] += alpha * a[k]
-
-
-# Serial twins of the parallel kernels (prange runs as range). Used in forked children of an OpenMP
-# process and under a busy workqueue layer (see _parallel.py), and between the multithreaded GEMMs of
-# the tiled path, where a Numba parallel region fights OpenBLAS's spinning threads for the cores
-# (PERF-NOTES, item 1).
-
-
-def _serial_twin(kernel):
-    """The same kernel compiled without `parallel`, as a function of its own name: Numba's cache is
-    keyed by qualified name, so jitting the shared py_func again would load the parallel machine code
-    from the cache."""
-    f = kernel.py_func
-    twin = types_module.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial",
-                                     f.__defaults__, f.__closure__)
-    twin.__qualname__ = f.__qualname__ + "_serial"
-    twin.__doc__ = f.__doc__
-    return _jit()(twin)
-
-
-_softmax_rows_serial = _serial_twin(_softmax_rows)
-_xent_rows_serial = _serial_twin(_xent_rows)
-_xent_grad_rows_serial = _serial_twin(_xent_grad_rows)
-_linear_xent_small_serial = _serial_twin(_linear_xent_small)
-_linear_softmax_small_serial = _serial_twin(_linear_softmax_small)

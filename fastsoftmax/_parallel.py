@@ -1,4 +1,5 @@
-"""Choosing between a kernel's parallel and serial twin, so that every call is safe.
+"""Parallel kernels as pairs (a ``prange`` kernel and its serial twin), and the choice between the two
+that makes every call safe.
 
 Two of Numba's threading layers are unsafe in ways users hit:
 
@@ -10,12 +11,18 @@ Two of Numba's threading layers are unsafe in ways users hit:
   finds the lock taken runs the serial twin instead of waiting.
 
 TBB and OpenMP are thread-safe; TBB is also fork-safe.
+
+Both twins of a pair must give the same bits (``docs/design.md``, "Threading and determinism"): the
+kernels module keeps all arithmetic in helpers compiled once and called by both twins, so that the
+twins differ only in how the blocks are handed out.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import types
+from collections.abc import Callable
 
 import numba
 
@@ -51,7 +58,46 @@ def run(parallel_kernel, serial_kernel, n_tasks: int, *args):
         return serial_kernel(*args)
     try:
         result = parallel_kernel(*args)
-        _layer = numba.threading_layer()
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:  # no pool was launched: NUMBA_DISABLE_JIT runs kernels as Python
+            pass
     finally:
         _launch_lock.release()
     return result
+
+
+class KernelPair:
+    """A kernel compiled twice from one Python function: ``parallel`` (``prange`` shared among
+    Numba's threads) and ``serial`` (``prange`` runs as ``range``), always together.
+
+    Calling the pair, ``pair(n_tasks, *args)``, runs the twin that `run` picks. The serial twin is
+    compiled from a copy of the function under its own qualified name (``<name>_serial``): Numba's
+    cache is keyed by qualified name, so jitting the same function again would load the parallel
+    machine code from the cache.
+    """
+
+    def __init__(self, py_func: types.FunctionType, jit: Callable):
+        twin = types.FunctionType(py_func.__code__, py_func.__globals__,
+                                  py_func.__name__ + "_serial", py_func.__defaults__,
+                                  py_func.__closure__)
+        twin.__qualname__ = py_func.__qualname__ + "_serial"
+        twin.__doc__ = py_func.__doc__
+        self.py_func = py_func
+        self.__name__, self.__qualname__ = py_func.__name__, py_func.__qualname__
+        self.__doc__ = py_func.__doc__
+        self.parallel = jit(parallel=True)(py_func)
+        self.serial = jit()(twin)
+
+    def __call__(self, n_tasks: int, *args):
+        return run(self.parallel, self.serial, n_tasks, *args)
+
+    def __repr__(self) -> str:
+        return f"<KernelPair {self.__qualname__}>"
+
+
+def parallel_kernel(jit: Callable) -> Callable[[types.FunctionType], KernelPair]:
+    """Decorator factory: ``parallel_kernel(jit)(f)`` is ``KernelPair(f, jit)``, where
+    ``jit(parallel=...)`` returns a jit decorator (the kernels module passes its ``_jit``, the one
+    place where Numba options are set)."""
+    return lambda py_func: KernelPair(py_func, jit)

@@ -26,7 +26,6 @@ import numpy as np
 from scipy.linalg import blas as _blas
 
 from fastsoftmax import _kernels as _k
-from fastsoftmax import _parallel
 from fastsoftmax._validation import (
     check_grad_range,
     check_labels,
@@ -60,9 +59,9 @@ SMALL_K_MAX = 32
 TILE_BYTES = 64 * 2**20
 TILE_ROWS_MAX = 8192
 TILE_ROWS_MIN = 64
-# From this many classes the tiled path's row pass runs in parallel between the GEMMs (measured at
-# 100 classes: serial 1.07-1.12x the floor, parallel 1.34-1.63x; at 1000: serial 1.11-1.20x,
-# parallel 1.00-1.12x).
+# From this many classes a row pass between BLAS GEMMs (the tiled loss, linear_softmax) runs in
+# parallel (measured on the loss at 100 classes: serial 1.07-1.12x the floor, parallel 1.34-1.63x; at
+# 1000: serial 1.11-1.20x, parallel 1.00-1.12x). See `_row_pass_tasks`.
 TILED_PARALLEL_MIN_K = 512
 # Row chunks of the small-K kernel: at most this many (each holds a K x d partial dW), fixed by the
 # problem size only so that results do not depend on the thread count.
@@ -73,7 +72,16 @@ SMALL_K_PARTIALS_BYTES = 64 * 2**20
 
 def _row_blocks(n_rows: int) -> int:
     """Number of prange iterations (blocks of ROW_BLOCK rows) of the row kernels."""
-    return -(-n_rows // _k.ROW_BLOCK)
+    return _k.n_blocks(n_rows, _k.ROW_BLOCK)
+
+
+def _row_pass_tasks(n_rows: int, n_classes: int) -> int:
+    """Parallel tasks of a row pass that runs between BLAS GEMMs: its row blocks from
+    TILED_PARALLEL_MIN_K classes, else 1 (serial). Below that, a Numba parallel region costs more
+    in fighting OpenBLAS's spinning threads for the cores than it saves; from there on rows are
+    long enough that it pays (docs/design.md, "Threading and determinism"). Either way the results
+    are the same bits: the kernel pairs' twins agree bitwise."""
+    return _row_blocks(n_rows) if n_classes >= TILED_PARALLEL_MIN_K else 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,8 +170,7 @@ def log_softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
 def _row_softmax(Z, out, log: bool) -> np.ndarray:
     Zc = check_logits(Z)
     target, copy = check_out(out, Zc.shape, Zc.dtype, Zc)
-    bad = _parallel.run(_k._softmax_rows, _k._softmax_rows_serial, _row_blocks(Zc.shape[0]),
-                        Zc, target, np.empty(0, Zc.dtype), copy, log)
+    bad = _k._softmax_rows(_row_blocks(Zc.shape[0]), Zc, target, np.empty(0, Zc.dtype), copy, log)
     raise_bad_logits(bad)
     return finish_out(target, out)
 
@@ -234,8 +241,7 @@ def cross_entropy(
     reduction = check_reduction(reduction)
     w, denom = check_weights(sample_weight, Zc.shape[0], reduction)
     losses = np.empty(Zc.shape[0], dtype=np.float64)
-    raise_bad_logits(_parallel.run(_k._xent_rows, _k._xent_rows_serial, _row_blocks(len(y)),
-                                    Zc, y, w, eps, losses))
+    raise_bad_logits(_k._xent_rows(_row_blocks(len(y)), Zc, y, w, eps, losses))
     if reduction == "none":
         return check_per_sample(losses, denom, Zc.dtype, sample_weight is not None)
     return check_total(float(losses.sum()), denom)
@@ -313,9 +319,9 @@ def cross_entropy_grad(
     N = Zc.shape[0]
     losses = np.empty(N, dtype=np.float64)
     no_db = np.empty((_row_blocks(N), 0), dtype=np.float64)
-    bad = _parallel.run(
-        _k._xent_grad_rows, _k._xent_grad_rows_serial, no_db.shape[0],
-        Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses, no_db,
+    bad = _k._xent_grad_rows(
+        no_db.shape[0], Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses,
+        no_db,
     )
     raise_bad_logits(bad)
     return check_total(float(losses.sum()), denom), finish_out(target, out)
@@ -445,7 +451,7 @@ def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=Fa
 
 def _small_k_chunks(N: int, K: int, d: int, itemsize: int) -> int:
     """How many row chunks (each with its own partial dW) the small-K kernel uses."""
-    by_rows = -(-N // SMALL_K_CHUNK_ROWS)
+    by_rows = _k.n_blocks(N, SMALL_K_CHUNK_ROWS)
     by_memory = SMALL_K_PARTIALS_BYTES // max(1, K * d * itemsize)
     return max(1, min(SMALL_K_CHUNKS, by_rows, by_memory))
 
@@ -457,9 +463,8 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows):
     dW_parts = np.empty((C, K, d), dtype=X.dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
-    bad = _parallel.run(
-        _k._linear_xent_small, _k._linear_xent_small_serial, C,
-        X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX,
+    bad = _k._linear_xent_small(
+        C, X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX
     )
     if C == 1:
         dW = dW_parts[0]
@@ -478,9 +483,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
     """Tiles of rows: Z = X_t W^T (BLAS), fused row pass in place, dW += G^T X_t (BLAS, beta=1).
 
     All three products use scipy's BLAS (the one Numba links against), so one OpenBLAS thread pool
-    serves the loop. Between them the row pass runs serially below TILED_PARALLEL_MIN_K classes,
-    where a Numba parallel region costs more in fighting OpenBLAS's spinning threads for the cores
-    than it saves (PERF-NOTES, item 1); from there on rows are long enough that it pays.
+    serves the loop; `_row_pass_tasks` decides whether the row pass between them runs in parallel.
     """
     N, d = X.shape
     K = W.shape[0]
@@ -489,8 +492,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
     Zbuf = np.empty((min(T, max(N, 1)), K), dtype=X.dtype)
     dW = np.zeros((K, d), dtype=X.dtype)
     db = np.zeros(K, dtype=np.float64) if b is not None else None
-    n_blocks = -(-Zbuf.shape[0] // _k.ROW_BLOCK)
-    db_parts = np.zeros((n_blocks, K if b is not None else 0), dtype=np.float64)
+    db_parts = np.zeros((_row_blocks(Zbuf.shape[0]), K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
     bad = 0
     for lo in range(0, N, T):
@@ -504,9 +506,8 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
             Zt.fill(0)
         if db is not None:
             db_parts[:] = 0.0
-        bad += _parallel.run(
-            _k._xent_grad_rows, _k._xent_grad_rows_serial,
-            _row_blocks(hi - lo) if K >= TILED_PARALLEL_MIN_K else 1,
+        bad += _k._xent_grad_rows(
+            _row_pass_tasks(hi - lo, K),
             readonly(Zt), Zt, bias, False, y[lo:hi], w[lo:hi] if w.size else w, eps, scale,
             losses[lo:hi], db_parts,
         )
@@ -567,17 +568,14 @@ def linear_softmax(X, W, b) -> np.ndarray:
     out = np.empty((N, K), dtype=dtype)
     bias = b if b is not None else np.empty(0, dtype)
     if K <= SMALL_K_MAX:
-        n_groups = -(-N // _k.SMALL_K_GROUP)
-        bad = _parallel.run(
-            _k._linear_softmax_small, _k._linear_softmax_small_serial, n_groups, X, W, bias, out
-        )
+        bad = _k._linear_softmax_small(_row_blocks(N), X, W, bias, out)
     else:
         if N and X.shape[1]:
             gemm = _blas.get_blas_funcs("gemm", dtype=dtype)
             gemm(1.0, W.T, X.T, c=out.T, trans_a=1, overwrite_c=1)
         else:
             out.fill(0)
-        bad = _k._softmax_rows_serial(readonly(out), out, bias, False, False)
+        bad = _k._softmax_rows(_row_pass_tasks(N, K), readonly(out), out, bias, False, False)
     if bad:
         raise_nonfinite_params(X, W, b)
     return out

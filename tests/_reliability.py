@@ -369,6 +369,7 @@ import json, sys
 import numpy as np
 import numba
 from fastsoftmax import _kernels
+from fastsoftmax._parallel import KernelPair
 first = {}
 for dtype in sys.argv[1].split(","):
     rng = np.random.default_rng(0)
@@ -395,7 +396,13 @@ total = time.perf_counter() - t0
 kernels = {}
 for name in dir(_kernels):
     obj = getattr(_kernels, name)
-    if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.signatures:
+    if isinstance(obj, KernelPair):  # both twins, as `name` and `name_serial`
+        pairs = [(name, obj.parallel), (name + "_serial", obj.serial)]
+    else:
+        pairs = [(name, obj)]
+    for name, obj in pairs:
+        if not (isinstance(obj, numba.core.registry.CPUDispatcher) and obj.signatures):
+            continue
         st = obj.stats
         kernels[name] = {"signatures": [str(s) for s in obj.signatures],
                          "hits": sum(st.cache_hits.values()),

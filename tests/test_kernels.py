@@ -1,7 +1,9 @@
-"""Kernel building blocks that the functional tests cannot pin down precisely: the polynomial exp."""
+"""Kernel building blocks that the functional tests cannot pin down precisely (the polynomial exp),
+and the kernels run as plain Python (NUMBA_DISABLE_JIT)."""
 
 import numpy as np
 import pytest
+from _reliability import run_python
 from numba import njit
 
 from fastsoftmax import _kernels as k
@@ -47,3 +49,59 @@ def test_exp_special_values(dtype):
     assert got[0] == 1.0 and got[1] == 1.0
     assert got[2] == 0.0 and np.isnan(got[3])
     assert got[4] == 0.0 and got[5] == 0.0
+
+
+# Run by a fresh interpreter with NUMBA_DISABLE_JIT=1: every public function on both paths (small K
+# and tiled), both dtypes, against reference/. 70 rows make two row blocks, so the pairs' parallel
+# branch runs too (as plain Python).
+DISABLED_JIT_CODE = """
+import numba
+import numpy as np
+from conftest import F64_ROUNDING, assert_close
+
+import fastsoftmax as fs
+import reference as ref
+
+assert numba.config.DISABLE_JIT
+rng = np.random.default_rng(0)
+checked = 0
+for dtype in (np.float64, np.float32):
+    for K in (3, 40):
+        n, d = 70, 4
+        Z = (rng.normal(size=(n, K)) * 3).astype(dtype)
+        y = rng.integers(0, K, n)
+        w = rng.uniform(0.5, 2.0, n)
+        X = rng.normal(size=(n, d)).astype(dtype)
+        W = (rng.normal(size=(K, d)) / 2).astype(dtype)
+        b = rng.normal(size=K).astype(dtype)
+        smooth = dict(sample_weight=w, label_smoothing=0.1)
+        calls = [
+            ("softmax", (Z,), {}),
+            ("log_softmax", (Z,), {}),
+            ("cross_entropy", (Z, y), smooth),
+            ("cross_entropy", (Z, y), dict(reduction="none")),
+            ("cross_entropy_grad", (Z, y), dict(smooth, reduction="sum")),
+            ("linear_cross_entropy", (X, W, b, y), dict(smooth, alpha=0.1, return_dX=True)),
+            ("linear_cross_entropy", (X, W, None, y), {}),
+            ("linear_softmax", (X, W, b), {}),
+        ]
+        for name, args, kwargs in calls:
+            got = getattr(fs, name)(*args, **kwargs)
+            want = getattr(ref, name)(*args, **kwargs)
+            got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+            for g, v in zip(got, want, strict=True):
+                if v is None:
+                    assert g is None, name
+                else:
+                    assert_close(g, v, dtype, floor=F64_ROUNDING)
+            checked += 1
+print(checked)
+"""
+
+
+def test_package_works_with_the_jit_disabled():
+    """NUMBA_DISABLE_JIT=1 (for pdb or coverage) runs the kernels as Python: the package imports
+    and every public function gives the reference's results."""
+    result = run_python(DISABLED_JIT_CODE, env={"NUMBA_DISABLE_JIT": "1"}, timeout=300)
+    assert result.returncode == 0, result.explain()
+    assert result.stdout.split()[-1] == str(2 * 2 * 8)

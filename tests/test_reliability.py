@@ -187,10 +187,19 @@ import numpy as np
 import numba
 import fastsoftmax as fs
 from fastsoftmax import _kernels
+from fastsoftmax._parallel import KernelPair
+
+def dispatchers():
+    for name in dir(_kernels):
+        obj = getattr(_kernels, name)
+        if isinstance(obj, KernelPair):
+            yield name, obj.parallel
+            yield name + "_serial", obj.serial
+        elif isinstance(obj, numba.core.registry.CPUDispatcher):
+            yield name, obj
 
 def signatures():
-    return {name: set(map(str, obj.signatures)) for name in dir(_kernels)
-            if isinstance(obj := getattr(_kernels, name), numba.core.registry.CPUDispatcher)}
+    return {name: set(map(str, obj.signatures)) for name, obj in dispatchers()}
 
 def readonly(a):
     a = np.array(a, copy=True)
@@ -242,3 +251,58 @@ def test_argument_variants_reuse_the_same_specializations():
     assert result.returncode == 0, result.explain()
     for line in result.stdout.strip().splitlines():
         assert '"new_specializations": {}' in line, line
+
+
+CACHE_CALL = """
+import json, warnings
+import numpy as np
+from conftest import assert_close
+import fastsoftmax as fs
+import reference as ref
+from fastsoftmax import _kernels
+
+rng = np.random.default_rng(0)
+Z = rng.normal(size=(100, 5))  # two row blocks: the parallel kernel
+y = rng.integers(0, 5, 100)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    P = fs.softmax(Z)
+    loss = fs.cross_entropy(Z[:10], y[:10])  # one block: a serial twin
+assert_close(P, ref.softmax(Z))
+assert_close(loss, ref.cross_entropy(Z[:10], y[:10]))
+stats = [_kernels._softmax_rows.parallel.stats, _kernels._xent_rows.serial.stats]
+print(json.dumps({"warnings": [str(w.message) for w in caught],
+                  "misses": sum(sum(s.cache_misses.values()) for s in stats)}))
+"""
+
+
+def _corrupt(cache_dir, how: str) -> int:
+    """Damage every cache file in cache_dir: cut index and data files in half ("truncate"), or
+    overwrite bytes in the middle of each data file ("scramble": the pickle may still load, with
+    damaged machine code in it). Returns the number of files damaged."""
+    files = [p for p in cache_dir.rglob("*") if p.suffix in (".nbi", ".nbc")]
+    for p in files:
+        data = bytearray(p.read_bytes())
+        if how == "truncate":
+            data = data[: len(data) // 2]
+        elif p.suffix == ".nbc":
+            mid = len(data) // 2
+            data[mid:mid + 64] = bytes(64)
+        p.write_bytes(bytes(data))
+    return len(files)
+
+
+@pytest.mark.parametrize("how", ["truncate", "scramble"])
+def test_corrupted_cache_files_are_recompiled(tmp_path, how):
+    """A damaged cache file (disk full, a killed writer, a bad copy) costs one recompilation with a
+    warning naming the cache directory, not an error on every call from then on; the rewritten
+    entries then load cleanly."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    first = run_python(CACHE_CALL, env=env, timeout=300).json()
+    assert first["warnings"] == [] and first["misses"] > 0
+    assert _corrupt(tmp_path, how) > 0
+    damaged = run_python(CACHE_CALL, env=env, timeout=300).json()  # asserts exit status 0
+    assert damaged["warnings"], "a damaged entry was loaded without notice"
+    assert all("recompiling" in w and str(tmp_path) in w for w in damaged["warnings"])
+    healed = run_python(CACHE_CALL, env=env, timeout=300).json()
+    assert healed == {"warnings": [], "misses": 0}

@@ -1,0 +1,181 @@
+"""Every parallel kernel and its serial twin give the same bits, for every number of classes.
+
+Small inputs, forked children of an OpenMP process and threads that lose the workqueue launch lock
+run the serial twins (fastsoftmax/_parallel.py), so a result must not depend on which twin ran.
+Class counts span the kernel paths: the small-K linear kernels (K <= 32), the tiled BLAS path above
+it (its row pass in parallel from functional.TILED_PARALLEL_MIN_K = 512 classes), and the widths at
+which the vectorized row loops change shape (16 and 32 doubles per iteration).
+"""
+
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+from fastsoftmax import _kernels as k
+from fastsoftmax import _parallel
+from fastsoftmax import functional as F
+from fastsoftmax._parallel import KernelPair
+
+DTYPES = [np.float64, np.float32]
+CLASSES = [1, 2, 7, 31, 32, 33, 40, 100, 600]
+N = 200  # four row blocks, two small-K chunks: the parallel twins really split the work
+N_PREFIX = 64  # one row block: the public functions run the serial twins
+D = 6
+
+
+def _readonly(a):
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+def _problem(K, dtype, seed=0):
+    rng = np.random.default_rng(seed + K)
+    Z = _readonly((rng.normal(size=(N, K)) * 3).astype(dtype))
+    y = _readonly(rng.integers(0, K, N).astype(np.intp))
+    w = _readonly(rng.uniform(0, 2, N))
+    X = _readonly(rng.normal(size=(N, D)).astype(dtype))
+    W = _readonly((rng.normal(size=(K, D)) / 2).astype(dtype))
+    b = _readonly(rng.normal(size=K).astype(dtype))
+    return Z, y, w, X, W, b
+
+
+def _run_both(pair, n_outputs, make_args):
+    """Call pair.parallel and pair.serial on fresh, identical arguments; return both results, each
+    as [return value, output arrays...] (the last `n_outputs` arguments are the outputs)."""
+    results = []
+    for twin in (pair.parallel, pair.serial):
+        args = make_args()
+        value = twin(*args)
+        results.append([np.asarray(value)] + [np.array(a) for a in args[len(args) - n_outputs:]])
+    return results
+
+
+def _assert_bitwise(a, b, what):
+    for u, v in zip(a, b, strict=True):
+        assert u.dtype == v.dtype and u.shape == v.shape, what
+        assert u.tobytes() == v.tobytes(), what
+
+
+def test_every_parallel_kernel_is_a_pair():
+    """No kernel compiled with parallel=True exists outside a KernelPair, and each pair holds two
+    different compiled functions (the twin under its own name, so the cache cannot mix them)."""
+    pairs = {n: o for n, o in vars(k).items() if isinstance(o, KernelPair)}
+    assert set(pairs) == {"_softmax_rows", "_xent_rows", "_xent_grad_rows", "_linear_xent_small",
+                          "_linear_softmax_small"}
+    for name, pair in pairs.items():
+        assert pair.parallel.targetoptions["parallel"], name
+        assert not pair.serial.targetoptions.get("parallel"), name
+        assert pair.serial.py_func.__qualname__ == name + "_serial"
+    for name, obj in vars(k).items():
+        if hasattr(obj, "targetoptions"):
+            assert not obj.targetoptions.get("parallel"), f"{name}: a parallel kernel without twin"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", CLASSES)
+def test_row_kernel_twins_are_bitwise_equal(K, dtype):
+    Z, y, w, _, _, b = _problem(K, dtype)
+    no_b = np.empty(0, dtype)
+    for bias in (no_b, b):
+        for log in (False, True):
+            got = _run_both(k._softmax_rows, 1,
+                            lambda bias=bias, log=log: (Z, np.empty_like(Z), bias, True, log))
+            _assert_bitwise(*got, f"softmax_rows bias={bias.size} log={log}")
+    for weights in (np.empty(0), w):
+        for smoothing in (0.0, 0.1, 1.0):
+            got = _run_both(k._xent_rows, 1, lambda weights=weights, smoothing=smoothing:
+                            (Z, y, weights, smoothing, np.empty(N)))
+            _assert_bitwise(*got, f"xent_rows weights={weights.size} smoothing={smoothing}")
+            got = _run_both(k._xent_grad_rows, 3, lambda weights=weights, smoothing=smoothing: (
+                Z, np.empty_like(Z), b, True, y, weights, smoothing, 1 / N, np.empty(N),
+                np.zeros((k.n_blocks(N, k.ROW_BLOCK), K))))
+            _assert_bitwise(*got, f"xent_grad_rows weights={weights.size} smoothing={smoothing}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", [K for K in CLASSES if K <= F.SMALL_K_MAX])
+def test_small_k_linear_twins_are_bitwise_equal(K, dtype):
+    _, y, w, X, W, b = _problem(K, dtype)
+    rows = _readonly(np.random.default_rng(K).permutation(N)[:150].astype(np.intp))
+    C = 3
+    for bias in (np.empty(0, dtype), b):
+        for sub in (np.empty(0, np.intp), rows):
+            n = sub.size or N
+
+            def args(bias=bias, sub=sub, n=n):
+                return (X, sub, W, bias, y[:n], w[:n], 0.1, 1 / n, np.empty(n),
+                        np.empty((C, K, D), dtype), np.empty((C, bias.size)),
+                        np.empty((n, D), dtype))
+
+            got = _run_both(k._linear_xent_small, 4, args)
+            _assert_bitwise(*got, f"linear_xent_small bias={bias.size} rows={sub.size}")
+        got = _run_both(k._linear_softmax_small, 1,
+                        lambda bias=bias: (X, W, bias, np.empty((N, K), dtype)))
+        _assert_bitwise(*got, f"linear_softmax_small bias={bias.size}")
+
+
+def _public_calls(K, dtype):
+    """Every public function and option on one problem, as named zero-argument calls."""
+    Z, y, w, X, W, b = _problem(K, dtype, seed=1)
+    return {
+        "softmax": lambda: fs.softmax(Z),
+        "log_softmax": lambda: fs.log_softmax(Z),
+        "cross_entropy mean": lambda: fs.cross_entropy(Z, y),
+        "cross_entropy sum weighted smoothed": lambda: fs.cross_entropy(
+            Z, y, sample_weight=w, label_smoothing=0.1, reduction="sum"),
+        "cross_entropy none": lambda: fs.cross_entropy(Z, y, reduction="none"),
+        "cross_entropy_grad": lambda: fs.cross_entropy_grad(Z, y),
+        "cross_entropy_grad sum weighted smoothed": lambda: fs.cross_entropy_grad(
+            Z, y, sample_weight=w, label_smoothing=0.1, reduction="sum"),
+        "linear_cross_entropy": lambda: fs.linear_cross_entropy(X, W, None, y),
+        "linear_cross_entropy bias weights smoothing dX": lambda: fs.linear_cross_entropy(
+            X, W, b, y, sample_weight=w, label_smoothing=0.1, alpha=0.1, return_dX=True),
+        "linear_softmax": lambda: fs.linear_softmax(X, W, None),
+        "linear_softmax bias": lambda: fs.linear_softmax(X, W, b),
+    }
+
+
+def _as_arrays(result):
+    items = result if isinstance(result, tuple) else (result,)
+    return [np.asarray(np.nan if a is None else a) for a in items]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", CLASSES)
+def test_public_functions_same_bits_on_the_serial_path(monkeypatch, K, dtype):
+    """Every public function gives the same bits when every kernel runs its serial twin (as in a
+    forked child of an OpenMP process) as when the parallel kernels run."""
+    calls = _public_calls(K, dtype)
+    parallel = {name: _as_arrays(call()) for name, call in calls.items()}
+    monkeypatch.setattr(_parallel, "_serial_only", True)
+    for name, call in calls.items():
+        _assert_bitwise(parallel[name], _as_arrays(call()), name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", CLASSES)
+def test_first_rows_do_not_depend_on_the_rest(K, dtype):
+    """Row results for the first rows of a big input (parallel kernels) equal those of the small
+    input made of these rows alone (one block: the serial twins)."""
+    Z, y, w, X, W, b = _problem(K, dtype, seed=2)
+    n = N_PREFIX
+    pairs = [
+        (fs.softmax(Z), fs.softmax(Z[:n])),
+        (fs.log_softmax(Z), fs.log_softmax(Z[:n])),
+        (fs.cross_entropy(Z, y, sample_weight=w, label_smoothing=0.1, reduction="none"),
+         fs.cross_entropy(Z[:n], y[:n], sample_weight=w[:n], label_smoothing=0.1,
+                          reduction="none")),
+        # "sum": the gradient rows do not depend on the number of rows
+        (fs.cross_entropy_grad(Z, y, sample_weight=w, reduction="sum")[1],
+         fs.cross_entropy_grad(Z[:n], y[:n], sample_weight=w[:n], reduction="sum")[1]),
+        (fs.linear_softmax(X, W, b), fs.linear_softmax(X[:n], W, b)),
+    ]
+    if K <= F.SMALL_K_MAX:
+        # Above, dX = G W is a BLAS product, and OpenBLAS's sgemm rounds row i differently for
+        # 64 and 200 rows (K = 600, float32): a BLAS property, not the kernels'.
+        pairs.append(
+            (fs.linear_cross_entropy(X, W, b, y, reduction="sum", return_dX=True)[3],
+             fs.linear_cross_entropy(X[:n], W, b, y[:n], reduction="sum", return_dX=True)[3]))
+    for i, (big, small) in enumerate(pairs):
+        _assert_bitwise([big[:n]], [small], f"call {i}")
