@@ -1,8 +1,8 @@
 """Numerical robustness: N * K beyond 2**31, extreme and non-finite values, K = 1, d = 1, very wide d.
 
-Contract (DESIGN.md): finite, correct results wherever the true value is finite; a ValueError naming
-the argument where the input itself is non-finite (NaN, +inf, or a row of logits that is all -inf);
--inf logits are masked classes, not errors.
+Contract (docs/design.md, "Numerics"): finite, correct results wherever the true value is
+finite; a ValueError naming the argument where the input itself is non-finite (NaN, +inf, or a row
+of logits that is all -inf); -inf logits are masked classes, not errors.
 """
 
 import numpy as np
