@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import idx_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -105,14 +106,6 @@ def blobs(rng, n=150, d=4, k=3):
 def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == PNG_SIGNATURE
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An unsigned-byte IDX file written byte by byte."""
-    header = bytes([0, 0, 0x08, array.ndim])
-    for size in array.shape:
-        header += int(size).to_bytes(4, "big")
-    return header + array.astype(np.uint8).tobytes()
 
 
 def write_idx_digits(directory: Path, rng, *, gz: bool, with_test: bool = True):
@@ -218,6 +211,7 @@ def test_predict_digits_from_csv(cli_env, digits_run, tmp_path):
     assert lines[0] == ",".join(str(c) for c in range(10))
     P = np.loadtxt(lines[1:], delimiter=",")
     assert P.shape == (30, 10)
+    # Not the dtype tolerance: the file holds probabilities printed to about 7 significant digits.
     np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(P.argmax(axis=1), predicted)
 

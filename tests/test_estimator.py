@@ -6,6 +6,7 @@ import warnings
 import numba
 import numpy as np
 import pytest
+from _reliability import blas_threads
 from conftest import assert_close
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine, make_blobs
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -15,7 +16,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
-from threadpoolctl import threadpool_info
 
 import reference
 from fastsoftmax import functional as F
@@ -481,7 +481,7 @@ def test_sgd_is_reproducible_with_random_state():
 
 
 def _blas_threads():
-    return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+    return sorted({num_threads for _, _, num_threads in blas_threads()})
 
 
 @pytest.mark.parametrize("solver", ["lbfgs", "sgd"])
