@@ -207,42 +207,16 @@ def lbfgs(
     if max_iter == 0:
         result.message = "reached max_iter=0: the starting point is returned"
         return result
-    n_classes, n_features = W.shape
-    n_coef = n_classes * n_features
-    dtype = W.dtype
-    x0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
-    last = {"x": None, "loss": np.nan, "first_loss": None}
-
-    def unpack(x):
-        W_x = x[:n_coef].reshape(n_classes, n_features).astype(dtype, copy=False)
-        b_x = x[n_coef:].astype(dtype, copy=False) if b is not None else None
-        return W_x, b_x
-
-    def fun(x):
-        W_x, b_x = unpack(x)
-        loss, dW, db = _loss_grad(X, W_x, b_x, y, sample_weight, alpha, label_smoothing)
-        grad = np.empty_like(x)
-        grad[:n_coef] = dW.ravel()
-        if b is not None:
-            grad[n_coef:] = db
-        last["x"] = x.copy()
-        last["loss"] = loss
-        if last["first_loss"] is None:  # scipy evaluates x0 first
-            last["first_loss"] = loss
-        return loss, grad
+    objective = _PackedObjective(X, y, sample_weight, W, b, alpha, label_smoothing)
 
     def on_iteration(xk):
-        # L-BFGS-B's last evaluation of an iteration is at the accepted point, so the cached
-        # value is normally the one wanted; evaluate again only if it is not.
-        if last["x"] is None or not np.array_equal(last["x"], xk):
-            fun(xk)
-        result.loss_curve.append(float(last["loss"]))
+        result.loss_curve.append(objective.loss_at(xk))
         result.n_iter += 1
         if callback is not None:
-            W_k, b_k = unpack(xk)
+            W_k, b_k = objective.unpack(xk)
             if callback(result.n_iter, W_k.copy(), None if b_k is None else b_k.copy(),
                         list(result.loss_curve)):
-                last["stop_x"] = xk.copy()
+                objective.stop_x = xk.copy()
                 raise _StopRequested
 
     options = {
@@ -255,19 +229,62 @@ def lbfgs(
     try:
         with blas_limits(blas_threads, library="scipy.libs"):
             opt = scipy.optimize.minimize(
-                fun, x0, method="L-BFGS-B", jac=True, callback=on_iteration, options=options
+                objective, objective.x0, method="L-BFGS-B", jac=True, callback=on_iteration,
+                options=options,
             )
         x = opt.x
-        _lbfgs_outcome(result, opt, max_iter, last["first_loss"], X)
+        _lbfgs_outcome(result, opt, max_iter, objective.first_loss, X)
     except _StopRequested:
-        x = last["stop_x"]
+        x = objective.stop_x
         result.stopped = True
         result.message = "stopped by the callback"
-    W_x, b_x = unpack(x)
-    W[...] = W_x
-    if b is not None:
-        b[...] = b_x
+    objective.write(x, W, b)
     return result
+
+
+class _PackedObjective:
+    """The objective as scipy sees it: a function of one float64 vector ``[W.ravel(), b]`` returning
+    (loss, gradient), one fused call per evaluation in X's dtype. Remembers the last point evaluated
+    (L-BFGS-B's last evaluation of an iteration is normally the accepted point) and the first loss
+    (scipy evaluates x0 first)."""
+
+    def __init__(self, X, y, sample_weight, W, b, alpha, label_smoothing):
+        self.data = (X, y, sample_weight, alpha, label_smoothing)
+        self.shape, self.dtype, self.has_bias = W.shape, W.dtype, b is not None
+        self.n_coef = W.size
+        self.x0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
+        self.last_x, self.last_loss, self.first_loss, self.stop_x = None, np.nan, None, None
+
+    def unpack(self, x):
+        W_x = x[: self.n_coef].reshape(self.shape).astype(self.dtype, copy=False)
+        b_x = x[self.n_coef :].astype(self.dtype, copy=False) if self.has_bias else None
+        return W_x, b_x
+
+    def __call__(self, x):
+        X, y, sample_weight, alpha, label_smoothing = self.data
+        W_x, b_x = self.unpack(x)
+        loss, dW, db = _loss_grad(X, W_x, b_x, y, sample_weight, alpha, label_smoothing)
+        grad = np.empty_like(x)
+        grad[: self.n_coef] = dW.ravel()
+        if self.has_bias:
+            grad[self.n_coef :] = db
+        self.last_x, self.last_loss = x.copy(), loss
+        if self.first_loss is None:
+            self.first_loss = loss
+        return loss, grad
+
+    def loss_at(self, x) -> float:
+        """The objective at x, from the cache when x was the last point evaluated."""
+        if self.last_x is None or not np.array_equal(self.last_x, x):
+            self(x)
+        return float(self.last_loss)
+
+    def write(self, x, W, b) -> None:
+        """Store the point x into W and b, in place."""
+        W_x, b_x = self.unpack(x)
+        W[...] = W_x
+        if b is not None:
+            b[...] = b_x
 
 
 def _lbfgs_outcome(result: SolverResult, opt, max_iter: int, first_loss: float, X) -> None:
