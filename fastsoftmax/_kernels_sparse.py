@@ -1,0 +1,176 @@
+"""Numba kernels of fastsoftmax for CSR X: the sparse family of the linear layer.
+
+Design
+------
+* X comes as its CSR arrays (indptr, indices, data). The logits of row i are b plus, for each stored
+  entry (column j, value v) of the row, v times row j of W^T. W is passed transposed, (d, K)
+  C-contiguous: each stored entry then reads K contiguous weights (a column of the (K, d) W would be
+  K loads d apart), and the gradient goes back to K contiguous entries of a (d, K) partial dW^T.
+* Rows are cut into C chunks fixed by the caller from the problem size (never the thread count);
+  chunk c owns rows [c N / C, (c+1) N / C) and its own partial dW^T (d, K) in the data dtype, partial
+  db (K,) float64 and loss sum (float64). Per row, in a (1, K) buffer: the logits from the non-zeros,
+  then the shared dense row pass (`_row_grad` of _kernels: max, exp, float64 sums, loss, gradient),
+  then the gradient row scattered into the chunk's dW^T. No N x K array is ever held.
+* The caller merges the partials in chunk order: `_merge_dWT` sums every entry over the chunks in
+  float64, in chunk order, and writes dW (K, d) transposed back, in parallel over blocks of features.
+* Every parallel kernel is a pair (`@_parallel_kernel`, _parallel.py) whose twins call one compiled
+  block function, as in _kernels: the bits do not depend on the twin or on the number of threads.
+* Stored entries are used as they come: unsorted columns are fine, and duplicate entries of a column
+  add up in the logits and in the gradient as scipy's products add them (to rounding), so the caller
+  never copies or canonicalizes X. The kernels index W^T with `indices`: the caller checks their range.
+* A row whose logits come out NaN or +inf (NaN or inf in X, W or b, or an overflow) counts as bad, as
+  in _kernels; the functional layer turns the count into a ValueError naming the culprit.
+
+Argument notes as in _kernels: IN is only read, OUT only written, INOUT both; "data dtype" is float32
+or float64, the same for every array so marked; "index dtype" is int32 or int64, the same for indptr
+and indices; optional arrays have size 0 when absent.
+"""
+
+import numpy as np
+from numba import prange
+
+from fastsoftmax._kernels import (
+    ROW_BLOCK,
+    _jit,
+    _n_blocks,
+    _parallel_kernel,
+    _row_grad,
+    _softmax_block,
+)
+
+MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
+
+
+@_jit(inline=True)
+def _csr_row_logits(indptr, indices, data, WT, i, A, r):
+    """A[r] := X[i] @ W, from the stored entries of row i of X and W^T (d, K)."""
+    K = WT.shape[1]
+    for k in range(K):
+        A[r, k] = 0
+    for p in range(indptr[i], indptr[i + 1]):
+        col = indices[p]
+        v = data[p]
+        for k in range(K):
+            A[r, k] += v * WT[col, k]
+
+
+@_jit(inline=True)
+def _csr_row_scatter(indptr, indices, data, G, i, dWT):
+    """dW^T[j] += X[i, j] * G[0] for every stored entry (column j) of row i of X."""
+    K = dWT.shape[1]
+    for p in range(indptr[i], indptr[i + 1]):
+        col = indices[p]
+        v = data[p]
+        for k in range(K):
+            dWT[col, k] += v * G[0, k]
+
+
+@_parallel_kernel
+def _csr_linear_xent(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, loss_parts,
+                     dWT_parts, db_parts):
+    """Fused loss and gradients of softmax(X W^T + b) for CSR X, chunked over rows; returns the
+    number of bad rows.
+
+    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = WT.shape[0])
+    indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
+    data          IN  (nnz,) data dtype: value of every stored entry
+    WT            IN  (d, K) data dtype, C-contiguous: W transposed
+    b             IN  (K,) data dtype; size 0: no bias
+    y             IN  (N,) intp: labels in [0, K)
+    sample_weight IN  (N,) float64; size 0: all ones
+    smoothing     IN  float in [0, 1]: label smoothing
+    scale         IN  float: factor of the gradients (1 / the reduction's denominator)
+    loss_parts    OUT (C,) float64: chunk c's sum of weighted per-sample losses (not scaled)
+    dWT_parts     OUT (C, d, K) data dtype: chunk c's partial dW^T
+    db_parts      OUT (C, K) float64: chunk c's partial db; shape (C, 0): no bias gradient
+    """
+    N = indptr.shape[0] - 1
+    n_chunks = dWT_parts.shape[0]
+    bad = 0
+    for c in prange(n_chunks):
+        bad += _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale,
+                               c * N // n_chunks, (c + 1) * N // n_chunks, c, loss_parts,
+                               dWT_parts[c], db_parts[c])
+    return bad
+
+
+@_jit()
+def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, lo, hi, c,
+                    loss_parts, dWT, db):
+    """Rows lo..hi of `_csr_linear_xent` into chunk c's loss_parts[c], dW^T (d, K) and db (K,) or
+    (0,) (one prange iteration, shared by both twins)."""
+    K = WT.shape[1]
+    g = np.empty((1, K), dtype=WT.dtype)
+    dWT[:, :] = 0
+    db[:] = 0.0
+    bad = 0
+    total = 0.0
+    for i in range(lo, hi):
+        _csr_row_logits(indptr, indices, data, WT, i, g, 0)
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        loss, row_bad = _row_grad(g, 0, g, 0, b, False, y[i], wi, smoothing, scale)
+        total += loss
+        bad += row_bad
+        if wi == 0.0:  # a zero gradient row: nothing to add
+            continue
+        if db.shape[0] > 0:
+            for k in range(K):
+                db[k] += g[0, k]
+        _csr_row_scatter(indptr, indices, data, g, i, dWT)
+    loss_parts[c] = total
+    return bad
+
+
+@_parallel_kernel
+def _merge_dWT(dWT_parts, dW):
+    """dW[k, j] := sum over chunks c, in chunk order, of dWT_parts[c, j, k], summed in float64.
+
+    dWT_parts IN  (C, d, K) data dtype: the chunks' partial dW^T
+    dW        OUT (K, d) data dtype, C-contiguous
+    """
+    d = dWT_parts.shape[1]
+    for blk in prange(_n_blocks(d, MERGE_BLOCK)):
+        lo = blk * MERGE_BLOCK
+        _merge_block(dWT_parts, dW, lo, min(d, lo + MERGE_BLOCK))
+
+
+@_jit()
+def _merge_block(dWT_parts, dW, lo, hi):
+    """Features lo..hi of `_merge_dWT` (one prange iteration, shared by both twins)."""
+    C, _, K = dWT_parts.shape
+    acc = np.empty(K, dtype=np.float64)
+    for j in range(lo, hi):
+        acc[:] = 0.0
+        for c in range(C):
+            for k in range(K):
+                acc[k] += dWT_parts[c, j, k]
+        for k in range(K):
+            dW[k, j] = acc[k]
+
+
+@_parallel_kernel
+def _csr_linear_softmax(indptr, indices, data, WT, b, out):
+    """out := softmax(X W^T + b) for CSR X; returns the number of bad rows.
+
+    indptr  IN  (N + 1,) index dtype: CSR row pointers of X
+    indices IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
+    data    IN  (nnz,) data dtype: value of every stored entry
+    WT      IN  (d, K) data dtype, C-contiguous: W transposed
+    b       IN  (K,) data dtype; size 0: no bias
+    out     OUT (N, K) data dtype, C-contiguous
+    """
+    N = out.shape[0]
+    bad = 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _csr_softmax_block(indptr, indices, data, WT, b, out, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_jit()
+def _csr_softmax_block(indptr, indices, data, WT, b, out, lo, hi):
+    """Rows lo..hi of `_csr_linear_softmax` (one prange iteration, shared by both twins): the
+    logits of the block, then the dense softmax rows in place while the block is in cache."""
+    for i in range(lo, hi):
+        _csr_row_logits(indptr, indices, data, WT, i, out, i)
+    return _softmax_block(out, out, b, False, False, lo, hi)
