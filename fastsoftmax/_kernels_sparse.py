@@ -41,28 +41,57 @@ from fastsoftmax._kernels import (
 MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
 
 
+# Column indices are cast to unsigned before indexing W^T and dW^T: Numba's wraparound of negative
+# indices (a compare and select per access) otherwise stays in the inner loops; the functional layer
+# has checked every index to lie in [0, d).
+
+
 @_jit(inline=True)
 def _csr_row_logits(indptr, indices, data, WT, i, A, r):
-    """A[r] := X[i] @ W, from the stored entries of row i of X and W^T (d, K)."""
+    """A[r] := X[i] @ W, from the stored entries of row i of X and W^T (d, K).
+
+    Four stored entries per pass over A[r]: with one, every pass waited for the previous pass's
+    stores to A[r] (a loop-carried dependency through memory that LLVM cannot keep in registers,
+    K being unknown), and the logits took 2.5x as long as with four."""
     K = WT.shape[1]
     for k in range(K):
         A[r, k] = 0
-    for p in range(indptr[i], indptr[i + 1]):
-        col = indices[p]
-        v = data[p]
+    p, hi = indptr[i], indptr[i + 1]
+    while p + 3 < hi:
+        c0, c1 = np.uint64(indices[p]), np.uint64(indices[p + 1])
+        c2, c3 = np.uint64(indices[p + 2]), np.uint64(indices[p + 3])
+        v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
         for k in range(K):
-            A[r, k] += v * WT[col, k]
+            A[r, k] += (v0 * WT[c0, k] + v1 * WT[c1, k]) + (v2 * WT[c2, k] + v3 * WT[c3, k])
+        p += 4
+    while p < hi:
+        c0, v0 = np.uint64(indices[p]), data[p]
+        for k in range(K):
+            A[r, k] += v0 * WT[c0, k]
+        p += 1
 
 
 @_jit(inline=True)
 def _csr_row_scatter(indptr, indices, data, G, i, dWT):
-    """dW^T[j] += X[i, j] * G[0] for every stored entry (column j) of row i of X."""
+    """dW^T[j] += X[i, j] * G[0] for every stored entry (column j) of row i of X.
+
+    Two stored entries per pass share each load of G[0] (1.6x faster in float32 than one: the
+    loads of G could not be hoisted past the stores to dW^T, which might alias it). Duplicate
+    columns are two statements in order, so they still add up."""
     K = dWT.shape[1]
-    for p in range(indptr[i], indptr[i + 1]):
-        col = indices[p]
-        v = data[p]
+    p, hi = indptr[i], indptr[i + 1]
+    while p + 1 < hi:
+        c0, c1 = np.uint64(indices[p]), np.uint64(indices[p + 1])
+        v0, v1 = data[p], data[p + 1]
         for k in range(K):
-            dWT[col, k] += v * G[0, k]
+            g = G[0, k]
+            dWT[c0, k] += v0 * g
+            dWT[c1, k] += v1 * g
+        p += 2
+    if p < hi:
+        c0, v0 = np.uint64(indices[p]), data[p]
+        for k in range(K):
+            dWT[c0, k] += v0 * G[0, k]
 
 
 @_parallel_kernel
