@@ -226,7 +226,23 @@ def _load(args, source, *, labels: bool, split: str, dtype, n_features=None):
 def _standardize(X: np.ndarray, mean, scale) -> np.ndarray:
     if mean is None:
         return X
+    if scipy_sparse_issparse(X):
+        raise CLIError(_SPARSE_STANDARDIZE)
     return ((X - mean) / scale).astype(X.dtype, copy=False)
+
+
+# Centering a sparse matrix makes it dense (svmlight files are sparse and stay sparse).
+_SPARSE_STANDARDIZE = (
+    "--standardize centers every feature, which would turn the sparse (svmlight) data dense; "
+    "train without --standardize (text features such as TF-IDF are already on a common scale), "
+    "or convert the data to a dense format"
+)
+
+
+def scipy_sparse_issparse(X) -> bool:
+    """Whether X is a scipy.sparse matrix (svmlight data), without importing scipy.sparse."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(X)
 
 
 def _check_n_features(X: np.ndarray, n_features: int, what: str) -> None:
@@ -247,9 +263,9 @@ def _labels_like(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def _subsample(X, y, n_rows: int, seed: int):
-    if len(X) <= n_rows:
+    if X.shape[0] <= n_rows:
         return X, y
-    idx = np.sort(np.random.default_rng(seed).choice(len(X), n_rows, replace=False))
+    idx = np.sort(np.random.default_rng(seed).choice(X.shape[0], n_rows, replace=False))
     return X[idx], y[idx]
 
 
@@ -437,7 +453,7 @@ def cmd_train(args) -> int:
         test_size = 0.2 if args.test_size is None else args.test_size
         X_train, X_test, y_train, y_test = _split(X, y, test_size, args.seed, args)
         test_description = f"held-out {test_size:g} of the data, seed {args.seed}"
-    if len(X_train) == 0:
+    if X_train.shape[0] == 0:
         raise CLIError("no training samples left after the held-out split")
     present = np.unique(y_train)
     if len(present) < 2:
@@ -449,6 +465,8 @@ def cmd_train(args) -> int:
         y_test = _labels_like(y_test, np.unique(y_train))
 
     mean = scale = None
+    if args.standardize and scipy_sparse_issparse(X_train):
+        raise CLIError(_SPARSE_STANDARDIZE)
     if args.standardize:
         mean = X_train.mean(axis=0, dtype=np.float64)
         scale = X_train.std(axis=0, dtype=np.float64)
@@ -462,9 +480,9 @@ def cmd_train(args) -> int:
     subsampled = False
     if plot_path is not None or not args.quiet:
         monitor_train = _subsample(X_train, y_train, MONITOR_ROWS, args.seed)
-        if len(X_test):
+        if X_test.shape[0]:
             monitor_test = _subsample(X_test, y_test, MONITOR_ROWS, args.seed)
-        subsampled = len(X_train) > MONITOR_ROWS or len(X_test) > MONITOR_ROWS
+        subsampled = X_train.shape[0] > MONITOR_ROWS or X_test.shape[0] > MONITOR_ROWS
     bar = _progress_bar(args, max_iter, unit)
     monitor = _Monitor(bar, monitor_train, monitor_test)
 
@@ -498,15 +516,15 @@ def cmd_train(args) -> int:
     curve = np.asarray(getattr(estimator, "loss_curve_", []), dtype=float)
     objective = float(curve[-1]) if curve.size else None
     train_accuracy = float(estimator.score(X_train, y_train))
-    test_accuracy = float(estimator.score(X_test, y_test)) if len(X_test) else None
+    test_accuracy = float(estimator.score(X_test, y_test)) if X_test.shape[0] else None
     train_seconds = max(fit_seconds - monitor.seconds, 1e-9)
-    throughput = len(X_train) * n_iter / train_seconds
+    throughput = X_train.shape[0] * n_iter / train_seconds
 
     info = {
         "solver": args.solver,
         "n_iter": n_iter,
         "data": data.description,
-        "n_train": len(X_train),
+        "n_train": X_train.shape[0],
         "train_accuracy": train_accuracy,
         "test_accuracy": test_accuracy,
     }
@@ -514,7 +532,7 @@ def cmd_train(args) -> int:
     if plot_path is not None:
         title = (
             f"{data.description}: softmax regression, {args.solver}, "
-            f"{len(X_train)} train / {len(X_test)} test samples"
+            f"{X_train.shape[0]} train / {X_test.shape[0]} test samples"
         )
         outputs[plot_path] = _plot_bytes(monitor.history, unit, title, subsampled)
     _write_atomically(outputs)
@@ -523,8 +541,8 @@ def cmd_train(args) -> int:
         "command": "train",
         "data": data.description,
         "test_data": test_description,
-        "n_train": len(X_train),
-        "n_test": len(X_test),
+        "n_train": X_train.shape[0],
+        "n_test": X_test.shape[0],
         "n_features": int(X_train.shape[1]),
         "n_classes": len(estimator.classes_),
         "dtype": dtype.name,
@@ -552,7 +570,7 @@ def cmd_train(args) -> int:
     print(f"data:            {data.description}")
     print(f"test data:       {test_description}")
     print(
-        f"problem:         {len(X_train)} train / {len(X_test)} test samples, "
+        f"problem:         {X_train.shape[0]} train / {X_test.shape[0]} test samples, "
         f"{X_train.shape[1]} features, {len(estimator.classes_)} classes, {dtype.name}"
         + (", standardized" if args.standardize else "")
     )
