@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 import fastsoftmax as fs
 import reference as ref
+from fastsoftmax import _kernels as _k
 from fastsoftmax import _kernels_sparse as _ks
 from fastsoftmax import _sparse
+from fastsoftmax._parallel import KernelPair
 from fastsoftmax._validation import check_sparse_linear
 
 DTYPES = [np.float64, np.float32]
@@ -219,6 +221,36 @@ def test_parallel_and_serial_twins_are_bitwise_equal(rng, dtype):
         results.append([outs[0], dW, outs[2]])
     for a, c in zip(*results, strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+def test_every_sparse_parallel_kernel_is_a_pair():
+    pairs = {n: o for n, o in vars(_ks).items() if isinstance(o, KernelPair)}
+    assert set(pairs) == {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax"}
+    for name, obj in vars(_ks).items():
+        if hasattr(obj, "targetoptions") and name not in vars(_k):
+            assert not obj.targetoptions.get("parallel"), f"{name}: a parallel kernel without twin"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_and_merge_twins_are_bitwise_equal(rng, dtype):
+    X, W, b, _ = make_sparse(rng, 700, 600, 9, dtype, density=0.05)
+    Xc, W, b, _ = check_sparse_linear(X, W, b)
+    WT = np.ascontiguousarray(W.T)
+    outs = []
+    for twin in (_ks._csr_linear_softmax.parallel, _ks._csr_linear_softmax.serial):
+        out = np.empty((700, 9), dtype)
+        assert twin(Xc.indptr, Xc.indices, Xc.data, WT, b, out) == 0
+        outs.append(out)
+    np.testing.assert_array_equal(*outs)
+    parts = rng.normal(size=(5, 600, 9)).astype(dtype)
+    merged = []
+    for twin in (_ks._merge_dWT.parallel, _ks._merge_dWT.serial):
+        dW = np.empty((9, 600), dtype)
+        twin(parts, dW)
+        merged.append(dW)
+    np.testing.assert_array_equal(*merged)
+    np.testing.assert_allclose(merged[0], parts.astype(np.float64).sum(axis=0).T.astype(dtype),
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
