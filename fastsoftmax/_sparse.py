@@ -1,8 +1,9 @@
 """The sparse-X paths of the functional API (scipy.sparse X through the CSR kernels).
 
 `functional.linear_cross_entropy` and `functional.linear_softmax` hand sparse X here. Extra memory
-is bounded independently of n_samples: at most `SPARSE_PARTIALS_BYTES` of per-chunk partial dW^T,
-plus W^T and dW (each n_classes x n_features) and per-chunk scalars (docs/design.md, "Layers",
+is bounded independently of n_samples: at most `SPARSE_WORK_BYTES` of per-chunk workspaces (W^T
+beside a partial dW^T; one workspace when a single one exceeds it), plus dW (n_classes x
+n_features) and per-chunk scalars (docs/design.md, "Layers",
 "Sparse input").
 """
 
@@ -24,14 +25,15 @@ from fastsoftmax._validation import (
     raise_nonfinite_sparse,
 )
 
-# Row chunks of the CSR kernel, each with its own (n_features, n_classes) partial dW^T: at most
-# SPARSE_CHUNKS, at least SPARSE_CHUNK_ROWS rows each, partials within SPARSE_PARTIALS_BYTES in all,
+# Row chunks of the CSR kernel, each with its own (n_features, 2 n_classes) workspace (a copy of W^T
+# beside a partial dW^T): at most SPARSE_CHUNKS, at least SPARSE_CHUNK_ROWS rows each, workspaces
+# within SPARSE_WORK_BYTES in all (partials within half of it),
 # and at least as many stored entries per chunk as features (zeroing and merging a partial costs
 # n_features x n_classes, scattering into it stored entries x n_classes). Fixed by the problem size
 # only, so that results do not depend on the thread count.
 SPARSE_CHUNKS = 16
 SPARSE_CHUNK_ROWS = 256
-SPARSE_PARTIALS_BYTES = 64 * 2**20
+SPARSE_WORK_BYTES = 128 * 2**20
 
 
 def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int) -> int:
@@ -39,7 +41,7 @@ def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int) -> int:
     (a power of two shares evenly among 2, 4, 8 or 16 threads; 3 chunks on 2 threads would leave
     one thread idle for a third of the time)."""
     by_rows = _k.n_blocks(N, SPARSE_CHUNK_ROWS)
-    by_memory = SPARSE_PARTIALS_BYTES // max(1, K * d * itemsize)
+    by_memory = SPARSE_WORK_BYTES // max(1, 2 * K * d * itemsize)
     by_work = nnz // max(1, d)
     limit = max(1, min(SPARSE_CHUNKS, by_rows, by_memory, by_work))
     return 1 << (limit.bit_length() - 1)
@@ -70,19 +72,17 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom):
     K = W.shape[0]
     dtype = W.dtype
     C = sparse_chunks(N, X.data.shape[0], K, d, dtype.itemsize)
-    WT = np.ascontiguousarray(W.T)
     loss_parts = np.empty(C, dtype=np.float64)
-    dWT_parts = np.empty((C, d, K), dtype=dtype)
+    work = np.empty((C, d, 2 * K), dtype=dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, dtype)
     bad = _ks._csr_linear_xent(
-        C, X.indptr, X.indices, X.data, WT, bias, y, w, eps, 1.0 / denom, loss_parts, dWT_parts,
+        C, X.indptr, X.indices, X.data, W, bias, y, w, eps, 1.0 / denom, loss_parts, work,
         db_parts,
     )
-    del WT
     dW = np.empty((K, d), dtype=dtype)
-    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), dWT_parts, dW)
-    del dWT_parts
+    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, dW)
+    del work
     total = float(loss_parts.sum())
     if bad or np.isnan(total) or not np.isfinite(dW).all():
         raise_nonfinite_sparse(X, W, b, logits=bool(bad) or bool(np.isnan(total)))

@@ -205,8 +205,8 @@ def _kernel_args(rng, dtype):
     C = _sparse.sparse_chunks(3000, Xc.data.shape[0], 9, 40, W.dtype.itemsize)
     assert C >= 4  # several chunks, so that the merge order matters
     w = rng.uniform(0.5, 2.0, size=3000)
-    return (Xc.indptr, Xc.indices, Xc.data, np.ascontiguousarray(W.T), b, y.astype(np.intp), w,
-            0.1, 1.0 / 3000, np.empty(C), np.empty((C, 40, 9), dtype), np.empty((C, 9)))
+    return (Xc.indptr, Xc.indices, Xc.data, W, b, y.astype(np.intp), w, 0.1, 1.0 / 3000,
+            np.empty(C), np.empty((C, 40, 18), dtype), np.empty((C, 9)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -242,14 +242,14 @@ def test_softmax_and_merge_twins_are_bitwise_equal(rng, dtype):
         assert twin(Xc.indptr, Xc.indices, Xc.data, WT, b, out) == 0
         outs.append(out)
     np.testing.assert_array_equal(*outs)
-    parts = rng.normal(size=(5, 600, 9)).astype(dtype)
+    parts = rng.normal(size=(5, 600, 18)).astype(dtype)
     merged = []
     for twin in (_ks._merge_dWT.parallel, _ks._merge_dWT.serial):
         dW = np.empty((9, 600), dtype)
         twin(parts, dW)
         merged.append(dW)
     np.testing.assert_array_equal(*merged)
-    np.testing.assert_allclose(merged[0], parts.astype(np.float64).sum(axis=0).T.astype(dtype),
+    np.testing.assert_allclose(merged[0], parts[:, :, 9:].astype(np.float64).sum(axis=0).T,
                                rtol=1e-6)
 
 
@@ -275,7 +275,7 @@ def test_chunks_depend_on_size_only_and_bound_memory():
                                    (800000, 6 * 10**7, 50, 47236, 4), (3000, 24000, 9, 40, 8)]:
         C = _sparse.sparse_chunks(N, nnz, K, d, itemsize)
         assert C & (C - 1) == 0 and 1 <= C <= _sparse.SPARSE_CHUNKS
-        assert C == 1 or C * K * d * itemsize <= _sparse.SPARSE_PARTIALS_BYTES
+        assert C == 1 or C * 2 * K * d * itemsize <= _sparse.SPARSE_WORK_BYTES
 
 
 # ------------------------------------------------------------------------------------------------
