@@ -463,7 +463,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             A chunk of training data. The first call fixes the dtype (float32 or float64).
         y : array-like of shape (n_samples,)
             Its labels; each must be one of ``classes``.
