@@ -35,6 +35,7 @@ def float_dtype(*arrays) -> np.dtype:
 
 def as_numeric(name: str, a, ndim: int) -> np.ndarray:
     """`a` as an ndarray of real numbers with `ndim` dimensions (not yet converted in dtype)."""
+    reject_sparse(**{name: a})  # np.asarray would make a 0-d object array of it
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like

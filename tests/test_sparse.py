@@ -364,3 +364,11 @@ def test_bad_input(rng, case, change, exc, match):
     if case in ("nan", "inf", "sparse-W", "sparse-b", "1-D", "complex", "features", "bad-index"):
         with pytest.raises(exc, match=match):
             fs.linear_softmax(*args[:3])
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "cross_entropy", "cross_entropy_grad"])
+def test_sparse_logits_are_refused_by_name(rng, name):
+    Z = sp.random(5, 3, density=0.5, format="csr", random_state=rng)
+    args = (Z,) if "softmax" in name else (Z, np.zeros(5, dtype=int))
+    with pytest.raises(TypeError, match="Z must be a dense array, got a scipy.sparse"):
+        getattr(fs, name)(*args)
