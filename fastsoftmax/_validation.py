@@ -13,6 +13,8 @@ indices; sample weights are copied too, so what was checked is what is used.
 from __future__ import annotations
 
 import numbers
+import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,6 +35,7 @@ def float_dtype(*arrays) -> np.dtype:
 
 def as_numeric(name: str, a, ndim: int) -> np.ndarray:
     """`a` as an ndarray of real numbers with `ndim` dimensions (not yet converted in dtype)."""
+    reject_sparse(**{name: a})  # np.asarray would make a 0-d object array of it
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like
@@ -309,3 +312,97 @@ def raise_nonfinite_params(X, W, b, *, logits: bool = True) -> None:
         f"the gradient dW = G^T X overflowed {dtype} ({sizes}): scale X down, or with "
         "reduction='sum' scale sample_weight down or use reduction='mean'"
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Sparse X (scipy.sparse), for fastsoftmax._sparse
+# ------------------------------------------------------------------------------------------------
+
+
+class CsrInput(NamedTuple):
+    """A checked CSR matrix as the sparse kernels take it: read-only contiguous arrays, indptr and
+    indices of one integer dtype (int32 or int64), data in the float dtype, every column index in
+    [0, n_features)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple[int, int]
+
+
+def is_sparse(a) -> bool:
+    """Whether `a` is a scipy.sparse matrix or array (scipy is only imported if already loaded:
+    nothing else can be sparse)."""
+    sp = sys.modules.get("scipy.sparse")
+    return sp is not None and sp.issparse(a)
+
+
+def reject_sparse(**arrays) -> None:
+    """TypeError for any of the given arguments (by name) that is a scipy.sparse object: only X
+    may be sparse."""
+    for name, a in arrays.items():
+        if is_sparse(a):
+            raise TypeError(
+                f"{name} must be a dense array, got a scipy.sparse {type(a).__name__}: only X may "
+                f"be sparse (pass {name}.toarray())"
+            )
+
+
+def check_sparse_X(X, dtype: np.dtype) -> CsrInput:
+    """Sparse X as a `CsrInput` in `dtype`. CSR is used in place (never written); other formats
+    are converted to CSR once. Indices are checked to lie in range, since the kernels index with
+    them; NaN and inf in the data are found afterwards, from the kernels' bad-row counts."""
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D, got a sparse object of shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
+    if X.format != "csr":
+        X = X.tocsr()
+    n, d = X.shape
+    index_dtype = np.int32 if X.indptr.dtype == X.indices.dtype == np.int32 else np.int64
+    indptr = readonly(np.ascontiguousarray(X.indptr, dtype=index_dtype))
+    indices = readonly(np.ascontiguousarray(X.indices, dtype=index_dtype))
+    nnz = int(indptr[-1]) if indptr.shape[0] == n + 1 else -1
+    if nnz < 0 or nnz > indices.shape[0] or indptr[0] != 0 or (np.diff(indptr) < 0).any():
+        raise ValueError("X is not a valid CSR matrix: its indptr is inconsistent")
+    indices = indices[:nnz]
+    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= d):
+        raise ValueError(f"X is not a valid CSR matrix: a column index lies outside [0, {d})")
+    data = readonly(np.ascontiguousarray(X.data[:nnz], dtype=dtype))
+    return CsrInput(indptr, indices, data, (n, d))
+
+
+def check_sparse_linear(X, W, b):
+    """Sparse X as a `CsrInput`, and W, b (dense, checked as in `check_linear`), in their common
+    float dtype (float32 when X's data, W and b are all float32, else float64)."""
+    reject_sparse(W=W, b=b)
+    W = as_numeric("W", W, 2)
+    if b is not None:
+        b = as_numeric("b", b, 1)
+    if W.shape[0] == 0:
+        raise ValueError("W must have at least one row (class)")
+    if X.ndim == 2 and W.shape[1] != X.shape[1]:
+        raise ValueError(
+            f"W has {W.shape[1]} features per class but X has {X.shape[1]} features per sample"
+        )
+    if b is not None and b.shape[0] != W.shape[0]:
+        raise ValueError(f"b has {b.shape[0]} entries but W has {W.shape[0]} classes")
+    dtype = float_dtype(X, W, b)
+    Xc = check_sparse_X(X, dtype)
+    W = as_float("W", W, dtype)
+    return Xc, W, (None if b is None else as_float("b", b, dtype)), dtype
+
+
+def raise_nonfinite_sparse(X: CsrInput, W, b, *, logits: bool = True) -> None:
+    """`raise_nonfinite_params` for a sparse X: names X when its stored values hold NaN or
+    infinity, else defers to the dense message (W, b, or an overflow)."""
+    if not np.isfinite(X.data).all():
+        n_nan, n_inf = int(np.isnan(X.data).sum()), int(np.isinf(X.data).sum())
+        raise ValueError(
+            f"X contains NaN or infinity: {n_nan} NaN and {n_inf} infinite stored entries"
+        )
+    for name, a in (("W", W), ("b", b)):
+        if a is not None and not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinity: {_nonfinite_summary(a)}")
+    dense_stand_in = X.data.reshape(1, -1)  # only its magnitudes are reported
+    raise_nonfinite_params(dense_stand_in, W, b, logits=logits)

@@ -107,7 +107,23 @@ def _load(args, source, *, labels: bool, split: str, dtype, n_features=None):
 def _standardize(X: np.ndarray, mean, scale) -> np.ndarray:
     if mean is None:
         return X
+    if scipy_sparse_issparse(X):
+        raise CLIError(_SPARSE_STANDARDIZE)
     return ((X - mean) / scale).astype(X.dtype, copy=False)
+
+
+# Centering a sparse matrix makes it dense (svmlight files are sparse and stay sparse).
+_SPARSE_STANDARDIZE = (
+    "--standardize centers every feature, which would turn the sparse (svmlight) data dense; "
+    "train without --standardize (text features such as TF-IDF are already on a common scale), "
+    "or convert the data to a dense format"
+)
+
+
+def scipy_sparse_issparse(X) -> bool:
+    """Whether X is a scipy.sparse matrix (svmlight data), without importing scipy.sparse."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(X)
 
 
 def _check_n_features(X: np.ndarray, n_features: int, what: str) -> None:
@@ -128,9 +144,9 @@ def _labels_like(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def _subsample(X, y, n_rows: int, seed: int):
-    if len(X) <= n_rows:
+    if X.shape[0] <= n_rows:
         return X, y
-    idx = np.sort(np.random.default_rng(seed).choice(len(X), n_rows, replace=False))
+    idx = np.sort(np.random.default_rng(seed).choice(X.shape[0], n_rows, replace=False))
     return X[idx], y[idx]
 
 
@@ -296,7 +312,7 @@ def _training_source(args) -> str:
 
 
 def _check_training_sets(sets: _Sets) -> None:
-    if len(sets.X_train) == 0:
+    if sets.X_train.shape[0] == 0:
         raise CLIError("no training samples left after the held-out split")
     present = np.unique(sets.y_train)
     if len(present) < 2:
@@ -308,6 +324,8 @@ def _check_training_sets(sets: _Sets) -> None:
 
 def _standardize_sets(sets: _Sets) -> tuple[np.ndarray, np.ndarray, _Sets]:
     """Statistics of the training set, applied to both sets."""
+    if scipy_sparse_issparse(sets.X_train):
+        raise CLIError(_SPARSE_STANDARDIZE)
     mean = sets.X_train.mean(axis=0, dtype=np.float64)
     scale = sets.X_train.std(axis=0, dtype=np.float64)
     scale[scale == 0] = 1.0  # constant features stay constant (zero) instead of dividing by 0
@@ -327,9 +345,9 @@ def _make_monitor(args, sets: _Sets, watch: bool, max_iter: int, unit: str):
     subsampled = False
     if watch:
         monitor_train = _subsample(sets.X_train, sets.y_train, MONITOR_ROWS, args.seed)
-        if len(sets.X_test):
+        if sets.X_test.shape[0]:
             monitor_test = _subsample(sets.X_test, sets.y_test, MONITOR_ROWS, args.seed)
-        subsampled = len(sets.X_train) > MONITOR_ROWS or len(sets.X_test) > MONITOR_ROWS
+        subsampled = sets.X_train.shape[0] > MONITOR_ROWS or sets.X_test.shape[0] > MONITOR_ROWS
     bar = _progress_bar(args, max_iter, unit)
     return _Monitor(bar, monitor_train, monitor_test), subsampled
 
@@ -466,17 +484,17 @@ def _write_train_outputs(args, data, sets: _Sets, fit: _Fit, stats, plot_path) -
         "n_iter": int(np.max(estimator.n_iter_)),
         "data": data.description,
         "data_source": _training_source(args),
-        "n_train": len(sets.X_train),
+        "n_train": sets.X_train.shape[0],
         "train_accuracy": float(estimator.score(sets.X_train, sets.y_train)),
         "test_accuracy": (
-            float(estimator.score(sets.X_test, sets.y_test)) if len(sets.X_test) else None
+            float(estimator.score(sets.X_test, sets.y_test)) if sets.X_test.shape[0] else None
         ),
     }
     outputs = {args.model_out: model_bytes(estimator, *stats, info)}
     if plot_path is not None:
         title = (
             f"{data.description}: softmax regression, {args.solver}, "
-            f"{len(sets.X_train)} train / {len(sets.X_test)} test samples"
+            f"{sets.X_train.shape[0]} train / {sets.X_test.shape[0]} test samples"
         )
         outputs[plot_path] = _plot_bytes(fit.monitor.history, fit.unit, title, fit.subsampled)
     write_atomically(outputs)
@@ -491,8 +509,8 @@ def _train_summary(args, data, sets: _Sets, fit: _Fit, info: dict, plot_path, st
         "command": "train",
         "data": data.description,
         "test_data": sets.test_description,
-        "n_train": len(sets.X_train),
-        "n_test": len(sets.X_test),
+        "n_train": sets.X_train.shape[0],
+        "n_test": sets.X_test.shape[0],
         "n_features": int(sets.X_train.shape[1]),
         "n_classes": len(fit.estimator.classes_),
         "dtype": sets.X_train.dtype.name,
@@ -507,7 +525,7 @@ def _train_summary(args, data, sets: _Sets, fit: _Fit, info: dict, plot_path, st
         "fit_seconds": fit.fit_seconds,
         "monitor_seconds": fit.monitor.seconds,
         "wall_seconds": time.perf_counter() - started,
-        "throughput_samples_per_second": len(sets.X_train) * info["n_iter"] / train_seconds,
+        "throughput_samples_per_second": sets.X_train.shape[0] * info["n_iter"] / train_seconds,
         "model": args.model_out,
         "plot": plot_path,
         "history": history if history["iteration"] else {"loss": curve.tolist()},

@@ -18,7 +18,8 @@ Sources understood by :func:`load_dataset`:
 ``*.csv``, ``*.tsv`` (optionally ``.gz``)
     with or without a header row; the label column is chosen by ``label_column``.
 ``*.svm``, ``*.svmlight``, ``*.libsvm``
-    svmlight / libsvm text, read with :func:`sklearn.datasets.load_svmlight_file`.
+    svmlight / libsvm text, read with :func:`sklearn.datasets.load_svmlight_file`; X stays a
+    scipy.sparse CSR matrix.
 a directory of IDX files, or one ``*-images-idx3-ubyte[.gz]`` file
     MNIST or Fashion-MNIST as distributed (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
     ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, plain or ``.gz``); unsigned byte pixels
@@ -621,7 +622,8 @@ def load_svmlight(
     zero_based: str | bool = "auto",
     note: Callable[[str], None] | None = None,
 ):
-    """svmlight / libsvm text as dense ``X`` and labels ``y``.
+    """svmlight / libsvm text as a scipy.sparse CSR ``X`` (never densified: an RCV1 file would
+    need hundreds of GB dense) and labels ``y``.
 
     Parameters
     ----------
@@ -661,7 +663,7 @@ def load_svmlight(
             f"{path}: no feature has index 0, so feature indices are read as one-based "
             f"({count} features)"
         )
-    return np.ascontiguousarray(X.toarray(), dtype=_check_dtype(dtype)), _as_labels(y)
+    return X.tocsr().astype(_check_dtype(dtype), copy=False), _as_labels(y)
 
 
 def _svmlight_width(path, X, n_features: int | None, guessed: bool):

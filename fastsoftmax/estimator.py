@@ -238,6 +238,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         "callback": [callable, None],
     }
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # scipy.sparse X goes through the CSR kernels
+        return tags
+
     def _sample_weight(self, X, y_codes, sample_weight, n_classes):
         """Per-sample weights (float64) with the class weights folded in; None if all ones."""
         if sample_weight is not None:
@@ -278,8 +283,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data; float32 trains in float32, anything else in float64.
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data; float32 trains in float32, anything else in float64. Sparse X stays
+            sparse (CSR).
         y : array-like of shape (n_samples,)
             Class labels of any type.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -296,7 +302,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         _check_param_combinations(self, partial=False)
         # C order once here: the kernels want rows contiguous, and would otherwise copy an
         # F-ordered X at every evaluation.
-        X, y = validate_data(self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, order="C")
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C")
         check_classification_targets(y)
         previous = self._warm_start_params()
         self.classes_, y_codes = np.unique(y, return_inverse=True)
@@ -457,7 +463,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             A chunk of training data. The first call fixes the dtype (float32 or float64).
         y : array-like of shape (n_samples,)
             Its labels; each must be one of ``classes``.
@@ -474,7 +480,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         _check_param_combinations(self, partial=True)
         first_call = not hasattr(self, "classes_")
         X, y = validate_data(
-            self, X, y, accept_sparse=False, dtype=_FLOAT_DTYPES, order="C", reset=first_call
+            self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C", reset=first_call
         )
         check_classification_targets(y)
         y_codes = self._partial_fit_codes(y, classes, first_call)
@@ -541,7 +547,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def _validate_X(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, accept_sparse=False, dtype=_FLOAT_DTYPES, reset=False)
+        return validate_data(self, X, accept_sparse="csr", dtype=_FLOAT_DTYPES, reset=False)
 
     def _logits(self, X):
         Z = X @ self.coef_.T

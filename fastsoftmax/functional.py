@@ -26,6 +26,7 @@ import numpy as np
 from scipy.linalg import blas as _blas
 
 from fastsoftmax import _kernels as _k
+from fastsoftmax import _sparse
 from fastsoftmax._validation import (
     check_grad_range,
     check_labels,
@@ -38,9 +39,11 @@ from fastsoftmax._validation import (
     check_total,
     check_weights,
     finish_out,
+    is_sparse,
     raise_bad_logits,
     raise_nonfinite_params,
     readonly,
+    reject_sparse,
 )
 
 __all__ = [
@@ -348,8 +351,9 @@ def linear_cross_entropy(
 
     Parameters
     ----------
-    X : array-like of shape (n_samples, n_features)
-        The data.
+    X : array-like or scipy.sparse matrix or array of shape (n_samples, n_features)
+        The data. Sparse X is used in CSR form (CSC, COO and other formats are converted once)
+        through a fused CSR kernel; it is never modified or densified.
     W : array-like of shape (n_classes, n_features)
         Weights (scikit-learn's ``coef_``, torch's ``Linear.weight``), n_classes >= 1.
     b : array-like of shape (n_classes,) or None
@@ -366,7 +370,8 @@ def linear_cross_entropy(
     reduction : {"mean", "sum"}, default "mean"
         As :func:`cross_entropy`; the gradients are those of the reduced loss.
     return_dX : bool, default False
-        Also return the gradient with respect to X (for a layer inside a network).
+        Also return the gradient with respect to X (for a layer inside a network). Refused for
+        sparse X (ValueError): dX would be a dense (n_samples, n_features) array.
 
     Returns
     -------
@@ -409,6 +414,11 @@ def linear_cross_entropy(
     >>> db
     array([0., 0.])
     """
+    reject_sparse(y=y, sample_weight=sample_weight)
+    if is_sparse(X):
+        return _sparse.linear_cross_entropy(X, W, b, y, sample_weight, label_smoothing, alpha,
+                                            reduction, return_dX)
+    reject_sparse(W=W, b=b)
     X, W, b, dtype = check_linear(X, W, b)
     N = X.shape[0]
     y = check_labels(y, N, W.shape[0])
@@ -528,8 +538,8 @@ def linear_softmax(X, W, b) -> np.ndarray:
 
     Parameters
     ----------
-    X : array-like of shape (n_samples, n_features)
-        The data.
+    X : array-like or scipy.sparse matrix or array of shape (n_samples, n_features)
+        The data; sparse X goes through a CSR kernel (other formats are converted once).
     W : array-like of shape (n_classes, n_features)
         Weights, n_classes >= 1.
     b : array-like of shape (n_classes,) or None
@@ -562,6 +572,9 @@ def linear_softmax(X, W, b) -> np.ndarray:
     array([[0.88079708, 0.11920292],
            [0.11920292, 0.88079708]])
     """
+    if is_sparse(X):
+        return _sparse.linear_softmax(X, W, b)
+    reject_sparse(W=W, b=b)
     X, W, b, dtype = check_linear(X, W, b)
     N = X.shape[0]
     K = W.shape[0]

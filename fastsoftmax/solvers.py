@@ -38,9 +38,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.optimize
 
+from fastsoftmax import _sparse
 from fastsoftmax import functional as F
 from fastsoftmax._threads import blas_limits
-from fastsoftmax._validation import check_labels, check_linear, check_weights, readonly
+from fastsoftmax._validation import (
+    check_labels,
+    check_linear,
+    check_sparse_linear,
+    check_sparse_X,
+    check_weights,
+    is_sparse,
+    readonly,
+)
 
 __all__ = ["SolverResult", "auto_learning_rate", "gd", "lbfgs", "lipschitz_bound", "sgd"]
 
@@ -86,6 +95,11 @@ _NORM_BLOCK = 2048
 
 def squared_row_norms(X: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
     """``||x_i||^2`` in float64 (no float32 overflow), over rows of positive weight only."""
+    if is_sparse(X):  # the squares of the stored entries only: X stays sparse
+        squares = X.tocsr().astype(np.float64)
+        squares.data **= 2
+        norms = np.asarray(squares.sum(axis=1)).ravel()
+        return norms if sample_weight is None else norms[sample_weight > 0]
     norms = np.empty(X.shape[0], dtype=np.float64)
     for start in range(0, X.shape[0], _NORM_BLOCK):
         block = X[start:start + _NORM_BLOCK].astype(np.float64, copy=False)
@@ -482,7 +496,11 @@ class _SgdData:
 
     def __init__(self, X, y, sample_weight, W, b, batch_size):
         self.n_samples = X.shape[0]
-        self.X, self.W_in, self.b_in, dtype = check_linear(X, W, b)
+        if is_sparse(X):  # kept as a CSR matrix whose row batches are checked one by one
+            _, self.W_in, self.b_in, dtype = check_sparse_linear(X, W, b)
+            self.X = X.tocsr().astype(dtype, copy=False)
+        else:
+            self.X, self.W_in, self.b_in, dtype = check_linear(X, W, b)
         for name, a in (("W", W), ("b", b)):
             if a is not None and not (
                 a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
@@ -503,11 +521,25 @@ def _starting_loss(data: _SgdData, W, b, alpha, label_smoothing) -> float:
     """The objective at the start: log(n_classes) from zero weights, else one full pass."""
     if not (W.any() or (b is not None and b.any())):
         return float(np.log(W.shape[0]))
-    loss, _, _ = F._linear_cross_entropy_checked(
-        data.X, data.W_in, data.b_in, data.y, data.w, label_smoothing, alpha, data.total_weight,
-        rows=F._ALL_ROWS,
+    loss, _, _ = _batch_loss_grad(
+        data, data.X, F._ALL_ROWS, data.y, data.w, label_smoothing, alpha, data.total_weight
     )
     return loss
+
+
+def _batch_loss_grad(data: _SgdData, X_b, rows, y_b, w_b, label_smoothing, alpha, denom):
+    """The checked linear_cross_entropy of a batch: rows `rows` of X_b (all rows when empty).
+    Sparse X: the batch's rows are sliced out (a CSR matrix of the batch only) and checked."""
+    if is_sparse(X_b):
+        if rows.shape[0]:
+            X_b = X_b[rows]
+        return _sparse.linear_cross_entropy_checked(
+            check_sparse_X(X_b, data.W_in.dtype), data.W_in, data.b_in, y_b, w_b,
+            label_smoothing, alpha, denom,
+        )
+    return F._linear_cross_entropy_checked(
+        X_b, data.W_in, data.b_in, y_b, w_b, label_smoothing, alpha, denom, rows=rows
+    )
 
 
 def _sgd_epoch(data: _SgdData, W, b, alpha, label_smoothing, learning_rate, shuffle, rng):
@@ -532,9 +564,8 @@ def _sgd_epoch(data: _SgdData, W, b, alpha, label_smoothing, learning_rate, shuf
         if batch_weight == 0.0:
             continue
         try:
-            loss, dW, db = F._linear_cross_entropy_checked(
-                X_b, data.W_in, data.b_in, y_b, w_b, label_smoothing, alpha, batch_weight,
-                rows=rows,
+            loss, dW, db = _batch_loss_grad(
+                data, X_b, rows, y_b, w_b, label_smoothing, alpha, batch_weight
             )
         except ValueError:
             if _finite(W, b):

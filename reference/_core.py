@@ -1,6 +1,7 @@
 """Textbook softmax regression in NumPy: the specification every fastsoftmax kernel is tested against."""
 
 import numpy as np
+import scipy.sparse as sp
 
 
 def _float_dtype(*arrays):
@@ -22,6 +23,11 @@ def _weights(y, sample_weight, reduction):
         return w
     w = w / w.max()
     return w / w.sum()
+
+
+def _data(X, dtype):
+    """X in `dtype`: a dense array, or a scipy.sparse X kept sparse (its products are scipy's)."""
+    return X.astype(dtype) if sp.issparse(X) else np.asarray(X, dtype=dtype)
 
 
 def softmax(Z, *, out=None):
@@ -110,9 +116,9 @@ def linear_cross_entropy(
     is None. The loss includes ``alpha/2 ||W||^2`` and dW includes ``alpha W``.
     """
     dtype = _float_dtype(X, W, b)
-    X = np.asarray(X, dtype=dtype)
+    X = _data(X, dtype)
     W = np.asarray(W, dtype=dtype)
-    Z = X @ W.T
+    Z = np.asarray(X @ W.T)
     if b is not None:
         b = np.asarray(b, dtype=dtype)
         Z = Z + b
@@ -121,7 +127,7 @@ def linear_cross_entropy(
     )
     W64 = W.astype(np.float64)
     loss += 0.5 * alpha * float((W64 * W64).sum())
-    dW = (G.T @ X + alpha * W).astype(dtype)
+    dW = (np.asarray((X.T @ G).T) + alpha * W).astype(dtype)  # G^T X, also for sparse X
     db = None if b is None else G.astype(np.float64).sum(axis=0).astype(dtype)
     if return_dX:
         return loss, dW, db, G @ W
@@ -131,7 +137,7 @@ def linear_cross_entropy(
 def linear_softmax(X, W, b):
     """Class probabilities of the linear model: ``softmax(X W^T + b)``."""
     dtype = _float_dtype(X, W, b)
-    Z = np.asarray(X, dtype=dtype) @ np.asarray(W, dtype=dtype).T
+    Z = np.asarray(_data(X, dtype) @ np.asarray(W, dtype=dtype).T)
     if b is not None:
         Z = Z + np.asarray(b, dtype=dtype)
     return softmax(Z)

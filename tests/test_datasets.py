@@ -317,8 +317,9 @@ def test_svmlight(tmp_path):
     path = tmp_path / "d.svm"
     path.write_text("1 1:0.5 3:2\n0 2:1.5\n2 1:-1 2:1 3:1\n")
     X, y = load_svmlight(path, dtype=np.float32)
+    assert X.format == "csr"  # svmlight data stays sparse
     assert X.dtype == np.float32 and y.dtype == np.int64
-    np.testing.assert_array_equal(X, [[0.5, 0, 2], [0, 1.5, 0], [-1, 1, 1]])
+    np.testing.assert_array_equal(X.toarray(), [[0.5, 0, 2], [0, 1.5, 0], [-1, 1, 1]])
     np.testing.assert_array_equal(y, [1, 0, 2])
     X5, _, _ = load_dataset(path, n_features=5, zero_based=False)
     assert X5.shape == (3, 5)

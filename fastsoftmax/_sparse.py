@@ -1,0 +1,115 @@
+"""The sparse-X paths of the functional API (scipy.sparse X through the CSR kernels).
+
+`functional.linear_cross_entropy` and `functional.linear_softmax` hand sparse X here. Extra memory
+is bounded independently of n_samples: at most `SPARSE_WORK_BYTES` of per-chunk workspaces (W^T
+beside a partial dW^T; one workspace when a single one exceeds it), plus dW (n_classes x
+n_features) and per-chunk scalars (docs/design.md, "Layers",
+"Sparse input").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastsoftmax import _kernels as _k
+from fastsoftmax import _kernels_sparse as _ks
+from fastsoftmax._validation import (
+    CsrInput,
+    check_grad_range,
+    check_labels,
+    check_reduction,
+    check_scalar,
+    check_sparse_linear,
+    check_total,
+    check_weights,
+    raise_nonfinite_sparse,
+)
+
+# Row chunks of the CSR kernel, each with its own (n_features, 2 n_classes) workspace (a copy of W^T
+# beside a partial dW^T): at most SPARSE_CHUNKS, at least SPARSE_CHUNK_ROWS rows each, workspaces
+# within SPARSE_WORK_BYTES in all (partials within half of it),
+# and at least as many stored entries per chunk as features (zeroing and merging a partial costs
+# n_features x n_classes, scattering into it stored entries x n_classes). Fixed by the problem size
+# only, so that results do not depend on the thread count.
+SPARSE_CHUNKS = 16
+SPARSE_CHUNK_ROWS = 256
+SPARSE_WORK_BYTES = 128 * 2**20
+
+
+def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int) -> int:
+    """How many row chunks the CSR kernel uses: the largest power of two within the limits above
+    (a power of two shares evenly among 2, 4, 8 or 16 threads; 3 chunks on 2 threads would leave
+    one thread idle for a third of the time)."""
+    by_rows = _k.n_blocks(N, SPARSE_CHUNK_ROWS)
+    by_memory = SPARSE_WORK_BYTES // max(1, 2 * K * d * itemsize)
+    by_work = nnz // max(1, d)
+    limit = max(1, min(SPARSE_CHUNKS, by_rows, by_memory, by_work))
+    return 1 << (limit.bit_length() - 1)
+
+
+def linear_cross_entropy(X, W, b, y, sample_weight, label_smoothing, alpha, reduction, return_dX):
+    """`functional.linear_cross_entropy` for scipy.sparse X (same arguments and results)."""
+    if return_dX:
+        raise ValueError(
+            "return_dX=True is not supported for sparse X: dX = G W is a dense (n_samples, "
+            "n_features) array, as large as X.toarray(); pass a dense X to get it"
+        )
+    Xc, W, b, dtype = check_sparse_linear(X, W, b)
+    N = Xc.shape[0]
+    y = check_labels(y, N, W.shape[0])
+    eps = check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    alpha = check_scalar("alpha", alpha, 0.0)
+    reduction = check_reduction(reduction, ("mean", "sum"))
+    w, denom = check_weights(sample_weight, N, reduction)
+    check_grad_range(w, denom, dtype, summed=True)
+    return linear_cross_entropy_checked(Xc, W, b, y, w, eps, alpha, denom)
+
+
+def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom):
+    """The sparse `linear_cross_entropy` on validated arguments (as `check_sparse_linear`,
+    `check_labels` and `check_weights` return them): (loss, dW, db)."""
+    N, d = X.shape
+    K = W.shape[0]
+    dtype = W.dtype
+    C = sparse_chunks(N, X.data.shape[0], K, d, dtype.itemsize)
+    loss_parts = np.empty(C, dtype=np.float64)
+    work = np.empty((C, d, 2 * K), dtype=dtype)
+    db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
+    bias = b if b is not None else np.empty(0, dtype)
+    bad = _ks._csr_linear_xent(
+        C, X.indptr, X.indices, X.data, W, bias, y, w, eps, 1.0 / denom, loss_parts, work,
+        db_parts,
+    )
+    dW = np.empty((K, d), dtype=dtype)
+    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, dW)
+    del work
+    total = float(loss_parts.sum())
+    if bad or np.isnan(total) or not np.isfinite(dW).all():
+        raise_nonfinite_sparse(X, W, b, logits=bool(bad) or bool(np.isnan(total)))
+    loss = check_total(total, denom)
+    if alpha:
+        loss += 0.5 * alpha * _k._sum_squares(W)
+        _k._axpy(alpha, W, dW)
+    db = None if b is None else db_parts.sum(axis=0).astype(dtype)
+    return loss, dW, db
+
+
+def linear_softmax(X, W, b) -> np.ndarray:
+    """`functional.linear_softmax` for scipy.sparse X."""
+    Xc, W, b, dtype = check_sparse_linear(X, W, b)
+    return linear_softmax_checked(Xc, W, b)
+
+
+def linear_softmax_checked(X: CsrInput, W, b) -> np.ndarray:
+    """The sparse `linear_softmax` on validated arguments: (n_samples, n_classes) probabilities."""
+    N = X.shape[0]
+    dtype = W.dtype
+    out = np.empty((N, W.shape[0]), dtype=dtype)
+    bias = b if b is not None else np.empty(0, dtype)
+    WT = np.ascontiguousarray(W.T)
+    bad = _ks._csr_linear_softmax(
+        _k.n_blocks(N, _k.ROW_BLOCK), X.indptr, X.indices, X.data, WT, bias, out
+    )
+    if bad:
+        raise_nonfinite_sparse(X, W, b)
+    return out

@@ -1,0 +1,86 @@
+"""SoftmaxRegression on scipy.sparse X: every solver and method gives what the same data dense gives,
+float32 sparse trains in float32, X is never modified or densified."""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import assert_close
+from sklearn.exceptions import ConvergenceWarning
+
+from fastsoftmax import SoftmaxRegression, solvers
+
+DTYPES = [np.float64, np.float32]
+
+
+def make_problem(rng, dtype, n=400, d=30, k=4):
+    X = sp.random(n, d, density=0.25, format="csr", random_state=rng,
+                  data_rvs=lambda size: rng.normal(size=size)).astype(dtype)
+    y = np.array(["a", "b", "c", "d"])[rng.integers(0, k, size=n)]
+    return X, y
+
+
+def fit_quietly(model, X, y, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(X, y, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", ["lbfgs", "gd", "sgd"])
+def test_fit_and_predict_match_dense(rng, solver, dtype):
+    X, y = make_problem(rng, dtype)
+    w = rng.uniform(0.5, 2.0, size=X.shape[0])
+    snap = X.copy()
+    params = dict(solver=solver, max_iter=20, random_state=0, batch_size=64)
+    sparse_model = fit_quietly(SoftmaxRegression(**params), X, y, sample_weight=w)
+    dense_model = fit_quietly(SoftmaxRegression(**params), X.toarray(), y, sample_weight=w)
+    assert sparse_model.coef_.dtype == dtype
+    # the iterates differ by the rounding of the two kernels, amplified by up to 20 steps
+    scale = max(1.0, float(np.abs(dense_model.coef_).max()))
+    tol = 1e-8 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(sparse_model.coef_, dense_model.coef_, atol=tol * scale)
+    np.testing.assert_allclose(sparse_model.intercept_, dense_model.intercept_, atol=tol * scale)
+    Xd = X.toarray()
+    for method in ("predict_proba", "predict_log_proba", "decision_function"):
+        assert_close(getattr(sparse_model, method)(X), getattr(sparse_model, method)(Xd), dtype)
+    np.testing.assert_array_equal(sparse_model.predict(X), sparse_model.predict(Xd))
+    assert sparse_model.score(X, y) == sparse_model.score(Xd, y)
+    np.testing.assert_array_equal(X.toarray(), snap.toarray())
+    np.testing.assert_array_equal(X.indices, snap.indices)
+
+
+@pytest.mark.parametrize("fmt", ["csc", "coo", "csr_array"])
+def test_other_formats(rng, fmt):
+    X, y = make_problem(rng, np.float64)
+    Xf = sp.csr_array(X) if fmt == "csr_array" else X.asformat(fmt)
+    a = fit_quietly(SoftmaxRegression(max_iter=15), Xf, y)
+    b = fit_quietly(SoftmaxRegression(max_iter=15), X, y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.predict_proba(Xf), b.predict_proba(X))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_partial_fit_matches_dense(rng, dtype):
+    X, y = make_problem(rng, dtype)
+    classes = np.unique(y)
+    models = [SoftmaxRegression(random_state=0, batch_size=50) for _ in range(2)]
+    for chunk in (slice(0, 200), slice(200, 400)):
+        models[0].partial_fit(X[chunk], y[chunk], classes=classes)
+        models[1].partial_fit(X[chunk].toarray(), y[chunk], classes=classes)
+    assert models[0].coef_.dtype == dtype
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(models[0].coef_, models[1].coef_, atol=tol)
+
+
+def test_squared_row_norms_sparse_equal_dense(rng):
+    X, _ = make_problem(rng, np.float32)
+    w = rng.uniform(0, 1, size=X.shape[0])
+    w[::7] = 0
+    np.testing.assert_allclose(solvers.squared_row_norms(X, w),
+                               solvers.squared_row_norms(X.toarray(), w), rtol=1e-6)
+
+
+def test_sparse_tag():
+    assert SoftmaxRegression().__sklearn_tags__().input_tags.sparse
