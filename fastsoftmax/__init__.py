@@ -2,7 +2,8 @@
 
 The functional API (same names and signatures as the pure-NumPy ``reference`` package)::
 
-    softmax, log_softmax, cross_entropy, cross_entropy_grad, linear_cross_entropy, linear_softmax
+    softmax, log_softmax, cross_entropy, cross_entropy_grad, linear_cross_entropy, linear_softmax,
+    linear_cross_entropy_hvp
 
 and the scikit-learn estimator :class:`SoftmaxRegression` built on it.
 """
@@ -11,6 +12,7 @@ from fastsoftmax.functional import (
     cross_entropy,
     cross_entropy_grad,
     linear_cross_entropy,
+    linear_cross_entropy_hvp,
     linear_softmax,
     log_softmax,
     softmax,
@@ -21,6 +23,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_grad",
     "linear_cross_entropy",
+    "linear_cross_entropy_hvp",
     "linear_softmax",
     "log_softmax",
     "softmax",

@@ -31,6 +31,9 @@ Design
   -inf); kernels count such rows and the functional layer turns a non-zero count into a ValueError.
 * The small-K linear kernel (``_linear_xent_small``) skips BLAS: it reads each block of 4 rows of X
   once and uses it, while in L1, for both ``X W^T`` and ``G^T X``.
+* The Hessian-vector product (``_linear_hvp_small``, ``_hvp_rows``) follows the same two paths with
+  a second logit array ``T = X S^T`` for the direction S: row r = p * (t - p.t) overwrites T in
+  place, then ``HS = R^T X`` goes to per-chunk partials (small K) or a GEMM (large K).
 """
 
 import math
@@ -691,3 +694,124 @@ def _axpy(alpha, A, B):
     bb = B.ravel()
     for k in range(a.shape[0]):
         bb[k] += alpha * a[k]
+
+
+# ------------------------------------------------------------------------------------------------
+# Hessian-vector product of the linear layer's cross-entropy
+#
+# Per row: p = softmax(x W^T + b), t = x S^T + s_b, r = p * (t - p.t) (the Hessian of the
+# cross-entropy in the logits, diag(p) - p p^T, times t), scaled by the row's weight; then
+# HS = R^T X and Hs_b = sum_i r_i. The label (and label smoothing) does not enter: the target is
+# constant in the logits. Same tiling as the loss: small K reads each group of 4 rows of X once for
+# X W^T, X S^T and R^T X; larger K runs this row pass between BLAS GEMMs. p.t and the sum of
+# exponentials are float64; p, t and r stay in the data dtype.
+# ------------------------------------------------------------------------------------------------
+
+
+@_jit(inline=True)
+def _row_hvp(Z, T, i, b, s_b, ws):
+    """T[i] := ws * p * (t - p.t) with p = softmax(Z[i] + b), t = T[i] + s_b; Z[i] is overwritten
+    (by exp(z - max)). Returns whether the row of logits was bad (NaN, +inf, all -inf)."""
+    K = Z.shape[1]
+    if b.shape[0] > 0:
+        for k in range(K):
+            Z[i, k] += b[k]
+    if s_b.shape[0] > 0:
+        for k in range(K):
+            T[i, k] += s_b[k]
+    m, t = _row_max_sum(Z, i)
+    s = _row_exp_inplace(Z, i, m)
+    pt = 0.0
+    for k in range(K):
+        pt += np.float64(Z[i, k]) * np.float64(T[i, k])
+    inv = Z.dtype.type(1.0 / s)
+    ptd = Z.dtype.type(pt / s)
+    wsd = Z.dtype.type(ws)
+    for k in range(K):
+        T[i, k] = (Z[i, k] * inv) * (T[i, k] - ptd) * wsd
+    return _row_is_bad(m, t, s)
+
+
+@_jit()
+def _hvp_block(Z, T, b, s_b, sample_weight, scale, lo, hi, off, hsb):
+    """Rows lo..hi of `_hvp_rows` (samples off+lo..off+hi): T := r rows, hsb += their column sums
+    (hsb (K,) float64, or size 0 for no intercept). Compiled once and called by both twins and by
+    the small-K chunk. Returns the number of bad rows."""
+    bad = 0
+    for r in range(lo, hi):
+        i = off + r
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        bad += 1 if _row_hvp(Z, T, r, b, s_b, wi * scale) else 0
+        if hsb.shape[0] > 0:
+            for k in range(T.shape[1]):
+                hsb[k] += T[r, k]
+    return bad
+
+
+@_parallel_kernel
+def _hvp_rows(Z, T, b, s_b, sample_weight, scale, hsb_parts):
+    """The row pass of the tiled Hessian-vector product, in place; returns the number of bad rows.
+
+    Z             INOUT (N, K) data dtype, C-contiguous: logits X W^T on entry (without b);
+                        overwritten (scratch)
+    T             INOUT (N, K) data dtype, C-contiguous: X S^T on entry (without s_b); on exit the
+                        rows r_i = w_i * scale * p_i * (t_i - p_i.t_i)
+    b             IN    (K,) data dtype: intercept; size 0: none
+    s_b           IN    (K,) data dtype: intercept of the direction; size 0: none
+    sample_weight IN    (N,) float64; size 0: all ones
+    scale         IN    float: 1 / the reduction's denominator
+    hsb_parts     INOUT (n_blocks(N, ROW_BLOCK), K) float64, zeros on entry: block j adds the column
+                        sums of its r rows to row j; shape (n_blocks, 0): no intercept product
+    """
+    N = Z.shape[0]
+    bad = 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _hvp_block(Z, T, b, s_b, sample_weight, scale, lo, min(N, lo + ROW_BLOCK), 0,
+                          hsb_parts[blk])
+    return bad
+
+
+@_parallel_kernel
+def _linear_hvp_small(X, W, S, b, s_b, sample_weight, scale, HS_parts, hsb_parts):
+    """Hessian-vector product of the linear layer for small K without BLAS, chunked over rows;
+    returns the number of bad rows. Chunk c (of C, fixed by the caller from the problem size) owns
+    rows [c N / C, (c+1) N / C).
+
+    X             IN  (N, d) data dtype, C-contiguous
+    W             IN  (K, d) data dtype, C-contiguous: the point
+    S             IN  (K, d) data dtype, C-contiguous: the direction
+    b             IN  (K,) data dtype: intercept; size 0: none
+    s_b           IN  (K,) data dtype: intercept of the direction; size 0: none
+    sample_weight IN  (N,) float64; size 0: all ones
+    scale         IN  float: 1 / the reduction's denominator
+    HS_parts      OUT (C, K, d) data dtype: chunk c's partial R^T X (sum them for HS)
+    hsb_parts     OUT (C, K) float64: chunk c's partial sum of r; shape (C, 0): no intercept
+    """
+    N = X.shape[0]
+    n_chunks = HS_parts.shape[0]
+    bad = 0
+    for c in prange(n_chunks):
+        bad += _linear_hvp_chunk(X, W, S, b, s_b, sample_weight, scale, c * N // n_chunks,
+                                 (c + 1) * N // n_chunks, HS_parts[c], hsb_parts[c])
+    return bad
+
+
+@_jit()
+def _linear_hvp_chunk(X, W, S, b, s_b, sample_weight, scale, lo, hi, HS, hsb):
+    """Rows lo..hi of `_linear_hvp_small` into this chunk's HS (K, d) and hsb (K,) or (0,) (one
+    prange iteration, shared by both twins): per group of 4 rows, while they are in L1, the logits
+    of W and of S, the row pass, and R^T X."""
+    K = W.shape[0]
+    zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+    tb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+    HS[:, :] = 0
+    hsb[:] = 0.0
+    bad = 0
+    for i in range(lo, hi, SMALL_K_GROUP):
+        n = min(SMALL_K_GROUP, hi - i)
+        _logits_group(X, i, n, W, zb)
+        _logits_group(X, i, n, S, tb)
+        bad += _hvp_block(zb, tb, b, s_b, sample_weight, scale, 0, n, i, hsb)
+        _accumulate_dW_group(X, i, n, tb, HS)
+    return bad

@@ -406,3 +406,23 @@ def raise_nonfinite_sparse(X: CsrInput, W, b, *, logits: bool = True) -> None:
             raise ValueError(f"{name} contains NaN or infinity: {_nonfinite_summary(a)}")
     dense_stand_in = X.data.reshape(1, -1)  # only its magnitudes are reported
     raise_nonfinite_params(dense_stand_in, W, b, logits=logits)
+def check_direction(S, s_b, W: np.ndarray, b: np.ndarray | None):
+    """The direction ``(S, s_b)`` of a Hessian-vector product at ``(W, b)``, as numeric arrays
+    (not yet converted in dtype): S of W's shape, s_b of b's (None exactly when b is None), both
+    finite."""
+    S = as_numeric("S", S, 2)
+    if S.shape != W.shape:
+        raise ValueError(f"S must have W's shape {W.shape}, got {S.shape}")
+    if b is None:
+        if s_b is not None:
+            raise ValueError("s_b must be None when b is None (there is no intercept)")
+    else:
+        if s_b is None:
+            raise ValueError("s_b must be given when b is given (the intercept's direction)")
+        s_b = as_numeric("s_b", s_b, 1)
+        if s_b.shape != b.shape:
+            raise ValueError(f"s_b must have b's shape {b.shape}, got {s_b.shape}")
+    for name, a in (("S", S), ("s_b", s_b)):
+        if a is not None and not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinity: {_nonfinite_summary(a)}")
+    return S, s_b

@@ -59,7 +59,7 @@ DEFAULT_PLOT = "training.png"
 # Per-iteration accuracies for the plot are measured on at most this many rows of each set, so
 # monitoring stays a small fraction of an iteration on large data; final accuracies use all rows.
 MONITOR_ROWS = 10_000
-SOLVERS: tuple[str, ...] = getattr(estimator_module, "SOLVERS", ("lbfgs", "sgd", "gd"))
+SOLVERS: tuple[str, ...] = estimator_module.SOLVERS
 # The estimator's own defaults, quoted in --help and used when an option is not given, so the
 # command line never drifts from the estimator.
 ESTIMATOR_DEFAULTS = {

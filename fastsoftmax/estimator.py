@@ -22,14 +22,16 @@ from fastsoftmax._threads import thread_limits
 __all__ = ["SOLVERS", "SoftmaxRegression"]
 
 #: The solver names, in the order the documentation lists them (the command line offers these).
-SOLVERS = ("lbfgs", "sgd", "gd")
+SOLVERS = ("lbfgs", "newton-cg", "sgd", "gd")
 _FLOAT_DTYPES = [np.float64, np.float32]
 
 
 def _check_param_combinations(est: SoftmaxRegression, *, partial: bool) -> None:
     """What ``_parameter_constraints`` cannot say: parameters that exclude one another."""
-    if est.tol is None and est.solver == "lbfgs" and not partial:
-        raise ValueError("tol=None is for the 'sgd' and 'gd' solvers; lbfgs needs a tol")
+    if est.tol is None and est.solver in ("lbfgs", "newton-cg") and not partial:
+        raise ValueError(
+            f"tol=None is for the 'sgd' and 'gd' solvers; {est.solver} needs a tol"
+        )
     if partial and isinstance(est.class_weight, str):
         raise ValueError(
             "class_weight='balanced' needs the class counts of all the data, which "
@@ -78,19 +80,25 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Strength of the L2 penalty ``alpha/2 ||W||^2`` on the coefficients (not the intercept).
     fit_intercept : bool, default=True
         Learn an intercept ``b``; when False the intercept is fixed at zero.
-    solver : {"lbfgs", "sgd", "gd"}, default="lbfgs"
+    solver : {"lbfgs", "newton-cg", "sgd", "gd"}, default="lbfgs"
         - "lbfgs": scipy's L-BFGS-B, one fused loss-and-gradient call per evaluation; stops when
           the projected gradient's max-abs is <= ``tol`` (or the objective stops decreasing to
           within ``64 * eps`` relative, as in scikit-learn).
+        - "newton-cg": inexact Newton, conjugate gradients on the fused Hessian-vector product
+          (``linear_cross_entropy_hvp``) and a Wolfe line search, as scikit-learn's newton-cg;
+          stops when the gradient's max-abs is <= ``tol``. Few iterations on ill-conditioned
+          problems (unscaled features, a small ``alpha``), where lbfgs needs hundreds. Dense X.
         - "sgd": mini-batch SGD with a fixed ``learning_rate``, ``batch_size`` samples per step,
           ``max_iter`` epochs, reshuffled every epoch (the Dive into Deep Learning recipe).
         - "gd": full-batch gradient descent with a fixed ``learning_rate``, ``max_iter`` steps
           (the textbook algorithm; ``reference.SoftmaxRegression`` is its NumPy twin).
     max_iter : int, default=100
-        Iterations (lbfgs), epochs (sgd) or gradient steps (gd). 0 returns the starting model
-        (zeros, or the warm start) with a ``ConvergenceWarning`` when ``tol`` is set.
+        Iterations (lbfgs), Newton iterations (newton-cg), epochs (sgd) or gradient steps (gd).
+        0 returns the starting model (zeros, or the warm start) with a ``ConvergenceWarning``
+        when ``tol`` is set.
     tol : float or None, default=1e-4
-        lbfgs: stop when the projected gradient's max-abs is <= tol. gd: stop (before a step) when
+        lbfgs: stop when the projected gradient's max-abs is <= tol; newton-cg: when the
+        gradient's max-abs is <= tol. gd: stop (before a step) when
         the gradient's max-abs is <= tol. sgd: stop when the epoch loss has not improved on the
         best one by at least tol for ``n_iter_no_change`` epochs in a row. None (sgd and gd only)
         runs exactly ``max_iter`` iterations and never warns, like a textbook training loop.
@@ -132,12 +140,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     verbose : int, default=0
         Print the objective after every iteration or epoch when > 0.
     callback : callable or None, default=None
-        Called as ``callback(iteration, estimator)`` after every iteration (lbfgs), epoch (sgd,
-        and each ``partial_fit`` call) or step (gd), ``iteration`` counting from 1. At that moment
-        ``estimator.coef_``, ``intercept_``, ``classes_``, ``n_iter_`` hold the current solution
-        (so ``estimator.predict`` and ``estimator.score`` work) and ``estimator.loss_curve_`` the
-        objective values so far. If it returns True, training stops at once, without a
-        ``ConvergenceWarning`` (the return value is ignored by ``partial_fit``).
+        Called as ``callback(iteration, estimator)`` after every iteration (lbfgs, newton-cg),
+        epoch (sgd, and each ``partial_fit`` call) or step (gd), ``iteration`` counting from 1.
+        At that moment ``estimator.coef_``, ``intercept_``, ``classes_``, ``n_iter_`` hold the
+        current solution (so ``estimator.predict`` and ``estimator.score`` work) and
+        ``estimator.loss_curve_`` the objective values so far. If it returns True, training
+        stops at once, without a ``ConvergenceWarning`` (the return value is ignored by
+        ``partial_fit``).
 
     Attributes
     ----------
@@ -156,9 +165,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         count), not ``LogisticRegression``'s array of one count per fitted problem.
     learning_rate_ : float
         The step size used by "sgd", "gd" and ``partial_fit`` (``learning_rate``, or the value
-        "auto" chose). Not set by "lbfgs".
+        "auto" chose). Not set by "lbfgs" and "newton-cg".
     loss_curve_ : list of float
-        The objective per iteration (lbfgs: after it), per step (gd: before it) or per epoch
+        The objective per iteration (lbfgs, newton-cg: after it), per step (gd: before it) or per epoch
         (sgd and partial_fit: the weighted mean of the batch objectives, each before its step).
     n_features_in_ : int
         Number of features seen during fit.
@@ -313,7 +322,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             _refuse_one_class(self.classes_[np.argmax(class_totals > 0)], " with positive weight")
         W, b = self._initial_params(X, n_classes, coef_init, intercept_init, previous)
         self._rng = check_random_state(self.random_state)
-        if self.solver == "lbfgs":
+        if self.solver in ("lbfgs", "newton-cg"):
             self.__dict__.pop("learning_rate_", None)  # a stale step from an earlier fit
         else:
             # one batch per epoch (batch_size >= n_samples) is full-batch descent
@@ -401,6 +410,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 max_iter=self.max_iter,
                 tol=float(self.tol),
                 blas_threads=1 if small_k else None,
+                **common,
+            )
+        if self.solver == "newton-cg":
+            return solvers.newton_cg(
+                X, y_codes, sample_weight, W, b, max_iter=self.max_iter, tol=float(self.tol),
                 **common,
             )
         if self.solver == "gd":

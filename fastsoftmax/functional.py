@@ -28,6 +28,8 @@ from scipy.linalg import blas as _blas
 from fastsoftmax import _kernels as _k
 from fastsoftmax import _sparse
 from fastsoftmax._validation import (
+    as_float,
+    check_direction,
     check_grad_range,
     check_labels,
     check_linear,
@@ -39,6 +41,7 @@ from fastsoftmax._validation import (
     check_total,
     check_weights,
     finish_out,
+    float_dtype,
     is_sparse,
     raise_bad_logits,
     raise_nonfinite_params,
@@ -50,6 +53,7 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_grad",
     "linear_cross_entropy",
+    "linear_cross_entropy_hvp",
     "linear_softmax",
     "log_softmax",
     "softmax",
@@ -592,3 +596,184 @@ def linear_softmax(X, W, b) -> np.ndarray:
     if bad:
         raise_nonfinite_params(X, W, b)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The Hessian-vector product of the linear layer (second-order solvers)
+# ------------------------------------------------------------------------------------------------
+
+
+def linear_cross_entropy_hvp(
+    X,
+    W,
+    b,
+    y,
+    S,
+    s_b,
+    *,
+    sample_weight=None,
+    label_smoothing: float = 0.0,
+    alpha: float = 0.0,
+    reduction: str = "mean",
+):
+    """The Hessian of the :func:`linear_cross_entropy` objective at ``(W, b)`` times ``(S, s_b)``.
+
+    Per sample, with ``p = softmax(x W^T + b)`` and ``t = x S^T + s_b``, the Hessian of the
+    cross-entropy in the logits applied to t is ``r = p * (t - p.t)``; then
+    ``HS = sum_i w_i r_i^T x_i / normalizer + alpha S`` and ``Hs_b = sum_i w_i r_i / normalizer``.
+    Without ever holding the logits, as the loss.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        The data (dense; sparse X is not supported yet).
+    W : array-like of shape (n_classes, n_features)
+        The point: weights, n_classes >= 1.
+    b : array-like of shape (n_classes,) or None
+        The point: intercepts; None for none.
+    y : array-like of int, shape (n_samples,)
+        Class codes in ``[0, n_classes)``: validated only, the Hessian does not depend on them.
+    S : array-like of shape (n_classes, n_features)
+        The direction for W; finite.
+    s_b : array-like of shape (n_classes,) or None
+        The direction for b; None exactly when b is None.
+    sample_weight : array-like of shape (n_samples,), optional
+        Finite non-negative weights; None weighs every sample 1.
+    label_smoothing : float in [0, 1], default 0
+        Validated only: the smoothed target is constant in the logits, so the Hessian is the
+        same for every value.
+    alpha : float >= 0, default 0
+        L2 penalty of the objective: adds ``alpha S`` to HS (b is not penalized).
+    reduction : {"mean", "sum"}, default "mean"
+        As :func:`linear_cross_entropy`: the Hessian is that of the reduced loss.
+
+    Returns
+    -------
+    HS : ndarray of shape (n_classes, n_features)
+    Hs_b : ndarray of shape (n_classes,), or None when b is None
+        float32 when X, W, b, S and s_b are all float32, else float64.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes (S must have W's shape, s_b b's; s_b None exactly when b is None); S or s_b
+        holding NaN or infinity; the errors of :func:`linear_cross_entropy` for X, W, b, y,
+        ``sample_weight``, ``label_smoothing``, ``alpha`` and ``reduction``; finite inputs whose
+        products overflow.
+    TypeError
+        Non-numeric arrays, non-integer ``y``, non-real scalars.
+
+    Notes
+    -----
+    Up to 32 classes a fused kernel reads each group of rows of X once for ``X W^T``, ``X S^T``
+    and ``R^T X``; above, tiles of rows go through BLAS GEMMs around a fused row pass. Extra
+    memory is O(tile x n_classes + chunks x n_classes x n_features), independent of n_samples;
+    results do not depend on the number of threads (above 32 classes, on the BLAS thread count
+    within the last bits, as the loss). ``p.t`` and the sums of exponentials are float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import linear_cross_entropy_hvp
+    >>> X = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> S = np.array([[1.0, 0.0], [0.0, 0.0]])
+    >>> HS, Hs_b = linear_cross_entropy_hvp(X, np.zeros((2, 2)), None, [0, 1], S, None)
+    >>> HS
+    array([[ 0.125,  0.   ],
+           [-0.125,  0.   ]])
+    >>> Hs_b is None
+    True
+    """
+    X, W, b, S, s_b = _check_hvp_arrays(X, W, b, S, s_b)
+    N = X.shape[0]
+    check_labels(y, N, W.shape[0])
+    check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    alpha = check_scalar("alpha", alpha, 0.0)
+    reduction = check_reduction(reduction, ("mean", "sum"))
+    w, denom = check_weights(sample_weight, N, reduction)
+    check_grad_range(w, denom, X.dtype, summed=True)
+    return _linear_hvp_checked(X, W, b, S, s_b, w, alpha, denom)
+
+
+def _check_hvp_arrays(X, W, b, S, s_b):
+    """X, W, b, S, s_b validated and converted to their common float dtype (float32 only when
+    all five are float32)."""
+    X, W, b, _ = check_linear(X, W, b)
+    S, s_b = check_direction(S, s_b, W, b)
+    dtype = float_dtype(X, W, b, S, s_b)
+    X, W, S = as_float("X", X, dtype), as_float("W", W, dtype), as_float("S", S, dtype)
+    if b is not None:
+        b, s_b = as_float("b", b, dtype), as_float("s_b", s_b, dtype)
+    return X, W, b, S, s_b
+
+
+def _linear_hvp_checked(X, W, b, S, s_b, w, alpha, denom):
+    """`linear_cross_entropy_hvp` on arguments already validated and converted (as the solvers
+    hold them: read-only C-contiguous views of one dtype, float64 weights or an empty array)."""
+    if W.shape[0] <= SMALL_K_MAX:
+        HS, hsb, bad = _hvp_small_k(X, W, S, b, s_b, w, 1.0 / denom)
+    else:
+        HS, hsb, bad = _hvp_tiled(X, W, S, b, s_b, w, 1.0 / denom)
+    if bad:
+        raise_nonfinite_params(X, W, b)
+    if not (np.isfinite(HS).all() and (hsb is None or np.isfinite(hsb).all())):
+        raise ValueError(
+            f"the Hessian-vector product overflowed {X.dtype} (max |X| = "
+            f"{float(np.abs(X).max()):.3g}, max |S| = {float(np.abs(S).max()):.3g}): scale X or "
+            "S down, or with reduction='sum' scale sample_weight down"
+        )
+    if alpha:
+        _k._axpy(alpha, S, HS)
+    return HS, (None if hsb is None else hsb.astype(X.dtype))
+
+
+def _hvp_small_k(X, W, S, b, s_b, w, scale):
+    N, d = X.shape
+    K = W.shape[0]
+    C = _small_k_chunks(N, K, d, X.dtype.itemsize)
+    HS_parts = np.empty((C, K, d), dtype=X.dtype)
+    hsb_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
+    none = readonly(np.empty(0, X.dtype))
+    bad = _k._linear_hvp_small(C, X, W, S, none if b is None else b, none if b is None else s_b,
+                               w, scale, HS_parts, hsb_parts)
+    if C == 1:
+        HS = HS_parts[0]
+    else:
+        HS = np.add.reduce(HS_parts, axis=0, dtype=np.float64).astype(X.dtype)
+    return HS, (None if b is None else hsb_parts.sum(axis=0)), bad
+
+
+def _hvp_tiled(X, W, S, b, s_b, w, scale):
+    """Tiles of rows: Z = X_t W^T and T = X_t S^T (BLAS), the row pass turning T into R in place,
+    HS += R^T X_t (BLAS, beta=1). Both buffers together hold at most TILE_BYTES."""
+    N, d = X.shape
+    K = W.shape[0]
+    gemm = _blas.get_blas_funcs("gemm", dtype=X.dtype)
+    T = _tile_rows(2 * K, X.dtype.itemsize)
+    rows = min(T, max(N, 1))
+    Zbuf, Tbuf = np.empty((rows, K), dtype=X.dtype), np.empty((rows, K), dtype=X.dtype)
+    HS = np.zeros((K, d), dtype=X.dtype)
+    hsb = np.zeros(K, dtype=np.float64) if b is not None else None
+    hsb_parts = np.zeros((_row_blocks(rows), K if b is not None else 0), dtype=np.float64)
+    none = readonly(np.empty(0, X.dtype))
+    bad = 0
+    for lo in range(0, N, T):
+        hi = min(N, lo + T)
+        Xt, Zt, Tt = X[lo:hi], Zbuf[: hi - lo], Tbuf[: hi - lo]
+        if d:  # Fortran views: Z_t^T (K x n) = W (K x d) @ X_t^T (d x n), and T_t likewise
+            gemm(1.0, W.T, Xt.T, c=Zt.T, trans_a=1, overwrite_c=1)
+            gemm(1.0, S.T, Xt.T, c=Tt.T, trans_a=1, overwrite_c=1)
+        else:  # no features: BLAS rejects empty operands, and the logits are just b
+            Zt.fill(0)
+            Tt.fill(0)
+        if hsb is not None:
+            hsb_parts[:] = 0.0
+        bad += _k._hvp_rows(
+            _row_pass_tasks(hi - lo, K), Zt, Tt, none if b is None else b,
+            none if b is None else s_b, w[lo:hi] if w.size else w, scale, hsb_parts,
+        )
+        if hsb is not None:
+            hsb += hsb_parts.sum(axis=0)
+        if d:  # HS^T (d x K) += X_t^T (d x n) @ R_t (n x K)
+            gemm(1.0, Xt.T, Tt.T, beta=1.0, c=HS.T, trans_b=1, overwrite_c=1)
+    return HS, hsb, bad

@@ -14,6 +14,9 @@ gradients without an N x K array.
   copy), above that each batch is gathered (one batch x n_features copy). Beyond the epoch's
   permutation, nothing of size N is allocated.
 - :func:`gd`: full-batch gradient descent with a fixed learning rate (the textbook algorithm).
+- :func:`newton_cg`: inexact Newton with a conjugate-gradient inner loop on the fused
+  Hessian-vector product ``F.linear_cross_entropy_hvp`` and a Wolfe line search (scikit-learn's
+  ``_newton_cg``); few iterations where the problem is ill-conditioned.
 
 Conventions: X ``(n_samples, n_features)`` float32 or float64, W ``(n_classes, n_features)`` and b
 ``(n_classes,)`` (or None: no intercept) of X's dtype, y integer codes ``0..n_classes-1`` of shape
@@ -32,6 +35,7 @@ when the iterates become non-finite, instead of returning a model that is worse 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +46,7 @@ from fastsoftmax import _sparse
 from fastsoftmax import functional as F
 from fastsoftmax._threads import blas_limits
 from fastsoftmax._validation import (
+    as_float,
     check_labels,
     check_linear,
     check_sparse_linear,
@@ -51,7 +56,9 @@ from fastsoftmax._validation import (
     readonly,
 )
 
-__all__ = ["SolverResult", "auto_learning_rate", "gd", "lbfgs", "lipschitz_bound", "sgd"]
+__all__ = [
+    "SolverResult", "auto_learning_rate", "gd", "lbfgs", "lipschitz_bound", "newton_cg", "sgd",
+]
 
 Callback = Callable[[int, np.ndarray, "np.ndarray | None", list], bool]
 
@@ -63,7 +70,8 @@ class SolverResult:
     Attributes
     ----------
     n_iter : int
-        Iterations (lbfgs), epochs (sgd) or gradient steps (gd) performed.
+        Iterations (lbfgs), Newton iterations (newton_cg), epochs (sgd) or gradient steps (gd)
+        performed.
     loss_curve : list of float
         The objective per iteration or epoch (see each solver for the exact point).
     converged : bool
@@ -575,3 +583,215 @@ def _sgd_epoch(data: _SgdData, W, b, alpha, label_smoothing, learning_rate, shuf
         loss_sum += loss * batch_weight
         weight_sum += batch_weight
     return loss_sum / weight_sum if weight_sum > 0 else np.nan
+
+
+# ------------------------------------------------------------------------------------------------
+# Newton-CG
+# ------------------------------------------------------------------------------------------------
+
+
+class _NewtonProblem:
+    """The objective, its gradient and its Hessian-vector product on a float64 parameter vector
+    ``[W.ravel(), b]``, on data validated once (read-only C-contiguous X, intp labels, float64
+    weights and their sum). Each call converts the vector to X's dtype and makes one fused call;
+    the last loss-and-gradient evaluation is cached by point (the line search asks for the value
+    and the gradient separately)."""
+
+    def __init__(self, X, y, sample_weight, W, b, alpha, label_smoothing):
+        if is_sparse(X):
+            raise TypeError(
+                "solver='newton-cg' does not take sparse X yet (its Hessian-vector product is "
+                "dense only): use solver='lbfgs', or pass X.toarray()"
+            )
+        self.X, _, _, self.dtype = check_linear(X, W, b)
+        self.shape, self.has_b = W.shape, b is not None
+        self.y = check_labels(y, X.shape[0], W.shape[0])
+        self.w, self.denom = check_weights(sample_weight, X.shape[0], "mean")
+        self.alpha, self.eps = alpha, label_smoothing
+        self.n_coef = W.size
+        self._cache_x, self._cache = None, None
+        self.n_evaluations = 0
+
+    def unpack(self, x):
+        W_x = as_float("W", x[: self.n_coef].reshape(self.shape), self.dtype)
+        b_x = as_float("b", x[self.n_coef:], self.dtype) if self.has_b else None
+        return W_x, b_x
+
+    def loss_grad(self, x):
+        if self._cache_x is None or not np.array_equal(self._cache_x, x):
+            W_x, b_x = self.unpack(x)
+            loss, dW, db = F._linear_cross_entropy_checked(
+                self.X, W_x, b_x, self.y, self.w, self.eps, self.alpha, self.denom
+            )
+            grad = np.concatenate([dW.ravel(), db if db is not None else []]).astype(np.float64)
+            self._cache_x, self._cache = x.copy(), (loss, grad)
+            self.n_evaluations += 1
+        return self._cache
+
+    def hessp(self, x):
+        """The Hessian-vector product at x, as a function of the direction."""
+        W_x, b_x = self.unpack(x)
+
+        def product(v):
+            S, s_b = self.unpack(v)
+            HS, Hs_b = F._linear_hvp_checked(self.X, W_x, b_x, S, s_b, self.w, self.alpha,
+                                             self.denom)
+            return np.concatenate([HS.ravel(), Hs_b if Hs_b is not None else []]).astype(
+                np.float64)
+
+        return product
+
+
+def _dot(a: np.ndarray, c: np.ndarray) -> float:
+    # numpy's pairwise sum, not BLAS: numpy's OpenBLAS threads would spin against the kernels'
+    # (docs/design.md, "Threading and determinism"), and the sum is the same bits every run.
+    return float((a * c).sum())
+
+
+def _conjugate_gradient(hessp, grad: np.ndarray, max_inner: int, tol: float) -> np.ndarray:
+    """Approximately solve ``H p = -grad`` by CG, stopped when the residual's L1 norm is
+    <= tol, after ``max_inner`` products, or at the first direction of non-positive curvature
+    (scikit-learn's ``_cg``)."""
+    p = np.zeros_like(grad)
+    residual = grad.copy()
+    direction = -residual
+    rr = _dot(residual, residual)
+    for i in range(max_inner + 1):
+        if np.abs(residual).sum() <= tol:
+            break
+        Hd = hessp(direction)
+        curvature = _dot(direction, Hd)
+        # Zero curvature relative to the direction's length (scikit-learn's test is absolute,
+        # 16 eps: on this mean-normalized objective, gradients of 1e-9 met it and CG returned 0).
+        if 0 <= curvature <= 16 * np.finfo(np.float64).eps * _dot(direction, direction):
+            break
+        if curvature < 0:
+            if i == 0:  # the steepest-descent step scaled by its curvature, as scikit-learn
+                p += rr / curvature * direction
+            break
+        step = rr / curvature
+        p += step * direction
+        residual += step * Hd
+        rr_next = _dot(residual, residual)
+        direction = -residual + (rr_next / rr) * direction
+        rr = rr_next
+    return p
+
+
+# Backtracking when scipy's Wolfe line search fails: halve the step this many times at most,
+# accepting the first step with a sufficient (Armijo) decrease.
+_BACKTRACK_STEPS = 30
+_ARMIJO_C1 = 1e-4
+
+
+def _line_search(problem: _NewtonProblem, x, direction, loss, grad, old_loss):
+    """A step along ``direction`` and the loss there: scipy's strong-Wolfe search (as
+    scikit-learn's newton-cg), else backtracking from 1 on the Armijo condition; (None, loss)
+    when neither finds a decrease."""
+    f = lambda z: problem.loss_grad(z)[0]  # noqa: E731
+    g = lambda z: problem.loss_grad(z)[1]  # noqa: E731
+    try:
+        with warnings.catch_warnings():  # its warnings (a RuntimeWarning subclass that scipy does
+            # not export): the fallback below takes over, and overflow is handled there
+            warnings.simplefilter("ignore", RuntimeWarning)
+            step, _, _, new_loss, _, _ = scipy.optimize.line_search(
+                f, g, x, direction, gfk=grad, old_fval=loss, old_old_fval=old_loss
+            )
+    except ValueError:  # a trial step so long that the logits overflowed
+        step = None
+    if step is not None and new_loss is not None and np.isfinite(new_loss):
+        return step, new_loss
+    slope = _dot(grad, direction)
+    step = 1.0
+    for _ in range(_BACKTRACK_STEPS):
+        try:
+            new_loss = f(x + step * direction)
+        except ValueError:  # overflowing logits: too long a step
+            new_loss = np.inf
+        if new_loss <= loss + _ARMIJO_C1 * step * slope:
+            return step, new_loss
+        step *= 0.5
+    return None, loss
+
+
+def newton_cg(
+    X: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None,
+    W: np.ndarray,
+    b: np.ndarray | None,
+    *,
+    alpha: float,
+    label_smoothing: float,
+    max_iter: int,
+    tol: float,
+    callback: Callback | None = None,
+    max_inner: int = 200,
+) -> SolverResult:
+    """Inexact Newton: each iteration solves ``H p = -g`` by conjugate gradients on the fused
+    Hessian-vector product, then takes a line-searched step along p (scikit-learn's
+    ``_newton_cg``). Stops when the gradient's max-abs is <= tol (checked before each iteration,
+    as lbfgs's projected gradient) or after ``max_iter`` Newton iterations.
+
+    CG stops once the residual's L1 norm is <= ``min(0.5, sqrt(|g|_1)) |g|_1`` (the forcing term
+    that makes the outer iteration superlinear), after ``max_inner`` products, or at a direction
+    of non-positive curvature. The iterate is held in float64 (as lbfgs's); each evaluation and
+    product runs in X's dtype. ``loss_curve[k]`` is the objective after iteration k + 1. When the
+    line search finds no decrease, the run stops: converged after progress (the objective is flat
+    to its evaluation precision, as lbfgs's status 2), ``diverged`` from the start.
+    """
+    result = SolverResult()
+    if max_iter == 0:
+        result.message = "reached max_iter=0: the starting point is returned"
+        return result
+    problem = _NewtonProblem(X, y, sample_weight, W, b, alpha, label_smoothing)
+    x = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
+    loss, grad = problem.loss_grad(x)
+    old_loss = None
+    while True:
+        if np.abs(grad).max(initial=0.0) <= tol:
+            result.converged = True
+            result.message = f"gradient max-abs <= tol={tol}"
+            break
+        if result.n_iter >= max_iter:
+            result.message = f"reached max_iter={max_iter}"
+            break
+        l1 = float(np.abs(grad).sum())
+        direction = _conjugate_gradient(problem.hessp(x), grad, max_inner,
+                                        min(0.5, np.sqrt(l1)) * l1)
+        step, new_loss = _line_search(problem, x, direction, loss, grad, old_loss)
+        if step is None or not np.any(step * direction):
+            _no_decrease(result, loss)
+            break
+        x, old_loss = x + step * direction, loss
+        loss, grad = problem.loss_grad(x)
+        result.n_iter += 1
+        result.loss_curve.append(float(loss))
+        if callback is not None:
+            W_k, b_k = problem.unpack(x)
+            if callback(result.n_iter, W_k.copy(), None if b_k is None else b_k.copy(),
+                        list(result.loss_curve)):
+                result.stopped = True
+                result.message = "stopped by the callback"
+                break
+    W_x, b_x = problem.unpack(x)
+    W[...] = W_x
+    if b is not None:
+        b[...] = b_x
+    return result
+
+
+def _no_decrease(result: SolverResult, loss: float) -> None:
+    if result.n_iter:
+        result.converged = True
+        result.message = (
+            f"the line search found no further decrease at loss {loss:.17g}: the objective is "
+            "flat to the precision of its evaluation"
+        )
+    else:
+        result.diverged = True
+        result.message = (
+            f"the objective did not decrease from its starting value {loss:.6g}: the line "
+            "search found no step that lowers it, which happens when the data's scale is "
+            "extreme; standardize X"
+        )

@@ -141,3 +141,41 @@ def linear_softmax(X, W, b):
     if b is not None:
         Z = Z + np.asarray(b, dtype=dtype)
     return softmax(Z)
+
+
+def linear_cross_entropy_hvp(
+    X,
+    W,
+    b,
+    y,
+    S,
+    s_b,
+    *,
+    sample_weight=None,
+    label_smoothing=0.0,
+    alpha=0.0,
+    reduction="mean",
+):
+    """The Hessian of the ``linear_cross_entropy`` objective at (W, b) times the direction (S, s_b).
+
+    ``P = softmax(X W^T + b)``, ``T = X S^T + s_b``, ``R = P * (T - rowsum(P * T))`` (the Hessian
+    ``diag(p) - p p^T`` of each row's cross-entropy in its logits, applied to t),
+    ``HS = (R * w)^T X / sum(w) + alpha S`` and ``Hs_b = sum_i w_i r_i / sum(w)``. Neither y nor
+    label smoothing changes the Hessian (the target is constant in the logits).
+    Returns ``(HS, Hs_b)``, Hs_b None when b is None.
+    """
+    dtype = _float_dtype(X, W, b, S, s_b)
+    X = np.asarray(X, dtype=dtype)
+    Z = X @ np.asarray(W, dtype=dtype).T
+    T = X @ np.asarray(S, dtype=dtype).T
+    if b is not None:
+        Z = Z + np.asarray(b, dtype=dtype)
+        T = T + np.asarray(s_b, dtype=dtype)
+    P = softmax(Z.astype(np.float64))
+    T = T.astype(np.float64)
+    R = P * (T - (P * T).sum(axis=1, keepdims=True))
+    w = _weights(np.asarray(y), sample_weight, reduction)
+    Rw = R * w[:, None]
+    HS = (Rw.T @ X.astype(np.float64) + alpha * np.asarray(S, dtype=np.float64)).astype(dtype)
+    Hs_b = None if b is None else Rw.sum(axis=0).astype(dtype)
+    return HS, Hs_b
