@@ -249,7 +249,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True  # scipy.sparse X goes through the CSR kernels
+        # scipy.sparse X goes through the CSR kernels; newton-cg's Hessian-vector product has no
+        # sparse path yet and refuses it by name.
+        tags.input_tags.sparse = self.solver != "newton-cg"
         return tags
 
     def _sample_weight(self, X, y_codes, sample_weight, n_classes):
