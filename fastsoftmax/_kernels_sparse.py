@@ -49,6 +49,15 @@ MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
 
 
 @_jit(inline=True)
+def _column(indices, p, last):
+    """Column index of stored entry p, at most `last`: the indices were checked before the call,
+    but they are the caller's memory, and a concurrent write must not make the kernel read or
+    write outside W^T (a wrong result for a racy caller, never a crash). Unsigned, so a negative
+    index cannot slip under the bound; a min costs nothing beside the K-long loop it feeds."""
+    return min(np.uint64(indices[p]), last)
+
+
+@_jit(inline=True)
 def _csr_row_logits(indptr, indices, data, WT, i, A, r):
     """A[r] := X[i] @ W, from the stored entries of row i of X and W^T: columns 0..K-1 of WT
     (d, K or more), K = A.shape[1].
@@ -57,18 +66,19 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
     stores to A[r] (a loop-carried dependency through memory that LLVM cannot keep in registers,
     K being unknown), and the logits took 2.5x as long as with four."""
     K = A.shape[1]
+    last = np.uint64(WT.shape[0] - 1)
     for k in range(K):
         A[r, k] = 0
     p, hi = indptr[i], indptr[i + 1]
     while p + 3 < hi:
-        c0, c1 = np.uint64(indices[p]), np.uint64(indices[p + 1])
-        c2, c3 = np.uint64(indices[p + 2]), np.uint64(indices[p + 3])
+        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
+        c2, c3 = _column(indices, p + 2, last), _column(indices, p + 3, last)
         v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
         for k in range(K):
             A[r, k] += (v0 * WT[c0, k] + v1 * WT[c1, k]) + (v2 * WT[c2, k] + v3 * WT[c3, k])
         p += 4
     while p < hi:
-        c0, v0 = np.uint64(indices[p]), data[p]
+        c0, v0 = _column(indices, p, last), data[p]
         for k in range(K):
             A[r, k] += v0 * WT[c0, k]
         p += 1
@@ -83,9 +93,10 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
     loads of G could not be hoisted past the stores to dW^T, which might alias it). Duplicate
     columns are two statements in order, so they still add up."""
     K = G.shape[1]
+    last = np.uint64(dWT.shape[0] - 1)
     p, hi = indptr[i], indptr[i + 1]
     while p + 1 < hi:
-        c0, c1 = np.uint64(indices[p]), np.uint64(indices[p + 1])
+        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
         v0, v1 = data[p], data[p + 1]
         for k in range(K):
             g = G[0, k]
@@ -93,7 +104,7 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
             dWT[c1, off + k] += v1 * g
         p += 2
     if p < hi:
-        c0, v0 = np.uint64(indices[p]), data[p]
+        c0, v0 = _column(indices, p, last), data[p]
         for k in range(K):
             dWT[c0, off + k] += v0 * G[0, k]
 

@@ -360,7 +360,10 @@ def check_sparse_X(X, dtype: np.dtype) -> CsrInput:
         X = X.tocsr()
     n, d = X.shape
     index_dtype = np.int32 if X.indptr.dtype == X.indices.dtype == np.int32 else np.int64
-    indptr = readonly(np.ascontiguousarray(X.indptr, dtype=index_dtype))
+    # A copy (n_samples + 1 integers), checked below: the kernels take their row ranges from it,
+    # so a concurrent write to the caller's indptr cannot send them outside indices and data.
+    # Column indices are bounded inside the kernels instead (copying them would cost nnz).
+    indptr = readonly(np.array(X.indptr, dtype=index_dtype, order="C", copy=True))
     indices = readonly(np.ascontiguousarray(X.indices, dtype=index_dtype))
     nnz = int(indptr[-1]) if indptr.shape[0] == n + 1 else -1
     if nnz < 0 or nnz > indices.shape[0] or indptr[0] != 0 or (np.diff(indptr) < 0).any():

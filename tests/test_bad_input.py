@@ -222,3 +222,54 @@ def test_concurrent_writes_to_y_cannot_crash():
     the fix the child died of SIGSEGV (issue 10); in a subprocess because that kills pytest."""
     result = run_python(RACE_CODE, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.explain()
+
+
+SPARSE_RACE_CODE = """
+import threading, time
+import numpy as np
+import scipy.sparse as sp
+import fastsoftmax as fs
+
+N, d, K = 100_000, 1000, 8
+rng = np.random.default_rng(0)
+X = sp.random(N, d, density=0.01, format="csr", random_state=0, dtype=np.float64)
+W = rng.normal(size=(K, d))
+y = rng.integers(0, K, N)
+valid_indices, valid_indptr = X.indices.copy(), X.indptr.copy()
+spots = rng.integers(0, X.nnz, 64)
+rows = rng.integers(1, N, 64)
+stop = threading.Event()
+
+def flip():  # numpy holds the GIL here, the kernels (nogil) run meanwhile
+    while not stop.is_set():
+        X.indices[spots] = 2**31 - 1
+        X.indptr[rows] = X.nnz
+        X.indices[spots] = valid_indices[spots]
+        X.indptr[rows] = valid_indptr[rows]
+
+calls = [lambda: fs.linear_cross_entropy(X, W, None, y), lambda: fs.linear_softmax(X, W, None)]
+for call in calls:
+    call()
+writer = threading.Thread(target=flip)
+writer.start()
+try:
+    for call in calls:
+        end = time.perf_counter() + 0.7
+        while time.perf_counter() < end:
+            try:
+                call()
+            except ValueError as exc:  # a check caught a flipped index: the right answer
+                assert "not a valid CSR matrix" in str(exc), exc
+finally:
+    stop.set()
+    writer.join()
+print("ok")
+"""
+
+
+def test_concurrent_writes_to_sparse_indices_cannot_crash():
+    """The same for a sparse X: indptr is copied before its check and column indices are bounded
+    inside the kernels, so a caller writing into X.indices or X.indptr during a call gets a wrong
+    result or an error, never a crash (in a subprocess because a crash kills pytest)."""
+    result = run_python(SPARSE_RACE_CODE, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.explain()
