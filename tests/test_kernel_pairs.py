@@ -12,6 +12,7 @@ import pytest
 
 import fastsoftmax as fs
 from fastsoftmax import _kernels as k
+from fastsoftmax import _kernels_sparse as ks
 from fastsoftmax import _parallel
 from fastsoftmax import functional as F
 from fastsoftmax._parallel import KernelPair
@@ -57,17 +58,21 @@ def _assert_bitwise(a, b, what):
         assert u.tobytes() == v.tobytes(), what
 
 
-def test_every_parallel_kernel_is_a_pair():
+@pytest.mark.parametrize("module, expected", [
+    (k, {"_softmax_rows", "_xent_rows", "_xent_grad_rows", "_linear_xent_small",
+         "_linear_softmax_small", "_hvp_rows", "_linear_hvp_small"}),
+    (ks, {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax"}),
+], ids=["dense", "sparse"])
+def test_every_parallel_kernel_is_a_pair(module, expected):
     """No kernel compiled with parallel=True exists outside a KernelPair, and each pair holds two
     different compiled functions (the twin under its own name, so the cache cannot mix them)."""
-    pairs = {n: o for n, o in vars(k).items() if isinstance(o, KernelPair)}
-    assert set(pairs) == {"_softmax_rows", "_xent_rows", "_xent_grad_rows", "_linear_xent_small",
-                          "_linear_softmax_small"}
+    pairs = {n: o for n, o in vars(module).items() if isinstance(o, KernelPair)}
+    assert set(pairs) == expected
     for name, pair in pairs.items():
         assert pair.parallel.targetoptions["parallel"], name
         assert not pair.serial.targetoptions.get("parallel"), name
         assert pair.serial.py_func.__qualname__ == name + "_serial"
-    for name, obj in vars(k).items():
+    for name, obj in vars(module).items():
         if hasattr(obj, "targetoptions"):
             assert not obj.targetoptions.get("parallel"), f"{name}: a parallel kernel without twin"
 
