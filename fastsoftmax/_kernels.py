@@ -470,7 +470,7 @@ def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi
 # ------------------------------------------------------------------------------------------------
 
 
-@_jit()
+@_jit(inline=True)
 def _logits_group(X, i, n, W, zb):
     """zb[r] := X[i + r] @ W.T for r < n (n <= 4).
 
@@ -526,7 +526,7 @@ def _logits_group(X, i, n, W, zb):
         zb[0, kk], zb[1, kk], zb[2, kk], zb[3, kk] = a0, a1, a2, a3
 
 
-@_jit()
+@_jit(inline=True)
 def _accumulate_dW_group(X, i, n, zb, dW):
     """dW += zb[:n].T @ X[i:i+n]; full groups blocked 4 classes x 4 rows like `_logits_group`."""
     K, d = dW.shape
