@@ -15,13 +15,9 @@ from fastsoftmax import _kernels as _k
 from fastsoftmax import _kernels_sparse as _ks
 from fastsoftmax._validation import (
     CsrInput,
-    check_grad_range,
-    check_labels,
-    check_reduction,
-    check_scalar,
+    check_linear_options,
     check_sparse_linear,
     check_total,
-    check_weights,
     raise_nonfinite_sparse,
 )
 
@@ -55,13 +51,10 @@ def linear_cross_entropy(X, W, b, y, sample_weight, label_smoothing, alpha, redu
             "n_features) array, as large as X.toarray(); pass a dense X to get it"
         )
     Xc, W, b, dtype = check_sparse_linear(X, W, b)
-    N = Xc.shape[0]
-    y = check_labels(y, N, W.shape[0])
-    eps = check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-    alpha = check_scalar("alpha", alpha, 0.0)
-    reduction = check_reduction(reduction, ("mean", "sum"))
-    w, denom = check_weights(sample_weight, N, reduction)
-    check_grad_range(w, denom, dtype, summed=True)
+    y, eps, alpha, w, denom = check_linear_options(
+        y, Xc.shape[0], W.shape[0], dtype, sample_weight=sample_weight,
+        label_smoothing=label_smoothing, alpha=alpha, reduction=reduction,
+    )
     return linear_cross_entropy_checked(Xc, W, b, y, w, eps, alpha, denom)
 
 

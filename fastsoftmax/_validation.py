@@ -151,6 +151,20 @@ def check_weights(sample_weight, n_samples: int, reduction: str):
     return readonly(w), (total if reduction == "mean" else unscale)
 
 
+def check_linear_options(y, n_samples: int, n_classes: int, dtype: np.dtype, *, sample_weight,
+                         label_smoothing, alpha, reduction):
+    """The options of `linear_cross_entropy` (dense or sparse X), checked in this order: labels,
+    label_smoothing, alpha, reduction ("mean" or "sum"), sample_weight and the range of the
+    gradients it implies. Returns (y, smoothing, alpha, weights, denominator)."""
+    y = check_labels(y, n_samples, n_classes)
+    smoothing = check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
+    alpha = check_scalar("alpha", alpha, 0.0)
+    reduction = check_reduction(reduction, ("mean", "sum"))
+    w, denom = check_weights(sample_weight, n_samples, reduction)
+    check_grad_range(w, denom, dtype, summed=True)
+    return y, smoothing, alpha, w, denom
+
+
 def check_grad_range(w: np.ndarray, denom: float, dtype: np.dtype, summed: bool) -> None:
     """Refuse weights that make the gradients unrepresentable in `dtype`.
 

@@ -33,6 +33,7 @@ from fastsoftmax._validation import (
     check_grad_range,
     check_labels,
     check_linear,
+    check_linear_options,
     check_logits,
     check_out,
     check_per_sample,
@@ -424,13 +425,10 @@ def linear_cross_entropy(
                                             reduction, return_dX)
     reject_sparse(W=W, b=b)
     X, W, b, dtype = check_linear(X, W, b)
-    N = X.shape[0]
-    y = check_labels(y, N, W.shape[0])
-    eps = check_scalar("label_smoothing", label_smoothing, 0.0, 1.0)
-    alpha = check_scalar("alpha", alpha, 0.0)
-    reduction = check_reduction(reduction, ("mean", "sum"))
-    w, denom = check_weights(sample_weight, N, reduction)
-    check_grad_range(w, denom, dtype, summed=True)
+    y, eps, alpha, w, denom = check_linear_options(
+        y, X.shape[0], W.shape[0], dtype, sample_weight=sample_weight,
+        label_smoothing=label_smoothing, alpha=alpha, reduction=reduction,
+    )
     return _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX)
 
 
