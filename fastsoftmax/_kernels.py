@@ -39,9 +39,10 @@ Design
 import math
 
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import config, njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import get_cython_function_address, intrinsic, overload
 
 from fastsoftmax import _cache
 from fastsoftmax._parallel import parallel_kernel
@@ -814,4 +815,321 @@ def _linear_hvp_chunk(X, W, S, b, s_b, sample_weight, scale, lo, hi, HS, hsb):
         _logits_group(X, i, n, S, tb)
         bad += _hvp_block(zb, tb, b, s_b, sample_weight, scale, 0, n, i, hsb)
         _accumulate_dW_group(X, i, n, tb, HS)
+    return bad
+
+
+# ------------------------------------------------------------------------------------------------
+# The BLAS path (K > SMALL_K_MAX): GEMMs on tiles, single-threaded, inside one parallel region
+#
+# One pool owns the cores: Numba's threads each call a single-threaded GEMM on their own sub-tile
+# (the caller holds BLAS at one thread, `_threads.single_threaded_blas`), so no second pool spins
+# against them and no GEMM's bits depend on BLAS's thread count. The cut depends on the problem
+# size only: tiles of rows (the logits scratch Z), each cut into sub-tiles; an item is one
+# sub-tile: G_s from X_s W^T and the fused row pass, dX_s = G_s W, and G_s^T X_s while X_s is in
+# cache. Where K x d is small, sub-tile s of every tile accumulates G_s^T X_s into its own slot
+# (a K x d partial, tiles in order) and the slots are summed in slot order at the end; where it is
+# large, a second pass per tile cuts dW into blocks of classes or features, each with one writer.
+# (Cutting dW into blocks re-packs the shared GEMM operand once per block: 1.3-2x one GEMM at
+# 256 x 100; slots cost one K x d sum per slot per call.) Workers claim the next item from an
+# atomic counter: a thread slowed by a busy core takes fewer items instead of holding the others at
+# the barrier, and which thread computes an item never changes its bits.
+# ------------------------------------------------------------------------------------------------
+
+_GEMM_SIG = types.void(*([types.voidptr] * 13))
+for _name in ("sgemm", "dgemm"):
+    # By symbol name, so that machine code loaded from the cache links to this process's BLAS.
+    llvm_binding.add_symbol(
+        "fastsoftmax_" + _name, get_cython_function_address("scipy.linalg.cython_blas", _name)
+    )
+_sgemm = types.ExternalFunction("fastsoftmax_sgemm", _GEMM_SIG)
+_dgemm = types.ExternalFunction("fastsoftmax_dgemm", _GEMM_SIG)
+
+
+@_jit(inline=True)
+def _gemm(trans_a, trans_b, alpha, A, B, beta, C):
+    """C := alpha op(A) op(B) + beta C for row-major 2-D views (rows may be strided, elements
+    contiguous), op(M) = M.T when trans. scipy's Fortran GEMM computes C^T = op(B)^T op(A)^T on
+    the same memory. beta = 0 overwrites C (NaN in C does not propagate), as BLAS does."""
+    m, n = C.shape
+    k = A.shape[0] if trans_a else A.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:  # BLAS rejects empty operands; the product is zero
+        for i in range(m):
+            for j in range(n):
+                C[i, j] = 0 if beta == 0 else beta * C[i, j]
+        return
+    ints = np.empty(6, np.int32)
+    ints[0], ints[1], ints[2] = n, m, k
+    ints[3] = max(1, B.strides[0] // B.itemsize)
+    ints[4] = max(1, A.strides[0] // A.itemsize)
+    ints[5] = max(1, C.strides[0] // C.itemsize)
+    flags = np.empty(2, np.uint8)
+    flags[0] = 84 if trans_b else 78  # 'T' / 'N'
+    flags[1] = 84 if trans_a else 78
+    scalars = np.empty(2, C.dtype)
+    scalars[0], scalars[1] = alpha, beta
+    if C.itemsize == 4:
+        _sgemm(flags[0:].ctypes, flags[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes,
+               ints[2:].ctypes, scalars[0:].ctypes, B.ctypes, ints[3:].ctypes, A.ctypes,
+               ints[4:].ctypes, scalars[1:].ctypes, C.ctypes, ints[5:].ctypes)
+    else:
+        _dgemm(flags[0:].ctypes, flags[1:].ctypes, ints[0:].ctypes, ints[1:].ctypes,
+               ints[2:].ctypes, scalars[0:].ctypes, B.ctypes, ints[3:].ctypes, A.ctypes,
+               ints[4:].ctypes, scalars[1:].ctypes, C.ctypes, ints[5:].ctypes)
+
+
+@intrinsic
+def _fetch_add(typingctx, counter, slot):
+    """Atomically counter[slot] += 1; returns the value before (the item this worker claims)."""
+    sig = types.int64(counter, slot)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", ptr, one, "monotonic")
+
+    return sig, codegen
+
+
+def _claim(counter, slot):
+    """The next unclaimed item of `counter[slot]` (an int64 array's slot)."""
+    raise NotImplementedError  # only callable from jitted code
+
+
+@overload(_claim)
+def _claim_overload(counter, slot):
+    return lambda counter, slot: _fetch_add(counter, slot)
+
+
+if config.DISABLE_JIT:
+
+    def _gemm(trans_a, trans_b, alpha, A, B, beta, C):  # noqa: F811
+        product = alpha * ((A.T if trans_a else A) @ (B.T if trans_b else B))
+        C[...] = product if beta == 0 else product + beta * C
+
+    def _claim(counter, slot):  # noqa: F811 (no threads without the JIT)
+        counter[slot] += 1
+        return counter[slot] - 1
+
+
+@_jit(inline=True)
+def _col_range(c, col_block, K, d, by_class):
+    """Columns of block c of dW: classes [lo, hi) when by_class, else features [lo, hi)."""
+    lo = c * col_block
+    return lo, min(K if by_class else d, lo + col_block)
+
+
+@_jit()
+def _tile_dW_block(X, G, lo, n, dW, c, col_block, by_class):
+    """Block c of dW += G^T X_t for the tile of n rows at lo (G = its first n rows; one item)."""
+    K, d = dW.shape
+    a, e = _col_range(c, col_block, K, d, by_class)
+    if by_class:
+        _gemm(True, False, 1.0, G[:n, a:e], X[lo:lo + n], 1.0, dW[a:e])
+    else:
+        _gemm(True, False, 1.0, G[:n], X[lo:lo + n, a:e], 1.0, dW[:, a:e])
+
+
+@_jit()
+def _merge_slots(slots, dW, lo, hi):
+    """Rows lo..hi of dW += the sum of the slots' rows, in slot order (one item)."""
+    for s in range(slots.shape[0]):
+        for k in range(lo, hi):
+            for j in range(dW.shape[1]):
+                dW[k, j] += slots[s, k, j]
+
+
+@_jit()
+def _sum_items(bads, parts, n, db):
+    """db += the first n rows of parts, in item order; returns the sum of bads (the bad rows)."""
+    bad = 0
+    for s in range(n):
+        bad += bads[s]
+        for k in range(db.shape[0]):
+            db[k] += parts[s, k]
+    return bad
+
+
+@_jit()
+def _tile_grad_block(X, W, b, y, sample_weight, smoothing, scale, lo, a, e, Z, losses, db, dX,
+                     slot, beta):
+    """Sub-tile rows a..e of the tile at lo (samples lo+a..lo+e; one item): Z[a:e] := X_s W^T,
+    the fused row pass turning it into the gradient G_s (losses, db += its column sums),
+    dX_s := G_s W, and slot := G_s^T X_s + beta slot (slot (K, d), or (0, 0) for none). Returns
+    the number of bad rows."""
+    Xs = X[lo + a:lo + e]
+    _gemm(False, True, 1.0, Xs, W, 0.0, Z[a:e])
+    bad = _grad_block(Z, Z, b, False, y, sample_weight, smoothing, scale, a, e, lo, losses, db)
+    if dX.shape[0] > 0:
+        _gemm(False, False, 1.0, Z[a:e], W, 0.0, dX[lo + a:lo + e])
+    if slot.shape[0] > 0:
+        _gemm(True, False, 1.0, Z[a:e], Xs, beta, slot)
+    return bad
+
+
+@_parallel_kernel
+def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, db, dX, Z,
+                       db_parts, slots, sub_rows, col_block, by_class, workers):
+    """Loss, dW, db and dX of the linear layer through BLAS tiles; returns the number of bad rows.
+
+    X             IN    (N, d) data dtype, C-contiguous
+    W             IN    (K, d) data dtype, C-contiguous
+    b             IN    (K,) data dtype; size 0: no bias
+    y             IN    (N,) intp: labels in [0, K)
+    sample_weight IN    (N,) float64; size 0: all ones
+    smoothing     IN    float in [0, 1]: label smoothing
+    scale         IN    float: 1 / the reduction's denominator
+    losses        OUT   (N,) float64: weighted per-sample losses (not scaled)
+    dW            INOUT (K, d) data dtype, C-contiguous: zeros on entry; += G^T X
+    db            INOUT (K,) float64: zeros on entry; += column sums of G; size 0: no bias
+    dX            OUT   (N, d) data dtype, C-contiguous: G W; size 0: not computed
+    Z             OUT   (T, K) data dtype, C-contiguous: scratch; T rows of a tile, a multiple of
+                        sub_rows (or N when smaller)
+    db_parts      OUT   (T / sub_rows rounded up, K or 0) float64: scratch for db
+    slots         OUT   (T / sub_rows rounded up, K, d) data dtype: scratch, the per-sub-tile
+                        partials of dW (all written by the first tile, which is full); shape
+                        (0, K, d): dW by blocks of col_block instead
+    sub_rows      IN    int: rows of a sub-tile
+    col_block     IN    int: classes (by_class) or features per block of dW (without slots)
+    by_class      IN    bool: dW cut into blocks of classes (else of features)
+    workers       IN    int: prange iterations that claim items (Numba's thread count; the
+                        results do not depend on it)
+    """
+    N = X.shape[0]
+    K, d = dW.shape
+    T = Z.shape[0]
+    n_cols = _n_blocks(K if by_class else d, col_block)
+    none = np.empty((0, 0), X.dtype)
+    counter = np.zeros(2, np.int64)
+    bads = np.zeros(db_parts.shape[0], np.int64)
+    bad = 0
+    for lo in range(0, N, T):
+        n = min(T, N - lo)
+        n_sub = _n_blocks(n, sub_rows)
+        db_parts[:n_sub] = 0.0
+        counter[0] = 0
+        for _ in prange(workers):
+            s = _claim(counter, 0)
+            while s < n_sub:
+                a = s * sub_rows
+                bads[s] = _tile_grad_block(
+                    X, W, b, y, sample_weight, smoothing, scale, lo, a, min(n, a + sub_rows), Z,
+                    losses, db_parts[s], dX, slots[s] if slots.shape[0] > 0 else none,
+                    0.0 if lo == 0 else 1.0)
+                s = _claim(counter, 0)
+        bad += _sum_items(bads, db_parts, n_sub, db)
+        if slots.shape[0] > 0:
+            continue
+        counter[1] = 0
+        for _ in prange(workers):
+            c = _claim(counter, 1)
+            while c < n_cols:
+                _tile_dW_block(X, Z, lo, n, dW, c, col_block, by_class)
+                c = _claim(counter, 1)
+    if slots.shape[0] > 0:  # dW = the sum of the slots in slot order, by blocks of its rows
+        counter[1] = 0
+        for _ in prange(workers):
+            c = _claim(counter, 1)
+            while c * ROW_BLOCK < K:
+                _merge_slots(slots, dW, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
+                c = _claim(counter, 1)
+    return bad
+
+
+@_jit()
+def _tile_softmax_block(X, W, b, out, lo, hi):
+    """Rows lo..hi of `_linear_softmax_tiled` (one item): logits by GEMM, softmax in place."""
+    _gemm(False, True, 1.0, X[lo:hi], W, 0.0, out[lo:hi])
+    return _softmax_block(out, out, b, False, False, lo, hi)
+
+
+@_parallel_kernel
+def _linear_softmax_tiled(X, W, b, out, sub_rows, workers):
+    """out := softmax(X W^T + b) through BLAS on sub-tiles; returns the number of bad rows.
+
+    X        IN  (N, d) data dtype, C-contiguous
+    W        IN  (K, d) data dtype, C-contiguous
+    b        IN  (K,) data dtype; size 0: no bias
+    out      OUT (N, K) data dtype, C-contiguous
+    sub_rows IN  int: rows per item
+    workers  IN  int: as `_linear_xent_tiled`
+    """
+    N = X.shape[0]
+    n_sub = _n_blocks(N, sub_rows)
+    bads = np.zeros(n_sub, np.int64)
+    counter = np.zeros(1, np.int64)
+    for _ in prange(workers):
+        s = _claim(counter, 0)
+        while s < n_sub:
+            lo = s * sub_rows
+            bads[s] = _tile_softmax_block(X, W, b, out, lo, min(N, lo + sub_rows))
+            s = _claim(counter, 0)
+    return bads.sum()
+
+
+@_jit()
+def _tile_hvp_block(X, W, S, b, s_b, sample_weight, scale, lo, a, e, Z, T, hsb, slot, beta):
+    """Sub-tile rows a..e of the tile at lo (one item): Z := X_s W^T, T := X_s S^T, the row pass
+    turning T into R, and slot := R_s^T X_s + beta slot (as `_tile_grad_block`)."""
+    Xs = X[lo + a:lo + e]
+    _gemm(False, True, 1.0, Xs, W, 0.0, Z[a:e])
+    _gemm(False, True, 1.0, Xs, S, 0.0, T[a:e])
+    bad = _hvp_block(Z, T, b, s_b, sample_weight, scale, a, e, lo, hsb)
+    if slot.shape[0] > 0:
+        _gemm(True, False, 1.0, T[a:e], Xs, beta, slot)
+    return bad
+
+
+@_parallel_kernel
+def _linear_hvp_tiled(X, W, S, b, s_b, sample_weight, scale, HS, hsb, Z, T, hsb_parts, slots,
+                      sub_rows, col_block, by_class, workers):
+    """Hessian-vector product of the linear layer through BLAS tiles; returns the number of bad
+    rows. Arguments as `_linear_hvp_small` and `_linear_xent_tiled`, and:
+
+    HS        INOUT (K, d) data dtype, C-contiguous: zeros on entry; += R^T X
+    hsb       INOUT (K,) float64: zeros on entry; += column sums of R; size 0: no intercept
+    Z, T      OUT   (rows of a tile, K) data dtype, C-contiguous: scratch
+    hsb_parts OUT   (sub-tiles of a tile, K or 0) float64: scratch
+    slots     OUT   (sub-tiles of a tile, K, d) data dtype, or (0, K, d): as `_linear_xent_tiled`
+    """
+    N = X.shape[0]
+    K, d = HS.shape
+    rows = Z.shape[0]
+    n_cols = _n_blocks(K if by_class else d, col_block)
+    none = np.empty((0, 0), X.dtype)
+    counter = np.zeros(2, np.int64)
+    bads = np.zeros(hsb_parts.shape[0], np.int64)
+    bad = 0
+    for lo in range(0, N, rows):
+        n = min(rows, N - lo)
+        n_sub = _n_blocks(n, sub_rows)
+        hsb_parts[:n_sub] = 0.0
+        counter[0] = 0
+        for _ in prange(workers):
+            s = _claim(counter, 0)
+            while s < n_sub:
+                a = s * sub_rows
+                bads[s] = _tile_hvp_block(
+                    X, W, S, b, s_b, sample_weight, scale, lo, a, min(n, a + sub_rows), Z, T,
+                    hsb_parts[s], slots[s] if slots.shape[0] > 0 else none,
+                    0.0 if lo == 0 else 1.0)
+                s = _claim(counter, 0)
+        bad += _sum_items(bads, hsb_parts, n_sub, hsb)
+        if slots.shape[0] > 0:
+            continue
+        counter[1] = 0
+        for _ in prange(workers):
+            c = _claim(counter, 1)
+            while c < n_cols:
+                _tile_dW_block(X, T, lo, n, HS, c, col_block, by_class)
+                c = _claim(counter, 1)
+    if slots.shape[0] > 0:
+        counter[1] = 0
+        for _ in prange(workers):
+            c = _claim(counter, 1)
+            while c * ROW_BLOCK < K:
+                _merge_slots(slots, HS, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
+                c = _claim(counter, 1)
     return bad

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 import numba
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["blas_limits", "effective_n_jobs", "numba_threads", "thread_limits"]
+__all__ = [
+    "blas_limits", "effective_n_jobs", "numba_threads", "single_threaded_blas", "thread_limits",
+]
 
 
 def effective_n_jobs(n_jobs: int | None) -> int | None:
@@ -70,6 +72,10 @@ _controller: ThreadpoolController | None = None
 _limits_lock = threading.Lock()
 # Process-wide BLAS pools (pthreads OpenBLAS): library file -> [open blocks, thread count to restore]
 _open_limits: dict = {}
+# Kernels calling BLAS from their own threads (`single_threaded_blas`) running now, and the thread
+# count each process-wide library gets back when the last of them ends (library file -> count).
+_kernel_holds = 0
+_after_kernels: dict = {}
 
 
 def _blas_libraries(library: str | None) -> list:
@@ -83,6 +89,12 @@ def _blas_libraries(library: str | None) -> list:
     return [lib for lib in blas if library is None or library in lib.filepath]
 
 
+def _get_threads(lib) -> int:
+    """A library's thread count as blocks see it: while kernels hold BLAS at one thread, the
+    count it gets back after them."""
+    return _after_kernels.get(lib.filepath) or lib.get_num_threads()
+
+
 def _set_threads(lib, n_threads: int) -> None:
     """Set a library's thread count from this thread, whichever thread it is.
 
@@ -92,7 +104,11 @@ def _set_threads(lib, n_threads: int) -> None:
     rest of the process (tests/test_reliability.py). Our blocks are already serialized by
     ``_limits_lock`` and counted, so they use the raw setter behind that policy where it exists,
     and leave threadpoolctl's record of who controls OpenBLAS (the caller's own limits) untouched.
+    While kernels hold a process-wide library at one thread, the change waits for them to end.
     """
+    if lib.filepath in _after_kernels:
+        _after_kernels[lib.filepath] = n_threads
+        return
     getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n_threads)
 
 
@@ -103,8 +119,15 @@ def _process_wide(lib) -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _limits_lock
+    global _limits_lock, _kernel_holds
     _limits_lock = threading.Lock()  # another thread may have held it at the fork
+    # Kernels running at the fork ran in threads the child does not have: end their holds.
+    _kernel_holds = 0
+    restore = dict(_after_kernels)
+    _after_kernels.clear()
+    for lib in _blas_libraries(None) if restore else []:
+        if lib.filepath in restore:
+            _set_threads(lib, restore[lib.filepath])
     # The blocks open at the fork belong to threads the child does not have: undo their limits.
     for lib in _blas_libraries(None) if _open_limits else []:
         entry = _open_limits.get(lib.filepath)
@@ -136,13 +159,13 @@ def blas_limits(n_threads: int | None, *, library: str | None = None) -> Iterato
         try:
             for lib in libraries:
                 if not _process_wide(lib):
-                    own.append((lib, lib.get_num_threads()))
+                    own.append((lib, _get_threads(lib)))
                     _set_threads(lib, n_threads)
                     continue
                 entry = _open_limits.get(lib.filepath)
                 first = entry is None
                 if first:
-                    entry = _open_limits[lib.filepath] = [0, lib.get_num_threads()]
+                    entry = _open_limits[lib.filepath] = [0, _get_threads(lib)]
                 entry[0] += 1  # counted before the change: an interruption still restores
                 shared.append(lib)
                 if first:
@@ -170,6 +193,38 @@ def _release(shared: list, own: list) -> None:
             _set_threads(lib, entry[1])
     for lib, previous in reversed(own):
         _set_threads(lib, previous)
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Hold every process-wide BLAS pool at one thread while a kernel calls BLAS from its own
+    threads (docs/design.md, "Threading and determinism").
+
+    Inside the block, Numba's pool owns the cores: each of its threads calls GEMM on its own tile,
+    so BLAS must not start threads of its own (two pools would spin against each other, and a
+    GEMM's bits could depend on BLAS's thread count). Blocks from several threads share one hold;
+    `blas_limits` changes made meanwhile take effect when the last block ends. Per-thread (OpenMP)
+    BLAS pools run single-threaded inside a parallel region already and are left alone.
+    """
+    global _kernel_holds
+    with _limits_lock:
+        if _kernel_holds == 0:
+            for lib in _blas_libraries(None):
+                if _process_wide(lib):
+                    _after_kernels[lib.filepath] = lib.get_num_threads()
+                    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(1)
+        _kernel_holds += 1
+    try:
+        yield
+    finally:
+        with _limits_lock:
+            _kernel_holds -= 1
+            if _kernel_holds == 0:
+                restore = dict(_after_kernels)
+                _after_kernels.clear()
+                for lib in _blas_libraries(None):
+                    if lib.filepath in restore:
+                        _set_threads(lib, restore[lib.filepath])
 
 
 @contextmanager

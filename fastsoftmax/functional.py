@@ -22,11 +22,14 @@ No function modifies its inputs. Bad input raises ``ValueError`` or ``TypeError`
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numba
 import numpy as np
-from scipy.linalg import blas as _blas
 
 from fastsoftmax import _kernels as _k
 from fastsoftmax import _sparse
+from fastsoftmax._threads import single_threaded_blas
 from fastsoftmax._validation import (
     as_float,
     check_direction,
@@ -67,10 +70,13 @@ SMALL_K_MAX = 32
 TILE_BYTES = 64 * 2**20
 TILE_ROWS_MAX = 8192
 TILE_ROWS_MIN = 64
-# From this many classes a row pass between BLAS GEMMs (the tiled loss, linear_softmax) runs in
-# parallel (measured on the loss at 100 classes: serial 1.07-1.12x the floor, parallel 1.34-1.63x; at
-# 1000: serial 1.11-1.20x, parallel 1.00-1.12x). See `_row_pass_tasks`.
-TILED_PARALLEL_MIN_K = 512
+# The BLAS path's cut (`_tile_plan`): parallel items per tile and per dW pass, sub-tile rows.
+TILE_ITEMS = 8
+SUB_ROWS_MIN = 32
+SUB_ROWS_MAX = 512
+SUB_ROWS_ALIGN = 16
+COL_BLOCK_MIN = 64
+SLOT_BYTES = 64 * 2**20
 # Row chunks of the small-K kernel: at most this many (each holds a K x d partial dW), fixed by the
 # problem size only so that results do not depend on the thread count.
 SMALL_K_CHUNKS = 16
@@ -81,15 +87,6 @@ SMALL_K_PARTIALS_BYTES = 64 * 2**20
 def _row_blocks(n_rows: int) -> int:
     """Number of prange iterations (blocks of ROW_BLOCK rows) of the row kernels."""
     return _k.n_blocks(n_rows, _k.ROW_BLOCK)
-
-
-def _row_pass_tasks(n_rows: int, n_classes: int) -> int:
-    """Parallel tasks of a row pass that runs between BLAS GEMMs: its row blocks from
-    TILED_PARALLEL_MIN_K classes, else 1 (serial). Below that, a Numba parallel region costs more
-    in fighting OpenBLAS's spinning threads for the cores than it saves; from there on rows are
-    long enough that it pays (docs/design.md, "Threading and determinism"). Either way the results
-    are the same bits: the kernel pairs' twins agree bitwise."""
-    return _row_blocks(n_rows) if n_classes >= TILED_PARALLEL_MIN_K else 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -486,53 +483,69 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows):
     return dW, db, bad
 
 
-def _tile_rows(K: int, itemsize: int) -> int:
-    rows = TILE_BYTES // (K * itemsize)
-    return int(min(TILE_ROWS_MAX, max(TILE_ROWS_MIN, rows)))
+class _TilePlan(NamedTuple):
+    """How the BLAS path cuts a problem, from its size only (never the thread count)."""
+
+    rows: int  # rows of a tile (its logits stay in a scratch buffer of rows x K)
+    sub_rows: int  # rows of a sub-tile: one parallel item
+    slots: int  # K x d partials of dW, one per sub-tile of a tile; 0: dW by blocks instead
+    col_block: int  # without slots: classes or features of dW per parallel item
+    by_class: bool  # without slots: dW cut into blocks of classes (K >= d) or of features
+
+    def n_tasks(self, N: int) -> int:
+        """Parallel items of the first tile (1: the serial twin runs)."""
+        return _k.n_blocks(min(N, self.rows), self.sub_rows)
+
+    def scratch(self, K: int, d: int, dtype, n_logit_arrays: int = 1):
+        """The kernels' scratch arrays: logits, per-item db partials, slots."""
+        items = _k.n_blocks(self.rows, self.sub_rows)
+        return (
+            *(np.empty((self.rows, K), dtype=dtype) for _ in range(n_logit_arrays)),
+            np.empty((items, K), dtype=np.float64),
+            np.empty((items if self.slots else 0, K, d), dtype=dtype),
+        )
+
+
+def _tile_plan(N: int, K: int, d: int, itemsize: int, n_logit_arrays: int = 1) -> _TilePlan:
+    """Tiles of at most TILE_BYTES of logits (n_logit_arrays arrays of rows x K) cut into
+    TILE_ITEMS sub-tiles of SUB_ROWS_MIN..SUB_ROWS_MAX rows; one K x d slot per sub-tile while
+    they fit in SLOT_BYTES, else dW cut along its longer side into TILE_ITEMS blocks
+    (docs/design.md, "Threading and determinism")."""
+    rows = TILE_BYTES // (n_logit_arrays * K * itemsize)
+    rows = int(min(TILE_ROWS_MAX, max(TILE_ROWS_MIN, rows), max(N, 1)))
+    sub = _round_up(-(-rows // TILE_ITEMS), SUB_ROWS_ALIGN)
+    sub = int(min(SUB_ROWS_MAX, max(SUB_ROWS_MIN, sub)))
+    if rows > sub:
+        rows -= rows % sub  # whole sub-tiles
+    items = _k.n_blocks(rows, sub)
+    slots = items if items * K * d * itemsize <= SLOT_BYTES else 0
+    by_class = K >= d
+    block = _round_up(-(-(K if by_class else d) // TILE_ITEMS), SUB_ROWS_ALIGN)
+    return _TilePlan(rows, sub, slots, int(max(COL_BLOCK_MIN, block)), by_class)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
 
 
 def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
-    """Tiles of rows: Z = X_t W^T (BLAS), fused row pass in place, dW += G^T X_t (BLAS, beta=1).
-
-    All three products use scipy's BLAS (the one Numba links against), so one OpenBLAS thread pool
-    serves the loop; `_row_pass_tasks` decides whether the row pass between them runs in parallel.
-    """
+    """The BLAS path of the loss (`_k._linear_xent_tiled`): per sub-tile, Z = X_s W^T, the fused
+    row pass, dX_s = G_s W and G_s^T X_s into its slot (or dW += G^T X_t by blocks per tile), with
+    every GEMM single-threaded inside Numba's one parallel region."""
     N, d = X.shape
     K = W.shape[0]
-    gemm = _blas.get_blas_funcs("gemm", dtype=X.dtype)
-    T = _tile_rows(K, X.dtype.itemsize)
-    Zbuf = np.empty((min(T, max(N, 1)), K), dtype=X.dtype)
+    plan = _tile_plan(N, K, d, X.dtype.itemsize)
+    Z, db_parts, slots = plan.scratch(K, d, X.dtype)
     dW = np.zeros((K, d), dtype=X.dtype)
-    db = np.zeros(K, dtype=np.float64) if b is not None else None
-    db_parts = np.zeros((_row_blocks(Zbuf.shape[0]), K if b is not None else 0), dtype=np.float64)
+    db = np.zeros(K if b is not None else 0, dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
-    bad = 0
-    for lo in range(0, N, T):
-        hi = min(N, lo + T)
-        Xt = X[lo:hi]
-        Zt = Zbuf[: hi - lo]
-        # Fortran view: Z_t^T (K x n) = W (K x d) @ X_t^T (d x n)
-        if d:
-            gemm(1.0, W.T, Xt.T, c=Zt.T, trans_a=1, overwrite_c=1)
-        else:  # no features: BLAS rejects empty operands, and the logits are just b
-            Zt.fill(0)
-        if db is not None:
-            db_parts[:] = 0.0
-        bad += _k._xent_grad_rows(
-            _row_pass_tasks(hi - lo, K),
-            readonly(Zt), Zt, bias, False, y[lo:hi], w[lo:hi] if w.size else w, eps, scale,
-            losses[lo:hi], db_parts,
+    with single_threaded_blas():
+        bad = _k._linear_xent_tiled(
+            plan.n_tasks(N), X, W, bias, y, w, eps, scale, losses, dW, db, dX, Z,
+            db_parts[:, :db.shape[0]], slots, plan.sub_rows, plan.col_block, plan.by_class,
+            numba.get_num_threads(),
         )
-        if db is not None:
-            db += db_parts.sum(axis=0)
-        if not d:
-            continue
-        # dW^T (d x K) += X_t^T (d x n) @ G_t (n x K)
-        gemm(1.0, Xt.T, Zt.T, beta=1.0, c=dW.T, trans_b=1, overwrite_c=1)
-        if dX.shape[0]:
-            # dX_t^T (d x n) = W^T (d x K) @ G_t^T (K x n)
-            gemm(1.0, W.T, Zt.T, c=dX[lo:hi].T, overwrite_c=1)
-    return dW, (None if db is None else db.astype(X.dtype)), bad
+    return dW, (None if b is None else db.astype(X.dtype)), bad
 
 
 def linear_softmax(X, W, b) -> np.ndarray:
@@ -585,12 +598,10 @@ def linear_softmax(X, W, b) -> np.ndarray:
     if K <= SMALL_K_MAX:
         bad = _k._linear_softmax_small(_row_blocks(N), X, W, bias, out)
     else:
-        if N and X.shape[1]:
-            gemm = _blas.get_blas_funcs("gemm", dtype=dtype)
-            gemm(1.0, W.T, X.T, c=out.T, trans_a=1, overwrite_c=1)
-        else:
-            out.fill(0)
-        bad = _k._softmax_rows(_row_pass_tasks(N, K), readonly(out), out, bias, False, False)
+        sub = _tile_plan(N, K, X.shape[1], X.dtype.itemsize).sub_rows
+        with single_threaded_blas():
+            bad = _k._linear_softmax_tiled(_k.n_blocks(N, sub), X, W, bias, out, sub,
+                                           numba.get_num_threads())
     if bad:
         raise_nonfinite_params(X, W, b)
     return out
@@ -742,36 +753,20 @@ def _hvp_small_k(X, W, S, b, s_b, w, scale):
 
 
 def _hvp_tiled(X, W, S, b, s_b, w, scale):
-    """Tiles of rows: Z = X_t W^T and T = X_t S^T (BLAS), the row pass turning T into R in place,
-    HS += R^T X_t (BLAS, beta=1). Both buffers together hold at most TILE_BYTES."""
+    """The BLAS path of the product (`_k._linear_hvp_tiled`): per sub-tile, Z = X_s W^T and
+    T = X_s S^T, the row pass turning T into R and R_s^T X_s into its slot (or HS += R^T X_t by
+    blocks per tile); the two logit scratch arrays together hold at most TILE_BYTES."""
     N, d = X.shape
     K = W.shape[0]
-    gemm = _blas.get_blas_funcs("gemm", dtype=X.dtype)
-    T = _tile_rows(2 * K, X.dtype.itemsize)
-    rows = min(T, max(N, 1))
-    Zbuf, Tbuf = np.empty((rows, K), dtype=X.dtype), np.empty((rows, K), dtype=X.dtype)
+    plan = _tile_plan(N, K, d, X.dtype.itemsize, n_logit_arrays=2)
+    Z, T, hsb_parts, slots = plan.scratch(K, d, X.dtype, n_logit_arrays=2)
     HS = np.zeros((K, d), dtype=X.dtype)
-    hsb = np.zeros(K, dtype=np.float64) if b is not None else None
-    hsb_parts = np.zeros((_row_blocks(rows), K if b is not None else 0), dtype=np.float64)
+    hsb = np.zeros(K if b is not None else 0, dtype=np.float64)
     none = readonly(np.empty(0, X.dtype))
-    bad = 0
-    for lo in range(0, N, T):
-        hi = min(N, lo + T)
-        Xt, Zt, Tt = X[lo:hi], Zbuf[: hi - lo], Tbuf[: hi - lo]
-        if d:  # Fortran views: Z_t^T (K x n) = W (K x d) @ X_t^T (d x n), and T_t likewise
-            gemm(1.0, W.T, Xt.T, c=Zt.T, trans_a=1, overwrite_c=1)
-            gemm(1.0, S.T, Xt.T, c=Tt.T, trans_a=1, overwrite_c=1)
-        else:  # no features: BLAS rejects empty operands, and the logits are just b
-            Zt.fill(0)
-            Tt.fill(0)
-        if hsb is not None:
-            hsb_parts[:] = 0.0
-        bad += _k._hvp_rows(
-            _row_pass_tasks(hi - lo, K), Zt, Tt, none if b is None else b,
-            none if b is None else s_b, w[lo:hi] if w.size else w, scale, hsb_parts,
+    with single_threaded_blas():
+        bad = _k._linear_hvp_tiled(
+            plan.n_tasks(N), X, W, S, none if b is None else b, none if b is None else s_b,
+            w, scale, HS, hsb, Z, T, hsb_parts[:, :hsb.shape[0]], slots, plan.sub_rows,
+            plan.col_block, plan.by_class, numba.get_num_threads(),
         )
-        if hsb is not None:
-            hsb += hsb_parts.sum(axis=0)
-        if d:  # HS^T (d x K) += X_t^T (d x n) @ R_t (n x K)
-            gemm(1.0, Xt.T, Tt.T, beta=1.0, c=HS.T, trans_b=1, overwrite_c=1)
-    return HS, hsb, bad
+    return HS, (None if b is None else hsb), bad
