@@ -31,9 +31,13 @@ Design
   -inf); kernels count such rows and the functional layer turns a non-zero count into a ValueError.
 * The small-K linear kernel (``_linear_xent_small``) skips BLAS: it reads each block of 4 rows of X
   once and uses it, while in L1, for both ``X W^T`` and ``G^T X``.
-* The Hessian-vector product (``_linear_hvp_small``, ``_hvp_rows``) follows the same two paths with
-  a second logit array ``T = X S^T`` for the direction S: row r = p * (t - p.t) overwrites T in
-  place, then ``HS = R^T X`` goes to per-chunk partials (small K) or a GEMM (large K).
+* Above SMALL_K_MAX classes (``_linear_xent_tiled``, ``_linear_softmax_tiled``,
+  ``_linear_hvp_tiled``) tiles of rows go through GEMMs called from the kernels, single-threaded,
+  inside one parallel region (see the section "The BLAS path").
+* The Hessian-vector product (``_linear_hvp_small``, ``_linear_hvp_tiled``) follows the same two
+  paths with a second logit array ``T = X S^T`` for the direction S: row r = p * (t - p.t)
+  overwrites T in place, then ``HS = R^T X`` goes to per-chunk partials (small K) or slots or
+  blocks (large K).
 """
 
 import math
@@ -735,7 +739,7 @@ def _row_hvp(Z, T, i, b, s_b, ws):
 
 @_jit()
 def _hvp_block(Z, T, b, s_b, sample_weight, scale, lo, hi, off, hsb):
-    """Rows lo..hi of `_hvp_rows` (samples off+lo..off+hi): T := r rows, hsb += their column sums
+    """Rows lo..hi of T (samples off+lo..off+hi): T := r rows, hsb += their column sums
     (hsb (K,) float64, or size 0 for no intercept). Compiled once and called by both twins and by
     the small-K chunk. Returns the number of bad rows."""
     bad = 0
@@ -746,30 +750,6 @@ def _hvp_block(Z, T, b, s_b, sample_weight, scale, lo, hi, off, hsb):
         if hsb.shape[0] > 0:
             for k in range(T.shape[1]):
                 hsb[k] += T[r, k]
-    return bad
-
-
-@_parallel_kernel
-def _hvp_rows(Z, T, b, s_b, sample_weight, scale, hsb_parts):
-    """The row pass of the tiled Hessian-vector product, in place; returns the number of bad rows.
-
-    Z             INOUT (N, K) data dtype, C-contiguous: logits X W^T on entry (without b);
-                        overwritten (scratch)
-    T             INOUT (N, K) data dtype, C-contiguous: X S^T on entry (without s_b); on exit the
-                        rows r_i = w_i * scale * p_i * (t_i - p_i.t_i)
-    b             IN    (K,) data dtype: intercept; size 0: none
-    s_b           IN    (K,) data dtype: intercept of the direction; size 0: none
-    sample_weight IN    (N,) float64; size 0: all ones
-    scale         IN    float: 1 / the reduction's denominator
-    hsb_parts     INOUT (n_blocks(N, ROW_BLOCK), K) float64, zeros on entry: block j adds the column
-                        sums of its r rows to row j; shape (n_blocks, 0): no intercept product
-    """
-    N = Z.shape[0]
-    bad = 0
-    for blk in prange(_n_blocks(N, ROW_BLOCK)):
-        lo = blk * ROW_BLOCK
-        bad += _hvp_block(Z, T, b, s_b, sample_weight, scale, lo, min(N, lo + ROW_BLOCK), 0,
-                          hsb_parts[blk])
     return bad
 
 
@@ -1028,7 +1008,7 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
             while c < n_cols:
                 _tile_dW_block(X, Z, lo, n, dW, c, col_block, by_class)
                 c = _claim(counter, 1)
-    if slots.shape[0] > 0:  # dW = the sum of the slots in slot order, by blocks of its rows
+    if slots.shape[0] > 0 and N > 0:  # dW = the slots' sum in slot order, by blocks of rows
         counter[1] = 0
         for _ in prange(workers):
             c = _claim(counter, 1)
@@ -1125,7 +1105,7 @@ def _linear_hvp_tiled(X, W, S, b, s_b, sample_weight, scale, HS, hsb, Z, T, hsb_
             while c < n_cols:
                 _tile_dW_block(X, T, lo, n, HS, c, col_block, by_class)
                 c = _claim(counter, 1)
-    if slots.shape[0] > 0:
+    if slots.shape[0] > 0 and N > 0:
         counter[1] = 0
         for _ in prange(workers):
             c = _claim(counter, 1)

@@ -120,8 +120,13 @@ def test_matches_scikit_learn(rng, k, fit_intercept, weighted):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [5, F.SMALL_K_MAX + 5, F.TILED_PARALLEL_MIN_K])
-def test_same_bits_across_threads_and_twins(rng, monkeypatch, dtype, k):
+@pytest.mark.parametrize("k, slot_bytes", [(5, None), (F.SMALL_K_MAX + 5, None), (600, None),
+                                           (F.SMALL_K_MAX + 5, 0), (600, 0)])
+def test_same_bits_across_threads_and_twins(rng, monkeypatch, dtype, k, slot_bytes):
+    """Same bits with 1 or 2 threads and on the serial twins; on the BLAS path with HS in slots
+    and (slot_bytes=0) in blocks."""
+    if slot_bytes is not None:
+        monkeypatch.setattr(F, "SLOT_BYTES", slot_bytes)
     X, W, b, y, S, s_b, w = make_problem(rng, 700, 9, k, dtype, weighted=True)
     results = []
     for n_threads in (1, 2):
@@ -146,15 +151,6 @@ def test_kernel_twins_same_bits(rng):
             hsb_parts = np.empty((4, 6))
             twin(X, W, S, b, s_b, w, 0.01, HS_parts, hsb_parts)
             outs.append((HS_parts, hsb_parts))
-        for a, c in zip(outs[0], outs[1], strict=True):
-            np.testing.assert_array_equal(a, c)
-        Z0 = rng.normal(size=(300, 40)).astype(dtype)
-        T0 = rng.normal(size=(300, 40)).astype(dtype)
-        outs = []
-        for twin in (K._hvp_rows.parallel, K._hvp_rows.serial):
-            Z, T, parts = Z0.copy(), T0.copy(), np.zeros((F._row_blocks(300), 40))
-            twin(Z, T, np.empty(0, dtype), np.empty(0, dtype), np.empty(0), 0.5, parts)
-            outs.append((T, parts))
         for a, c in zip(outs[0], outs[1], strict=True):
             np.testing.assert_array_equal(a, c)
 

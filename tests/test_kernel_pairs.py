@@ -3,8 +3,8 @@
 Small inputs, forked children of an OpenMP process and threads that lose the workqueue launch lock
 run the serial twins (fastsoftmax/_parallel.py), so a result must not depend on which twin ran.
 Class counts span the kernel paths: the small-K linear kernels (K <= 32), the tiled BLAS path above
-it (its row pass in parallel from functional.TILED_PARALLEL_MIN_K = 512 classes), and the widths at
-which the vectorized row loops change shape (16 and 32 doubles per iteration).
+it (dW in per-sub-tile slots, or in blocks of classes or features when the slots would not fit),
+and the widths at which the vectorized row loops change shape (16 and 32 doubles per iteration).
 """
 
 import numpy as np
@@ -60,7 +60,8 @@ def _assert_bitwise(a, b, what):
 
 @pytest.mark.parametrize("module, expected", [
     (k, {"_softmax_rows", "_xent_rows", "_xent_grad_rows", "_linear_xent_small",
-         "_linear_softmax_small", "_hvp_rows", "_linear_hvp_small"}),
+         "_linear_softmax_small", "_linear_hvp_small", "_linear_xent_tiled",
+         "_linear_softmax_tiled", "_linear_hvp_tiled"}),
     (ks, {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax"}),
 ], ids=["dense", "sparse"])
 def test_every_parallel_kernel_is_a_pair(module, expected):
@@ -147,10 +148,14 @@ def _as_arrays(result):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("K", CLASSES)
-def test_public_functions_same_bits_on_the_serial_path(monkeypatch, K, dtype):
+@pytest.mark.parametrize("K, dW_by", [(K, "slots") for K in CLASSES]
+                         + [(K, "blocks") for K in CLASSES if K > F.SMALL_K_MAX])
+def test_public_functions_same_bits_on_the_serial_path(monkeypatch, K, dtype, dW_by):
     """Every public function gives the same bits when every kernel runs its serial twin (as in a
-    forked child of an OpenMP process) as when the parallel kernels run."""
+    forked child of an OpenMP process) as when the parallel kernels run, on both ways of the BLAS
+    path to accumulate dW (per-sub-tile slots, or blocks when the slots would not fit)."""
+    if dW_by == "blocks":
+        monkeypatch.setattr(F, "SLOT_BYTES", 0)
     calls = _public_calls(K, dtype)
     parallel = {name: _as_arrays(call()) for name, call in calls.items()}
     monkeypatch.setattr(_parallel, "_serial_only", True)

@@ -1,10 +1,23 @@
-"""The thread-count context managers restore what they change, also on errors."""
+"""The thread-count context managers restore what they change, also on errors; the BLAS path's
+results do not depend on any thread count."""
+
+import threading
 
 import numba
+import numpy as np
 import pytest
 from _reliability import blas_threads
+from threadpoolctl import threadpool_limits
 
-from fastsoftmax._threads import effective_n_jobs, numba_threads, thread_limits
+import fastsoftmax as fs
+from fastsoftmax import functional as F
+from fastsoftmax._threads import (
+    blas_limits,
+    effective_n_jobs,
+    numba_threads,
+    single_threaded_blas,
+    thread_limits,
+)
 
 MAX = numba.config.NUMBA_NUM_THREADS
 
@@ -42,3 +55,69 @@ def test_numba_threads_never_raises_the_count():
     with numba_threads(1):
         assert numba.get_num_threads() == 1
     assert numba.get_num_threads() == before
+
+
+def test_single_threaded_blas_holds_one_thread_and_defers_limits():
+    """Kernels hold BLAS at one thread; a `blas_limits` block opened meanwhile takes effect only
+    when the hold ends, and everything is restored afterwards, also on errors."""
+    before = blas_threads()
+    with pytest.raises(RuntimeError), single_threaded_blas():
+        assert {n for *_, n in blas_threads()} == {1}
+        with single_threaded_blas():  # nested holds share one
+            assert {n for *_, n in blas_threads()} == {1}
+        assert {n for *_, n in blas_threads()} == {1}
+        with blas_limits(2):
+            assert {n for *_, n in blas_threads()} == {1}
+        raise RuntimeError
+    assert blas_threads() == before
+    with blas_limits(1):
+        with single_threaded_blas():
+            assert {n for *_, n in blas_threads()} == {1}
+        assert {n for *_, n in blas_threads()} == {1}  # the outer block's limit is back
+    assert blas_threads() == before
+
+
+def test_single_threaded_blas_from_many_threads_restores():
+    before = blas_threads()
+    barrier = threading.Barrier(4)
+
+    def hold():
+        for _ in range(50):
+            with single_threaded_blas():
+                barrier.wait(timeout=30) if _ == 0 else None
+                assert {n for *_, n in blas_threads()} == {1}
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert blas_threads() == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slot_bytes", [None, 0], ids=["slots", "blocks"])
+def test_blas_path_same_bits_for_any_blas_and_numba_threads(monkeypatch, dtype, slot_bytes):
+    """The BLAS path (K > SMALL_K_MAX) over several tiles gives the same bits whatever the BLAS
+    and Numba thread counts: its GEMMs run single-threaded on a cut fixed by the problem size.
+    (dW used to change in the last bits between OPENBLAS_NUM_THREADS=1 and 2.)"""
+    if slot_bytes is not None:
+        monkeypatch.setattr(F, "SLOT_BYTES", slot_bytes)
+    rng = np.random.default_rng(0)
+    N, d, K = 2 * F.TILE_ROWS_MAX + 11, 97, 133
+    X = rng.standard_normal((N, d)).astype(dtype)
+    W = (rng.standard_normal((K, d)) / 4).astype(dtype)
+    b, S = rng.standard_normal(K).astype(dtype), rng.standard_normal((K, d)).astype(dtype)
+    y = rng.integers(0, K, N)
+
+    def run():
+        loss, dW, db, dX = fs.linear_cross_entropy(X, W, b, y, return_dX=True)
+        HS, Hs_b = fs.linear_cross_entropy_hvp(X, W, b, y, S, b)
+        return [np.float64(loss), dW, db, dX, fs.linear_softmax(X, W, b), HS, Hs_b]
+
+    expected = run()
+    for n_blas in (1, 2, 3):
+        for n_numba in (1, MAX):
+            with threadpool_limits(n_blas, user_api="blas"), numba_threads(n_numba):
+                for got, want in zip(run(), expected, strict=True):
+                    assert got.tobytes() == want.tobytes(), (n_blas, n_numba)
