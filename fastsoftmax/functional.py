@@ -675,10 +675,10 @@ def linear_cross_entropy_hvp(
     Notes
     -----
     Up to 32 classes a fused kernel reads each group of rows of X once for ``X W^T``, ``X S^T``
-    and ``R^T X``; above, tiles of rows go through BLAS GEMMs around a fused row pass. Extra
+    and ``R^T X``; above, sub-tiles of rows go through BLAS GEMMs around a fused row pass. Extra
     memory is O(tile x n_classes + chunks x n_classes x n_features), independent of n_samples;
-    results do not depend on the number of threads (above 32 classes, on the BLAS thread count
-    within the last bits, as the loss). ``p.t`` and the sums of exponentials are float64.
+    results do not depend on any thread count (Numba's, OpenMP's or BLAS's). ``p.t`` and the sums
+    of exponentials are float64.
 
     Examples
     --------
