@@ -15,8 +15,9 @@ gradients without an N x K array.
   permutation, nothing of size N is allocated.
 - :func:`gd`: full-batch gradient descent with a fixed learning rate (the textbook algorithm).
 - :func:`newton_cg`: inexact Newton with a conjugate-gradient inner loop on the fused
-  Hessian-vector product ``F.linear_cross_entropy_hvp`` and a Wolfe line search (scikit-learn's
-  ``_newton_cg``); few iterations where the problem is ill-conditioned.
+  Hessian-vector product ``F.linear_cross_entropy_hvp``, preconditioned by the class-mean Hessian
+  diagonal (:func:`feature_curvature`), and a Wolfe line search (scikit-learn's ``_newton_cg``);
+  few iterations where the problem is ill-conditioned.
 
 Conventions: X ``(n_samples, n_features)`` float32 or float64, W ``(n_classes, n_features)`` and b
 ``(n_classes,)`` (or None: no intercept) of X's dtype, y integer codes ``0..n_classes-1`` of shape
@@ -812,7 +813,14 @@ def newton_cg(
 
     CG stops once the residual's L1 norm is <= ``min(0.5, sqrt(|g|_1)) |g|_1`` (the forcing term
     that makes the outer iteration superlinear), after ``max_inner`` products, or at a direction
-    of non-positive curvature. The iterate is held in float64 (as lbfgs's); each evaluation and
+    of non-positive curvature. It is preconditioned by the Hessian diagonal averaged over the
+    classes (one entry per feature, and one for the intercept; :func:`feature_curvature`,
+    recomputed at every Newton iteration in one pass over X): features of very different scales
+    then cost no more CG steps than standardized ones. The mean over classes, not the diagonal
+    itself: the iterates, gradients and Hessian products keep ``sum_k W[k] = 0`` (with b) once
+    started there, and a preconditioner that differs between classes leaks CG into the directions
+    ``u 1_K^T``, where the curvature is only alpha (the plain Jacobi diagonal still hit the
+    200-product cap near the optimum). The iterate is held in float64 (as lbfgs's); each evaluation and
     product runs in X's dtype. ``loss_curve[k]`` is the objective after iteration k + 1. When the
     line search finds no decrease, the run stops: converged after progress (the objective is flat
     to its evaluation precision, as lbfgs's status 2), ``diverged`` from the start.
