@@ -77,6 +77,33 @@ def make_data(op: str, shape, dtype, seed=0) -> dict:
     return {"X": X, "W": W, "b": b, "y": y}
 
 
+# Training problems of bench/test_bench_newton.py: (N, d, K) of the synthetic ones.
+NEWTON_SHAPE = (20000, 500, 20) if FULL else (1500, 20, 5)
+NEWTON_PROBLEMS = ("well-conditioned", "digits-raw", "ill-conditioned")
+
+
+def make_newton_problem(name: str, seed=0):
+    """X (float64) and y of a newton-cg training problem (see bench/test_bench_newton.py).
+
+    ``well-conditioned``: standardized `make_synthetic` features, overlapping classes
+    (``separation=3``); ``ill-conditioned``: the same features each scaled by 10**u, u uniform in
+    [-2, 2] (a Hessian whose diagonal spans eight decades); ``digits-raw``: scikit-learn's digits
+    at their raw 0..16 scale (the full run: all 1797 rows; CI: the first 600).
+    """
+    if name == "digits-raw":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        n = len(y) if FULL else 600
+        return np.ascontiguousarray(X[:n]), y[:n].astype(np.int64)
+    n, d, k = NEWTON_SHAPE
+    X, y = make_synthetic(n, d, k, seed=seed, dtype=np.float64, separation=3.0)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    if name == "ill-conditioned":
+        X *= 10.0 ** np.random.default_rng(seed + 2).uniform(-2.0, 2.0, size=d)
+    return X, y
+
+
 def data_bytes(op: str, shape, dtype) -> int:
     n, d, k = shape
     item = np.dtype(dtype).itemsize

@@ -1015,6 +1015,36 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
             while c * ROW_BLOCK < K:
                 _merge_slots(slots, dW, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
                 c = _claim(counter, 1)
+# Curvature per feature: the preconditioner of newton-cg
+#
+# The diagonal of the objective's Hessian at W[k, j] is sum_i w_i p_ik (1 - p_ik) x_ij^2 / normalizer
+# + alpha. newton-cg preconditions with its mean over the classes, the same for every class of a
+# feature (docs/design.md, "Hessian-vector product"): per row one float64 weight
+# q_i = w_i scale mean_k p_ik (1 - p_ik), then D_j = sum_i q_i x_ij^2 (and sum_i q_i for the
+# intercept). One read of X, logits as the small-K loss kernel computes them.
+# ------------------------------------------------------------------------------------------------
+
+
+@_parallel_kernel
+def _feature_curvature_small(X, W, b, sample_weight, scale, D_parts, q_parts):
+    """Per-feature curvature of the linear layer's cross-entropy for small K without BLAS, chunked
+    over rows; returns the number of bad rows. Chunk c (of C, fixed by the caller from the problem
+    size) owns rows [c N / C, (c+1) N / C).
+
+    X             IN  (N, d) data dtype, C-contiguous
+    W             IN  (K, d) data dtype, C-contiguous: the point
+    b             IN  (K,) data dtype: intercept; size 0: none
+    sample_weight IN  (N,) float64; size 0: all ones
+    scale         IN  float: 1 / the reduction's denominator
+    D_parts       OUT (C, d) float64: chunk c's partial sum_i q_i x_ij^2
+    q_parts       OUT (C,) float64: chunk c's partial sum_i q_i
+    """
+    N = X.shape[0]
+    n_chunks = D_parts.shape[0]
+    bad = 0
+    for c in prange(n_chunks):
+        bad += _feature_curvature_chunk(X, W, b, sample_weight, scale, c * N // n_chunks,
+                                        (c + 1) * N // n_chunks, D_parts[c], q_parts[c:c + 1])
     return bad
 
 
@@ -1112,4 +1142,27 @@ def _linear_hvp_tiled(X, W, S, b, s_b, sample_weight, scale, HS, hsb, Z, T, hsb_
             while c * ROW_BLOCK < K:
                 _merge_slots(slots, HS, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
                 c = _claim(counter, 1)
+def _feature_curvature_chunk(X, W, b, sample_weight, scale, lo, hi, D, q_sum):
+    """Rows lo..hi of `_feature_curvature_small` into this chunk's D (d,) and q_sum (1,), both
+    float64 (one prange iteration, shared by both twins): per group of 4 rows the logits and
+    their softmax in place, then each row's weight q_i and its squares."""
+    K, d = W.shape
+    zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+    D[:] = 0.0
+    q_sum[0] = 0.0
+    bad = 0
+    for i in range(lo, hi, SMALL_K_GROUP):
+        n = min(SMALL_K_GROUP, hi - i)
+        _logits_group(X, i, n, W, zb)
+        bad += _softmax_block(zb, zb, b, False, False, 0, n)
+        for r in range(n):
+            v = 0.0
+            for k in range(K):
+                p = np.float64(zb[r, k])
+                v += p * (1.0 - p)
+            q = v / K * scale * (sample_weight[i + r] if sample_weight.shape[0] > 0 else 1.0)
+            q_sum[0] += q
+            for j in range(d):
+                x = np.float64(X[i + r, j])
+                D[j] += q * (x * x)
     return bad

@@ -15,8 +15,9 @@ gradients without an N x K array.
   permutation, nothing of size N is allocated.
 - :func:`gd`: full-batch gradient descent with a fixed learning rate (the textbook algorithm).
 - :func:`newton_cg`: inexact Newton with a conjugate-gradient inner loop on the fused
-  Hessian-vector product ``F.linear_cross_entropy_hvp`` and a Wolfe line search (scikit-learn's
-  ``_newton_cg``); few iterations where the problem is ill-conditioned.
+  Hessian-vector product ``F.linear_cross_entropy_hvp``, preconditioned by the class-mean Hessian
+  diagonal (:func:`feature_curvature`), and a Wolfe line search (scikit-learn's ``_newton_cg``);
+  few iterations where the problem is ill-conditioned.
 
 Conventions: X ``(n_samples, n_features)`` float32 or float64, W ``(n_classes, n_features)`` and b
 ``(n_classes,)`` (or None: no intercept) of X's dtype, y integer codes ``0..n_classes-1`` of shape
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.optimize
 
+from fastsoftmax import _kernels as _k
 from fastsoftmax import _sparse
 from fastsoftmax import functional as F
 from fastsoftmax._threads import blas_limits
@@ -641,6 +643,76 @@ class _NewtonProblem:
 
         return product
 
+    def preconditioner(self, x) -> np.ndarray:
+        """The inverse of the class-mean Hessian diagonal at x (see :func:`feature_curvature`), one
+        entry per coefficient, the same for every class of a feature."""
+        W_x, b_x = self.unpack(x)
+        D, q_sum = feature_curvature(self.X, W_x, b_x, self.w, self.denom)
+        D += self.alpha
+        diag = np.empty(self.n_coef + (self.shape[0] if self.has_b else 0))
+        diag[: self.n_coef] = np.broadcast_to(D, self.shape).ravel()
+        diag[self.n_coef:] = q_sum
+        # A feature of no curvature (an all-zero column with alpha = 0) has a zero gradient and
+        # residual: any positive entry leaves CG unchanged there.
+        diag[~(np.isfinite(diag) & (diag > 0))] = 1.0
+        return 1.0 / diag
+
+
+# Rows per block of the curvature's block path (sparse X, or more than F.SMALL_K_MAX classes): the
+# block's probabilities (rows x K) stay within a few MB.
+_CURVATURE_BLOCK_ELEMENTS = 2**20
+
+
+def feature_curvature(X, W, b, sample_weight, denom):
+    """The class-mean Hessian diagonal of the mean cross-entropy (no penalty) at (W, b).
+
+    With ``q_i = w_i mean_k p_ik (1 - p_ik) / denom``: ``D_j = sum_i q_i x_ij^2`` (the mean over
+    classes of the diagonal entries at ``W[:, j]``) and ``sum_i q_i`` (the same for b). One fused
+    kernel pass for dense X up to ``F.SMALL_K_MAX`` classes, else blocks of rows through
+    ``F.linear_softmax`` (sparse X: squares of the stored entries only).
+
+    Parameters
+    ----------
+    X : ndarray (read-only C-contiguous, as :class:`_NewtonProblem` holds it) or CSR matrix
+    W, b : the point, in X's dtype (b None: no intercept)
+    sample_weight : float64 ndarray of shape (n_samples,), or empty for all ones
+    denom : float, the reduction's denominator
+
+    Returns
+    -------
+    D : float64 ndarray of shape (n_features,)
+    q_sum : float
+    """
+    N, d = X.shape
+    K = W.shape[0]
+    if not is_sparse(X) and K <= F.SMALL_K_MAX:
+        # layer note: the solver calls the kernel directly, as F's private paths do; its input is
+        # already validated (read-only C-contiguous X of one dtype, float64 weights)
+        C = max(1, min(F.SMALL_K_CHUNKS, _k.n_blocks(N, F.SMALL_K_CHUNK_ROWS)))
+        D_parts, q_parts = np.empty((C, d)), np.empty(C)
+        none = readonly(np.empty(0, X.dtype))
+        bad = _k._feature_curvature_small(C, X, W, none if b is None else b, sample_weight,
+                                          1.0 / denom, D_parts, q_parts)
+        if bad:
+            raise ValueError("the logits X W^T + b are not finite: scale X down")
+        return D_parts.sum(axis=0), float(q_parts.sum())
+    rows = max(1, _CURVATURE_BLOCK_ELEMENTS // max(K, d))
+    D, q_sum = np.zeros(d), 0.0
+    for lo in range(0, N, rows):
+        block = X[lo:lo + rows]
+        P = F.linear_softmax(block, W, b).astype(np.float64, copy=False)
+        q = (P * (1.0 - P)).mean(axis=1) / denom
+        if sample_weight.size:
+            q *= sample_weight[lo:lo + rows]
+        if is_sparse(block):
+            squares = block.astype(np.float64).multiply(block)
+            D += np.asarray(squares.T @ q).ravel()
+        else:
+            block = block.astype(np.float64, copy=False)
+            D += np.einsum("i,ij,ij->j", q, block, block)
+        q_sum += float(q.sum())
+    return D, q_sum
+
 
 def _dot(a: np.ndarray, c: np.ndarray) -> float:
     # numpy's pairwise sum, not BLAS: numpy's OpenBLAS threads would spin against the kernels'
@@ -648,33 +720,39 @@ def _dot(a: np.ndarray, c: np.ndarray) -> float:
     return float((a * c).sum())
 
 
-def _conjugate_gradient(hessp, grad: np.ndarray, max_inner: int, tol: float) -> np.ndarray:
-    """Approximately solve ``H p = -grad`` by CG, stopped when the residual's L1 norm is
-    <= tol, after ``max_inner`` products, or at the first direction of non-positive curvature
-    (scikit-learn's ``_cg``)."""
+def _conjugate_gradient(hessp, grad: np.ndarray, max_inner: int, tol: float,
+                        inverse_diag: np.ndarray) -> np.ndarray:
+    """Approximately solve ``H p = -grad`` by conjugate gradients preconditioned with the diagonal
+    matrix M whose inverse is ``inverse_diag``; stopped when the residual's L1 norm is <= tol,
+    after ``max_inner`` products, or at the first direction of non-positive curvature
+    (scikit-learn's ``_cg``, preconditioned)."""
     p = np.zeros_like(grad)
     residual = grad.copy()
-    direction = -residual
-    rr = _dot(residual, residual)
+    z = inverse_diag * residual
+    direction = -z
+    rz = _dot(residual, z)
     for i in range(max_inner + 1):
         if np.abs(residual).sum() <= tol:
             break
         Hd = hessp(direction)
         curvature = _dot(direction, Hd)
-        # Zero curvature relative to the direction's length (scikit-learn's test is absolute,
-        # 16 eps: on this mean-normalized objective, gradients of 1e-9 met it and CG returned 0).
-        if 0 <= curvature <= 16 * np.finfo(np.float64).eps * _dot(direction, direction):
+        # Zero curvature relative to the direction's length in M's metric (scikit-learn's test is
+        # absolute, 16 eps: on this mean-normalized objective, gradients of 1e-9 met it and CG
+        # returned 0).
+        if 0 <= curvature <= 16 * np.finfo(np.float64).eps * _dot(direction,
+                                                                  direction / inverse_diag):
             break
         if curvature < 0:
-            if i == 0:  # the steepest-descent step scaled by its curvature, as scikit-learn
-                p += rr / curvature * direction
+            if i == 0:  # the preconditioned steepest-descent step scaled by its curvature
+                p += rz / curvature * direction
             break
-        step = rr / curvature
+        step = rz / curvature
         p += step * direction
         residual += step * Hd
-        rr_next = _dot(residual, residual)
-        direction = -residual + (rr_next / rr) * direction
-        rr = rr_next
+        z = inverse_diag * residual
+        rz_next = _dot(residual, z)
+        direction = -z + (rz_next / rz) * direction
+        rz = rz_next
     return p
 
 
@@ -735,7 +813,14 @@ def newton_cg(
 
     CG stops once the residual's L1 norm is <= ``min(0.5, sqrt(|g|_1)) |g|_1`` (the forcing term
     that makes the outer iteration superlinear), after ``max_inner`` products, or at a direction
-    of non-positive curvature. The iterate is held in float64 (as lbfgs's); each evaluation and
+    of non-positive curvature. It is preconditioned by the Hessian diagonal averaged over the
+    classes (one entry per feature, and one for the intercept; :func:`feature_curvature`,
+    recomputed at every Newton iteration in one pass over X): features of very different scales
+    then cost no more CG steps than standardized ones. The mean over classes, not the diagonal
+    itself: the iterates, gradients and Hessian products keep ``sum_k W[k] = 0`` (with b) once
+    started there, and a preconditioner that differs between classes leaks CG into the directions
+    ``u 1_K^T``, where the curvature is only alpha (the plain Jacobi diagonal still hit the
+    200-product cap near the optimum). The iterate is held in float64 (as lbfgs's); each evaluation and
     product runs in X's dtype. ``loss_curve[k]`` is the objective after iteration k + 1. When the
     line search finds no decrease, the run stops: converged after progress (the objective is flat
     to its evaluation precision, as lbfgs's status 2), ``diverged`` from the start.
@@ -758,7 +843,7 @@ def newton_cg(
             break
         l1 = float(np.abs(grad).sum())
         direction = _conjugate_gradient(problem.hessp(x), grad, max_inner,
-                                        min(0.5, np.sqrt(l1)) * l1)
+                                        min(0.5, np.sqrt(l1)) * l1, problem.preconditioner(x))
         step, new_loss = _line_search(problem, x, direction, loss, grad, old_loss)
         if step is None or not np.any(step * direction):
             _no_decrease(result, loss)
