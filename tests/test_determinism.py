@@ -158,3 +158,31 @@ def test_same_bits_for_every_thread_count():
     assert not differ, "results depend on the thread counts:\n" + "\n".join(
         f"  {case}: differs in {len(combos)} of {len(runs)} runs, e.g. {combos[:3]}"
         for case, combos in differ.items())
+
+
+def test_small_problems_run_the_serial_twin(monkeypatch):
+    """The small-K kernel of a small problem runs its serial twin (so a small job never compiles
+    the parallel one, the slower to compile) on the same chunks, hence the same bits as the
+    parallel twin; a large problem still runs in parallel."""
+    import fastsoftmax as fs
+    from fastsoftmax import _kernels, _parallel
+    from fastsoftmax.datasets import make_synthetic
+
+    tasks = []
+    original = _parallel.run
+
+    def recording_run(parallel_kernel, serial_kernel, n_tasks, *args):
+        if parallel_kernel is _kernels._linear_xent_small.parallel:
+            tasks.append(n_tasks)
+        return original(parallel_kernel, serial_kernel, n_tasks, *args)
+
+    monkeypatch.setattr(_parallel, "run", recording_run)
+    X, y, W, b = make_synthetic(1437, 64, 10, seed=6, coef=True)  # the command line's default job
+    small = fs.linear_cross_entropy(X, W, b, y)
+    X_big, y_big, W_big, b_big = make_synthetic(8000, 64, 10, seed=6, coef=True)
+    fs.linear_cross_entropy(X_big, W_big, b_big, y_big)
+    assert tasks[0] == 1 and tasks[1] > 1
+    monkeypatch.setattr(_parallel, "run", original)
+    forced = _kernels._linear_xent_small.parallel
+    monkeypatch.setattr(_kernels._linear_xent_small, "serial", forced)  # both twins: parallel
+    assert _digest(fs.linear_cross_entropy(X, W, b, y)) == _digest(small)
