@@ -45,6 +45,7 @@ _NK_ARRAYS = {
     "reference": dict(linear_cross_entropy=6, linear_softmax=4, softmax=3, cross_entropy_grad=5),
     "scikit-learn": dict(linear_cross_entropy=3, linear_softmax=3, softmax=2, cross_entropy_grad=2),
     "torch": dict(linear_cross_entropy=4, linear_softmax=3, softmax=2, cross_entropy_grad=4),
+    "torch-chunked": dict(linear_cross_entropy=1),
 }
 
 
@@ -168,7 +169,7 @@ def run_case(benchmark, op: str, impl: str, shape, dtype, data: dict, expected_l
         dtype=np.dtype(dtype).name,
         **nominal_cost(op, shape, dtype),
     )
-    if impl == "torch":
+    if impl.startswith("torch"):
         benchmark.extra_info["torch_threads"] = import_torch().get_num_threads()
     fn, loss_of = _impls.build(op, impl, data)
     loss = loss_of(fn())  # warm-up: JIT compilation, thread pools, first touch of the outputs

@@ -14,6 +14,9 @@ computes the same quantity.
   elementwise operations, `LogisticRegression.predict_proba` for linear_softmax.
 - torch: PyTorch CPU, `F.cross_entropy(F.linear(X, W, b), y)` and backward, with as many threads as
   cores.
+- torch-chunked: PyTorch's fused chunked op, `F.linear_cross_entropy(X, W, y, linear_bias=b,
+  options=torch.nn.LinearCrossEntropyOptions())` and backward (the linear loss only: it has no
+  softmax, no elementwise form).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ _SKIPS = {
         "linear_cross_entropy+dX",
         "scikit-learn",
     ): "scikit-learn computes no gradient with respect to X",
+} | {
+    (op, "torch-chunked"): "PyTorch's chunked op computes the linear loss only"
+    for op in ("linear_softmax", "softmax", "cross_entropy_grad")
 }
 
 
@@ -191,10 +197,31 @@ def _torch(op, X=None, W=None, b=None, y=None, Z=None):
     return step, _first
 
 
+def _torch_chunked(op, X=None, W=None, b=None, y=None, Z=None):
+    torch = import_torch()
+    F = torch.nn.functional
+    options = torch.nn.LinearCrossEntropyOptions()
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    Wt = torch.from_numpy(W.copy()).requires_grad_()
+    bt = torch.from_numpy(b.copy()).requires_grad_()
+    dX = op == "linear_cross_entropy+dX"
+    if dX:
+        Xt.requires_grad_()
+
+    def step():
+        Wt.grad = bt.grad = Xt.grad = None
+        loss = F.linear_cross_entropy(Xt, Wt, yt, linear_bias=bt, options=options)
+        loss.backward()
+        return (loss.item(), Wt.grad, bt.grad) + ((Xt.grad,) if dX else ())
+
+    return step, _first
+
+
 _BUILDERS = {
     "floor": _floor,
     "fastsoftmax": _fastsoftmax,
     "reference": _reference,
     "scikit-learn": _sklearn,
     "torch": _torch,
+    "torch-chunked": _torch_chunked,
 }

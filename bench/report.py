@@ -36,14 +36,15 @@ TITLES = {
     "cross_entropy_grad": "cross_entropy_grad on given logits; floor: one read + one write of NxK",
     "softmax": "softmax on given logits; floor: one read + one write of NxK",
 }
-IMPLS = ("floor", "fastsoftmax", "reference", "scikit-learn", "torch")
-PEERS = ("reference", "scikit-learn", "torch")
+IMPLS = ("floor", "fastsoftmax", "reference", "scikit-learn", "torch", "torch-chunked")
+PEERS = ("reference", "scikit-learn", "torch", "torch-chunked")
 LABELS = {
     "floor": "floor",
     "fastsoftmax": "fastsoftmax",
     "reference": "reference",
     "scikit-learn": "scikit-learn",
     "torch": "PyTorch",
+    "torch-chunked": "PyTorch chunked",
 }
 MB = 2**20
 
@@ -82,6 +83,7 @@ class Results:
     skipped: dict = field(default_factory=dict)  # (key, impl) -> reason
     cold: dict = field(default_factory=lambda: defaultdict(dict))  # group -> {impl: median}
     other: dict = field(default_factory=lambda: defaultdict(list))  # group -> [benchmark dicts]
+    busy: dict = field(default_factory=lambda: defaultdict(dict))  # group -> {(impl, load): median}
     machine: dict = field(default_factory=dict)
     commit: dict = field(default_factory=dict)
     datetime: str = ""
@@ -115,6 +117,8 @@ def load(paths) -> Results:
                     peak_extra=info.get("peak_extra_bytes"),
                 )
                 res.cases.setdefault(case.key, {})[case.impl] = case
+            elif info.get("op") == "busy neighbour":
+                res.busy[b["group"]][(info["impl"], info["load"])] = stats["median"]
             elif info.get("op") == "cold start":
                 res.cold[b["group"]][info["impl"]] = stats["median"]
             else:
@@ -310,7 +314,7 @@ def targets(res: Results) -> str:
     for key in sorted(
         res.cases, key=lambda key: (OPERATIONS.index(key[0]), key[3], key[1], key[4])
     ):
-        for peer in ("scikit-learn", "torch"):
+        for peer in ("scikit-learn", "torch", "torch-chunked"):
             x = ratio(res, key, peer, "fastsoftmax")
             if x is not None and x <= 1.0:
                 slower.append(
@@ -399,6 +403,25 @@ def cold_table(res: Results) -> str:
     return "\n".join(lines)
 
 
+def busy_table(res: Results) -> str:
+    """Per group and implementation: the quiet time, and each busy load's time over it."""
+    loads = ("quiet", "busy pinned", "busy")
+    lines = ["| case | implementation | quiet | busy, pinned to one core | busy, unpinned |",
+             "|---|---|---|---|---|"]
+    for group in sorted(res.busy):
+        times = res.busy[group]
+        for impl in [i for i in IMPLS if any((i, load) in times for load in loads)]:
+            quiet = times.get((impl, "quiet"))
+            cells = [fmt_time(quiet) if quiet else "—"]
+            for load in loads[1:]:
+                t = times.get((impl, load))
+                rel = f" ({fmt_ratio(t / quiet)})" if t and quiet else ""
+                cells.append(fmt_time(t) + rel if t else "—")
+            lines.append(f"| {group.removeprefix('busy neighbour ')} | {LABELS[impl]} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 _DESCRIBED = ("op", "impl", "n", "d", "k", "dtype")
 
 
@@ -446,6 +469,12 @@ def markdown(res: Results, plot_name: str | None = None) -> str:
             cold_table(res),
             "",
         ]
+    if res.busy:
+        parts += [
+            "### A busy neighbour: one process spinning on a core beside the call\n",
+            busy_table(res),
+            "",
+        ]
     if res.other:
         parts += ["### Training and other benchmarks\n", other_tables(res)]
     if res.cases:
@@ -487,6 +516,7 @@ def plot(res: Results, path) -> bool:
         "reference": ("C7", ":"),
         "scikit-learn": ("C0", "-"),
         "torch": ("C1", "-"),
+        "torch-chunked": ("C1", "--"),
     }
     for r, op in enumerate(ops):
         for c, dtype in enumerate(dtypes):

@@ -5,6 +5,10 @@ default location or NUMBA_CACHE_DIR) a new process loads them instead. Both are 
 peers' import plus first call and a bare `import numpy`, in one group per (K, dtype): `cold start
 linear_cross_entropy k=10-float32`. Each round is a new process; the cold rounds each get an empty
 NUMBA_CACHE_DIR.
+
+The README's main job, `fastsoftmax train` with its defaults (scikit-learn's digits, lbfgs, the model
+and the plot written), is timed the same way end to end, cold and warm, in the group `cold start
+fastsoftmax train` (with FASTSOFTMAX_BENCH_FULL=1 only: a cold run compiles for seconds).
 """
 
 import subprocess
@@ -84,3 +88,39 @@ def test_cold_start(benchmark, warm_cache_dir, tmp_path, impl, k, dtype):
         return (code, probe_env() | {"NUMBA_CACHE_DIR": str(cache)}), {}
 
     benchmark.pedantic(_run, setup=fresh_cache, rounds=ROUNDS, iterations=1)
+
+
+CLI_IMPLS = ("fastsoftmax train (cold cache)", "fastsoftmax train (warm cache)")
+
+
+def _run_cli(cwd, env):
+    subprocess.run([sys.executable, "-m", "fastsoftmax", "train", "--quiet"], cwd=cwd, env=env,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def cli_warm_cache_dir(tmp_path_factory):
+    """A Numba cache directory filled by one earlier `fastsoftmax train`."""
+    path = tmp_path_factory.mktemp("numba-cli-warm")
+    _run_cli(tmp_path_factory.mktemp("cli-warm-run"), probe_env() | {"NUMBA_CACHE_DIR": str(path)})
+    return path
+
+
+@pytest.mark.skipif(not FULL, reason="compiles for seconds: FASTSOFTMAX_BENCH_FULL=1 only")
+@pytest.mark.parametrize("impl", CLI_IMPLS)
+def test_cold_start_cli(benchmark, cli_warm_cache_dir, tmp_path, impl):
+    """`python -m fastsoftmax train --quiet` in an empty directory, every round a new process."""
+    pytest.importorskip("sklearn", reason="the digits data comes from scikit-learn")
+    benchmark.group = "cold start fastsoftmax train"
+    benchmark.extra_info.update(op="cold start", impl=impl)
+    rounds = iter(range(10**6))
+
+    def fresh_dirs():
+        i = next(rounds)
+        cwd = tmp_path / f"run-{i}"
+        cwd.mkdir()
+        cold = impl.endswith("(cold cache)")
+        cache = tmp_path / f"cache-{i}" if cold else cli_warm_cache_dir
+        return (cwd, probe_env() | {"NUMBA_CACHE_DIR": str(cache)}), {}
+
+    benchmark.pedantic(_run_cli, setup=fresh_dirs, rounds=ROUNDS, iterations=1)

@@ -82,6 +82,12 @@ SLOT_BYTES = 64 * 2**20
 SMALL_K_CHUNKS = 16
 SMALL_K_CHUNK_ROWS = 128  # a 256-row SGD batch still uses two cores
 SMALL_K_PARTIALS_BYTES = 64 * 2**20
+# Below this many multiply-adds per product (N x K x d) the small-K kernel runs its serial twin
+# (same chunks, same bits): it takes under a millisecond, the parallel region's launch would cost a
+# good part of that (far more on a busy machine), and a small job (the command line's default,
+# 1437 x 64 x 10) then never compiles the parallel twin, the slower of the two to compile
+# (docs/design.md, "Measured facts").
+SMALL_K_PARALLEL_MIN_WORK = 2**22
 
 
 def _row_blocks(n_rows: int) -> int:
@@ -472,8 +478,9 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows):
     dW_parts = np.empty((C, K, d), dtype=X.dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
+    tasks = C if N * K * d >= SMALL_K_PARALLEL_MIN_WORK else 1
     bad = _k._linear_xent_small(
-        C, X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX
+        tasks, X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX
     )
     if C == 1:
         dW = dW_parts[0]
