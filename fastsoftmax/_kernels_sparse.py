@@ -15,6 +15,10 @@ Design
   array is ever held.
 * The caller merges the partials in chunk order: `_merge_dWT` sums every entry over the chunks in
   float64, in chunk order, and writes dW (K, d) transposed back, in parallel over blocks of features.
+* The Hessian-vector product (`_csr_linear_hvp`) runs the same chunks with a workspace (d, 3K)
+  whose row j is [W^T[j], S^T[j], partial HS^T[j]]: one gather of 2K weights per stored entry gives
+  the logits of W and of the direction S, the dense row pass `_row_hvp` turns them into
+  r = p * (t - p.t), and r is scattered into the partial; `_merge_dWT` merges those partials too.
 * Every parallel kernel is a pair (`@_parallel_kernel`, _parallel.py) whose twins call one compiled
   block function, as in _kernels: the bits do not depend on the twin or on the number of threads.
 * Stored entries are used as they come: unsorted columns are fine, and duplicate entries of a column
@@ -37,6 +41,7 @@ from fastsoftmax._kernels import (
     _n_blocks,
     _parallel_kernel,
     _row_grad,
+    _row_hvp,
     _softmax_block,
 )
 
@@ -180,10 +185,11 @@ def _csr_xent_chunk(indptr, indices, data, W, b, y, sample_weight, smoothing, sc
 
 @_parallel_kernel
 def _merge_dWT(work, dW):
-    """dW[k, j] := sum over chunks c, in chunk order, of the partial work[c, j, K + k], summed in
-    float64.
+    """dW[k, j] := sum over chunks c, in chunk order, of the partial work[c, j, off + k], summed in
+    float64, where off = work.shape[2] - K: the partial is the last K columns of a workspace row.
 
-    work IN  (C, d, 2K) data dtype: the chunks' workspaces of `_csr_linear_xent`
+    work IN  (C, d, mK) data dtype: the chunks' workspaces of `_csr_linear_xent` (m = 2) or
+             `_csr_linear_hvp` (m = 3)
     dW   OUT (K, d) data dtype, C-contiguous
     """
     d = work.shape[1]
@@ -197,12 +203,13 @@ def _merge_block(work, dW, lo, hi):
     """Features lo..hi of `_merge_dWT` (one prange iteration, shared by both twins)."""
     C = work.shape[0]
     K = dW.shape[0]
+    off = work.shape[2] - K
     acc = np.empty(K, dtype=np.float64)
     for j in range(lo, hi):
         acc[:] = 0.0
         for c in range(C):
             for k in range(K):
-                acc[k] += work[c, j, K + k]
+                acc[k] += work[c, j, off + k]
         for k in range(K):
             dW[k, j] = acc[k]
 
@@ -233,3 +240,71 @@ def _csr_softmax_block(indptr, indices, data, WT, b, out, lo, hi):
     for i in range(lo, hi):
         _csr_row_logits(indptr, indices, data, WT, i, out, i)
     return _softmax_block(out, out, b, False, False, lo, hi)
+
+
+@_parallel_kernel
+def _csr_linear_hvp(indptr, indices, data, W, S, b, s_b, sample_weight, scale, work, hsb_parts):
+    """Hessian-vector product of the linear layer's cross-entropy for CSR X, chunked over rows as
+    `_csr_linear_xent`; returns the number of bad rows. Per row: p = softmax(x W^T + b) and
+    t = x S^T + s_b from one gather of 2K weights per stored entry, r = p * (t - p.t) scaled by
+    the row's weight (`_row_hvp` of _kernels), r scattered into the chunk's partial HS^T.
+
+    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = W.shape[1])
+    indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
+    data          IN  (nnz,) data dtype: value of every stored entry
+    W             IN  (K, d) data dtype, C-contiguous: the point
+    S             IN  (K, d) data dtype, C-contiguous: the direction
+    b             IN  (K,) data dtype: intercept; size 0: none
+    s_b           IN  (K,) data dtype: intercept of the direction; size 0: none
+    sample_weight IN  (N,) float64; size 0: all ones
+    scale         IN  float: 1 / the reduction's denominator
+    work          OUT (C, d, 3K) data dtype: chunk c's workspace, row j = [W^T[j], S^T[j],
+                      partial HS^T[j]] (merge the partials with `_merge_dWT`)
+    hsb_parts     OUT (C, K) float64: chunk c's partial sum of r; shape (C, 0): no intercept
+    """
+    N = indptr.shape[0] - 1
+    n_chunks = work.shape[0]
+    bad = 0
+    for c in prange(n_chunks):
+        bad += _csr_hvp_chunk(indptr, indices, data, W, S, b, s_b, sample_weight, scale,
+                              c * N // n_chunks, (c + 1) * N // n_chunks, work[c], hsb_parts[c])
+    return bad
+
+
+@_jit()
+def _init_work_hvp(W, S, work):
+    """work[j] := [W^T[j], S^T[j], zeros]: the logits of W and of S are one gather of 2K
+    contiguous weights per stored entry, and r goes back into the same row."""
+    K, d = W.shape
+    for j in range(d):
+        for k in range(K):
+            work[j, k] = W[k, j]
+            work[j, K + k] = S[k, j]
+            work[j, 2 * K + k] = 0
+
+
+@_jit()
+def _csr_hvp_chunk(indptr, indices, data, W, S, b, s_b, sample_weight, scale, lo, hi, work, hsb):
+    """Rows lo..hi of `_csr_linear_hvp` into this chunk's workspace (d, 3K) and hsb (K,) or (0,)
+    (one prange iteration, shared by both twins)."""
+    K = W.shape[0]
+    _init_work_hvp(W, S, work)
+    zt = np.empty((1, 2 * K), dtype=work.dtype)
+    z = np.empty((1, K), dtype=work.dtype)
+    t = np.empty((1, K), dtype=work.dtype)
+    hsb[:] = 0.0
+    bad = 0
+    for i in range(lo, hi):
+        _csr_row_logits(indptr, indices, data, work, i, zt, 0)
+        for k in range(K):
+            z[0, k] = zt[0, k]
+            t[0, k] = zt[0, K + k]
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        bad += 1 if _row_hvp(z, t, 0, b, s_b, wi * scale) else 0
+        if wi == 0.0:  # a zero row of r: nothing to add
+            continue
+        if hsb.shape[0] > 0:
+            for k in range(K):
+                hsb[k] += t[0, k]
+        _csr_row_scatter(indptr, indices, data, t, i, work, 2 * K)
+    return bad
