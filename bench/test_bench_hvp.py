@@ -7,6 +7,8 @@ Two kinds of group (readable ids ``n=...-d=...-k=...-dtype``):
   outputs; ``fastsoftmax``; ``scikit-learn``: ``LinearModelLoss.gradient_hessian_product``'s
   ``hessp`` (its setup, the probabilities and the gradient, made once outside the timing, as its
   newton-cg does once per outer iteration). Every peer's product is checked against fastsoftmax's.
+* ``sparse_linear_cross_entropy_hvp ...``: the same product on CSR X (text-like data of
+  ``bench/test_bench_sparse.py``), fastsoftmax's fused CSR kernel beside scikit-learn's ``hessp``.
 * ``training ...``: time to the optimum of ``LogisticRegression(C=1)`` (``alpha = 1/(C n)``), for
   fastsoftmax lbfgs and newton-cg and scikit-learn lbfgs and newton-cg, on a well-conditioned problem
   (standardized features) and an ill-conditioned one (the same features scaled by factors spread
@@ -103,6 +105,52 @@ def test_hvp_sklearn(benchmark, hvp_problem):
     (shape, dtype), data, expected = hvp_problem
     _label(benchmark, f"linear_cross_entropy_hvp {shape_id(shape, dtype)}", "scikit-learn", shape,
            dtype)
+    X, W, b, y, S, s_b = (data[k] for k in ("X", "W", "b", "y", "S", "s_b"))
+    lml = LinearModelLoss(HalfMultinomialLoss(n_classes=W.shape[0]), fit_intercept=True)
+    _, hessp = lml.gradient_hessian_product(np.column_stack([W, b]), X, y.astype(dtype))
+    direction = np.column_stack([S, s_b])
+    product = hessp(direction)
+    rtol = 1e-3 if dtype == np.float32 else 1e-8
+    np.testing.assert_allclose(product[:, :-1], expected[0], rtol=rtol,
+                               atol=rtol * float(np.abs(expected[0]).max()))
+    benchmark(lambda: hessp(direction))
+
+
+# ---------------------------------------------------------------- the product on sparse X
+
+SPARSE_HVP_SHAPE = (200000, 2**17, 20, 56) if FULL else (3000, 2**12, 20, 30)
+
+
+@pytest.fixture(params=[np.float64, np.float32], ids=["float64", "float32"], scope="module")
+def sparse_hvp_problem(request):
+    from test_bench_sparse import make_text_like
+
+    n, d, k, t = SPARSE_HVP_SHAPE
+    dtype = request.param
+    X, y = make_text_like(n, d, k, t, dtype)
+    rng = np.random.default_rng(1)
+    W = (rng.normal(size=(k, d)) * 0.5).astype(dtype)
+    b = (rng.normal(size=k) * 0.1).astype(dtype)
+    S = rng.standard_normal(W.shape).astype(dtype)
+    s_b = rng.standard_normal(k).astype(dtype)
+    expected = fs.linear_cross_entropy_hvp(X, W, b, y, S, s_b)
+    group = f"sparse_linear_cross_entropy_hvp n={n}-d={d}-k={k}-nnz={t}-{np.dtype(dtype).name}"
+    return group, dtype, dict(X=X, W=W, b=b, y=y, S=S, s_b=s_b), expected
+
+
+def test_sparse_hvp_fastsoftmax(benchmark, sparse_hvp_problem):
+    """The fused CSR product (text-like data, as bench/test_bench_sparse.py)."""
+    group, dtype, data, _ = sparse_hvp_problem
+    _label(benchmark, group, "fastsoftmax", SPARSE_HVP_SHAPE[:3], dtype)
+    fn = lambda: fs.linear_cross_entropy_hvp(**data)  # noqa: E731
+    fn()
+    benchmark(fn)
+
+
+def test_sparse_hvp_sklearn(benchmark, sparse_hvp_problem):
+    """scikit-learn's hessp on the same CSR (scipy's single-threaded sparse products)."""
+    group, dtype, data, expected = sparse_hvp_problem
+    _label(benchmark, group, "scikit-learn", SPARSE_HVP_SHAPE[:3], dtype)
     X, W, b, y, S, s_b = (data[k] for k in ("X", "W", "b", "y", "S", "s_b"))
     lml = LinearModelLoss(HalfMultinomialLoss(n_classes=W.shape[0]), fit_intercept=True)
     _, hessp = lml.gradient_hessian_product(np.column_stack([W, b]), X, y.astype(dtype))

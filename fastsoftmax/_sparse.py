@@ -15,30 +15,38 @@ from fastsoftmax import _kernels as _k
 from fastsoftmax import _kernels_sparse as _ks
 from fastsoftmax._validation import (
     CsrInput,
+    as_float,
+    check_direction,
     check_linear_options,
     check_sparse_linear,
     check_total,
+    float_dtype,
     raise_nonfinite_sparse,
+    readonly,
 )
 
 # Row chunks of the CSR kernel, each with its own (n_features, 2 n_classes) workspace (a copy of W^T
 # beside a partial dW^T): at most SPARSE_CHUNKS, at least SPARSE_CHUNK_ROWS rows each, workspaces
 # within SPARSE_WORK_BYTES in all (partials within half of it),
-# and at least as many stored entries per chunk as features (zeroing and merging a partial costs
-# n_features x n_classes, scattering into it stored entries x n_classes). Fixed by the problem size
-# only, so that results do not depend on the thread count.
+# and at least SPARSE_ENTRIES_PER_FEATURE stored entries per chunk for every feature (filling and
+# merging a workspace streams n_features x n_classes entries, the gather and scatter touch stored
+# entries x n_classes; at 30000 x 65536 x 20 with 1.44e6 stored entries, one thread, float64,
+# the call took 44.7 ms with 4 chunks, 32.7 with 2, 29.8 with 1). Fixed by the problem size only,
+# so that results do not depend on the thread count.
 SPARSE_CHUNKS = 16
 SPARSE_CHUNK_ROWS = 256
 SPARSE_WORK_BYTES = 128 * 2**20
+SPARSE_ENTRIES_PER_FEATURE = 8
 
 
-def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int) -> int:
+def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int, width: int = 2) -> int:
     """How many row chunks the CSR kernel uses: the largest power of two within the limits above
     (a power of two shares evenly among 2, 4, 8 or 16 threads; 3 chunks on 2 threads would leave
-    one thread idle for a third of the time)."""
+    one thread idle for a third of the time). A workspace holds `width` (d, K) blocks: 2 for the
+    loss (W^T, partial dW^T), 3 for the Hessian-vector product (W^T, S^T, partial HS^T)."""
     by_rows = _k.n_blocks(N, SPARSE_CHUNK_ROWS)
-    by_memory = SPARSE_WORK_BYTES // max(1, 2 * K * d * itemsize)
-    by_work = nnz // max(1, d)
+    by_memory = SPARSE_WORK_BYTES // max(1, width * K * d * itemsize)
+    by_work = nnz // max(1, SPARSE_ENTRIES_PER_FEATURE * d)
     limit = max(1, min(SPARSE_CHUNKS, by_rows, by_memory, by_work))
     return 1 << (limit.bit_length() - 1)
 
@@ -106,3 +114,54 @@ def linear_softmax_checked(X: CsrInput, W, b) -> np.ndarray:
     if bad:
         raise_nonfinite_sparse(X, W, b)
     return out
+
+
+def linear_cross_entropy_hvp(X, W, b, y, S, s_b, sample_weight, label_smoothing, alpha,
+                             reduction):
+    """`functional.linear_cross_entropy_hvp` for scipy.sparse X (same arguments and results)."""
+    Xc, W, b, dtype = check_sparse_linear(X, W, b)
+    S, s_b = check_direction(S, s_b, W, b)
+    if float_dtype(W, b, S, s_b) != dtype:  # float32 X, W, b with a float64 direction
+        dtype = np.dtype(np.float64)
+        Xc = Xc._replace(data=as_float("X", Xc.data, dtype))
+        W, b = as_float("W", W, dtype), (None if b is None else as_float("b", b, dtype))
+    S = as_float("S", S, dtype)
+    s_b = None if b is None else as_float("s_b", s_b, dtype)
+    _, _, alpha, w, denom = check_linear_options(
+        y, Xc.shape[0], W.shape[0], dtype, sample_weight=sample_weight,
+        label_smoothing=label_smoothing, alpha=alpha, reduction=reduction,
+    )
+    return linear_hvp_checked(Xc, W, b, S, s_b, w, alpha, denom)
+
+
+def linear_hvp_checked(X: CsrInput, W, b, S, s_b, w, alpha, denom):
+    """The sparse `linear_cross_entropy_hvp` on validated arguments (X as `check_sparse_linear`
+    returns it; W, b, S, s_b read-only C-contiguous in X's dtype; float64 weights or an empty
+    array): (HS, Hs_b)."""
+    N, d = X.shape
+    K = W.shape[0]
+    dtype = W.dtype
+    C = sparse_chunks(N, X.data.shape[0], K, d, dtype.itemsize, width=3)
+    work = np.empty((C, d, 3 * K), dtype=dtype)
+    hsb_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
+    none = readonly(np.empty(0, dtype))
+    bad = _ks._csr_linear_hvp(
+        C, X.indptr, X.indices, X.data, W, S, none if b is None else b,
+        none if b is None else s_b, w, 1.0 / denom, work, hsb_parts,
+    )
+    HS = np.empty((K, d), dtype=dtype)
+    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, HS)
+    del work
+    if bad:
+        raise_nonfinite_sparse(X, W, b)
+    hsb = None if b is None else hsb_parts.sum(axis=0)
+    if not (np.isfinite(HS).all() and (hsb is None or np.isfinite(hsb).all())):
+        raise ValueError(
+            f"the Hessian-vector product overflowed {dtype} (max |X| = "
+            f"{float(np.abs(X.data).max(initial=0.0)):.3g}, max |S| = "
+            f"{float(np.abs(S).max(initial=0.0)):.3g}): scale X or S down, or with "
+            "reduction='sum' scale sample_weight down"
+        )
+    if alpha:
+        _k._axpy(alpha, S, HS)
+    return HS, (None if hsb is None else hsb.astype(dtype))

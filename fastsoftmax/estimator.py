@@ -249,9 +249,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        # scipy.sparse X goes through the CSR kernels; newton-cg's Hessian-vector product has no
-        # sparse path yet and refuses it by name.
-        tags.input_tags.sparse = self.solver != "newton-cg"
+        # scipy.sparse X goes through the CSR kernels, for every solver.
+        tags.input_tags.sparse = True
         return tags
 
     def _sample_weight(self, X, y_codes, sample_weight, n_classes):

@@ -641,8 +641,9 @@ def linear_cross_entropy_hvp(
 
     Parameters
     ----------
-    X : array-like of shape (n_samples, n_features)
-        The data (dense; sparse X is not supported yet).
+    X : array-like or scipy.sparse matrix or array of shape (n_samples, n_features)
+        The data. Sparse X is used in CSR form (other formats are converted once) through a
+        fused CSR kernel, as in :func:`linear_cross_entropy`; it is never modified or densified.
     W : array-like of shape (n_classes, n_features)
         The point: weights, n_classes >= 1.
     b : array-like of shape (n_classes,) or None
@@ -682,7 +683,8 @@ def linear_cross_entropy_hvp(
     Notes
     -----
     Up to 32 classes a fused kernel reads each group of rows of X once for ``X W^T``, ``X S^T``
-    and ``R^T X``; above, sub-tiles of rows go through BLAS GEMMs around a fused row pass. Extra
+    and ``R^T X``; above, sub-tiles of rows go through BLAS GEMMs around a fused row pass. Sparse
+    X goes through one fused CSR kernel at every n_classes. Extra
     memory is O(tile x n_classes + chunks x n_classes x n_features), independent of n_samples;
     results do not depend on any thread count (Numba's, OpenMP's or BLAS's). ``p.t`` and the sums
     of exponentials are float64.
@@ -700,6 +702,10 @@ def linear_cross_entropy_hvp(
     >>> Hs_b is None
     True
     """
+    reject_sparse(y=y, sample_weight=sample_weight)
+    if is_sparse(X):
+        return _sparse.linear_cross_entropy_hvp(X, W, b, y, S, s_b, sample_weight,
+                                                label_smoothing, alpha, reduction)
     X, W, b, S, s_b = _check_hvp_arrays(X, W, b, S, s_b)
     N = X.shape[0]
     check_labels(y, N, W.shape[0])

@@ -594,18 +594,19 @@ def _sgd_epoch(data: _SgdData, W, b, alpha, label_smoothing, learning_rate, shuf
 
 class _NewtonProblem:
     """The objective, its gradient and its Hessian-vector product on a float64 parameter vector
-    ``[W.ravel(), b]``, on data validated once (read-only C-contiguous X, intp labels, float64
-    weights and their sum). Each call converts the vector to X's dtype and makes one fused call;
-    the last loss-and-gradient evaluation is cached by point (the line search asks for the value
-    and the gradient separately)."""
+    ``[W.ravel(), b]``, on data validated once (read-only C-contiguous X, or sparse X as its
+    checked CSR arrays; intp labels, float64 weights and their sum). Each call converts the
+    vector to X's dtype and makes one fused call; the last loss-and-gradient evaluation is cached
+    by point (the line search asks for the value and the gradient separately)."""
 
     def __init__(self, X, y, sample_weight, W, b, alpha, label_smoothing):
-        if is_sparse(X):
-            raise TypeError(
-                "solver='newton-cg' does not take sparse X yet (its Hessian-vector product is "
-                "dense only): use solver='lbfgs', or pass X.toarray()"
-            )
-        self.X, _, _, self.dtype = check_linear(X, W, b)
+        if is_sparse(X):  # a CsrInput, through the CSR kernels
+            self.X, _, _, self.dtype = check_sparse_linear(X, W, b)
+            self._loss_grad, self._hvp = (_sparse.linear_cross_entropy_checked,
+                                          _sparse.linear_hvp_checked)
+        else:
+            self.X, _, _, self.dtype = check_linear(X, W, b)
+            self._loss_grad, self._hvp = F._linear_cross_entropy_checked, F._linear_hvp_checked
         self.shape, self.has_b = W.shape, b is not None
         self.y = check_labels(y, X.shape[0], W.shape[0])
         self.w, self.denom = check_weights(sample_weight, X.shape[0], "mean")
@@ -622,7 +623,7 @@ class _NewtonProblem:
     def loss_grad(self, x):
         if self._cache_x is None or not np.array_equal(self._cache_x, x):
             W_x, b_x = self.unpack(x)
-            loss, dW, db = F._linear_cross_entropy_checked(
+            loss, dW, db = self._loss_grad(
                 self.X, W_x, b_x, self.y, self.w, self.eps, self.alpha, self.denom
             )
             grad = np.concatenate([dW.ravel(), db if db is not None else []]).astype(np.float64)
@@ -636,8 +637,7 @@ class _NewtonProblem:
 
         def product(v):
             S, s_b = self.unpack(v)
-            HS, Hs_b = F._linear_hvp_checked(self.X, W_x, b_x, S, s_b, self.w, self.alpha,
-                                             self.denom)
+            HS, Hs_b = self._hvp(self.X, W_x, b_x, S, s_b, self.w, self.alpha, self.denom)
             return np.concatenate([HS.ravel(), Hs_b if Hs_b is not None else []]).astype(
                 np.float64)
 

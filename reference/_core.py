@@ -165,9 +165,9 @@ def linear_cross_entropy_hvp(
     Returns ``(HS, Hs_b)``, Hs_b None when b is None.
     """
     dtype = _float_dtype(X, W, b, S, s_b)
-    X = np.asarray(X, dtype=dtype)
-    Z = X @ np.asarray(W, dtype=dtype).T
-    T = X @ np.asarray(S, dtype=dtype).T
+    X = _data(X, dtype)
+    Z = np.asarray(X @ np.asarray(W, dtype=dtype).T)
+    T = np.asarray(X @ np.asarray(S, dtype=dtype).T)
     if b is not None:
         Z = Z + np.asarray(b, dtype=dtype)
         T = T + np.asarray(s_b, dtype=dtype)
@@ -176,6 +176,7 @@ def linear_cross_entropy_hvp(
     R = P * (T - (P * T).sum(axis=1, keepdims=True))
     w = _weights(np.asarray(y), sample_weight, reduction)
     Rw = R * w[:, None]
-    HS = (Rw.T @ X.astype(np.float64) + alpha * np.asarray(S, dtype=np.float64)).astype(dtype)
+    RwTX = np.asarray((X.astype(np.float64).T @ Rw).T)  # R^T X, also for sparse X
+    HS = (RwTX + alpha * np.asarray(S, dtype=np.float64)).astype(dtype)
     Hs_b = None if b is None else Rw.sum(axis=0).astype(dtype)
     return HS, Hs_b

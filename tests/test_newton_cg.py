@@ -139,19 +139,6 @@ def test_tol_none_is_refused_and_max_iter_zero_returns_the_start():
     assert clf.n_iter_ == 0 and clf.loss_curve_ == []
 
 
-def test_sparse_X_is_refused_by_name():
-    """The Hessian-vector product is dense only: newton-cg says so (and its tags say it) instead
-    of a message about X being sparse where only X may be."""
-    import scipy.sparse as sp
-
-    X = sp.random(30, 6, density=0.5, format="csr", random_state=0)
-    y = np.arange(30) % 3
-    with pytest.raises(TypeError, match="newton-cg.*sparse X.*solver='lbfgs'"):
-        SoftmaxRegression(solver="newton-cg").fit(X, y)
-    assert not SoftmaxRegression(solver="newton-cg").__sklearn_tags__().input_tags.sparse
-    assert SoftmaxRegression(solver="lbfgs").__sklearn_tags__().input_tags.sparse
-
-
 # ---------------------------------------------------------------- ill-conditioned problems
 
 

@@ -225,7 +225,8 @@ def test_parallel_and_serial_twins_are_bitwise_equal(rng, dtype):
 
 def test_every_sparse_parallel_kernel_is_a_pair():
     pairs = {n: o for n, o in vars(_ks).items() if isinstance(o, KernelPair)}
-    assert set(pairs) == {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax"}
+    assert set(pairs) == {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax",
+                          "_csr_linear_hvp"}
     for name, obj in vars(_ks).items():
         if hasattr(obj, "targetoptions") and name not in vars(_k):
             assert not obj.targetoptions.get("parallel"), f"{name}: a parallel kernel without twin"

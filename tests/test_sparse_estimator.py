@@ -28,7 +28,7 @@ def fit_quietly(model, X, y, **kw):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("solver", ["lbfgs", "gd", "sgd"])
+@pytest.mark.parametrize("solver", ["lbfgs", "newton-cg", "gd", "sgd"])
 def test_fit_and_predict_match_dense(rng, solver, dtype):
     X, y = make_problem(rng, dtype)
     w = rng.uniform(0.5, 2.0, size=X.shape[0])
@@ -82,5 +82,20 @@ def test_squared_row_norms_sparse_equal_dense(rng):
                                solvers.squared_row_norms(X.toarray(), w), rtol=1e-6)
 
 
-def test_sparse_tag():
-    assert SoftmaxRegression().__sklearn_tags__().input_tags.sparse
+@pytest.mark.parametrize("solver", ["lbfgs", "newton-cg", "gd", "sgd"])
+def test_sparse_tag(solver):
+    assert SoftmaxRegression(solver=solver).__sklearn_tags__().input_tags.sparse
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_newton_cg_reaches_the_lbfgs_optimum(rng, dtype):
+    """newton-cg on sparse X (it refused it before its product had a sparse path) reaches the
+    optimum lbfgs reaches on the same sparse data."""
+    X, y = make_problem(rng, dtype)
+    params = dict(alpha=1e-2, tol=1e-7)
+    newton = SoftmaxRegression(solver="newton-cg", **params).fit(X, y)
+    lbfgs = SoftmaxRegression(solver="lbfgs", **params).fit(X, y)
+    assert newton.coef_.dtype == dtype and newton.n_iter_ < 20
+    tol = 1e-6 if dtype == np.float64 else 1e-3
+    np.testing.assert_allclose(newton.coef_, lbfgs.coef_, atol=tol)
+    assert newton.loss_curve_[-1] <= lbfgs.loss_curve_[-1] + tol
