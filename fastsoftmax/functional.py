@@ -83,11 +83,11 @@ SMALL_K_CHUNKS = 16
 SMALL_K_CHUNK_ROWS = 128  # a 256-row SGD batch still uses two cores
 SMALL_K_PARTIALS_BYTES = 64 * 2**20
 # Below this many multiply-adds per product (N x K x d) the small-K kernel runs its serial twin
-# (same chunks, same bits): it takes under a millisecond, the parallel region's launch would cost a
-# good part of that (far more on a busy machine), and a small job (the command line's default,
-# 1437 x 64 x 10) then never compiles the parallel twin, the slower of the two to compile
+# (same chunks, same bits): a small job (the command line's default, 1437 x 64 x 10, 0.92e6) then
+# never compiles the parallel twin, the slower of the two to compile, at the price of about 0.1 ms
+# a call; a 256-row SGD batch of 784 features and 10 classes (2.0e6) still uses every core
 # (docs/design.md, "Measured facts").
-SMALL_K_PARALLEL_MIN_WORK = 2**22
+SMALL_K_PARALLEL_MIN_WORK = 2**20
 
 
 def _row_blocks(n_rows: int) -> int:
