@@ -1015,6 +1015,10 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
             while c * ROW_BLOCK < K:
                 _merge_slots(slots, dW, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
                 c = _claim(counter, 1)
+    return bad
+
+
+# ------------------------------------------------------------------------------------------------
 # Curvature per feature: the preconditioner of newton-cg
 #
 # The diagonal of the objective's Hessian at W[k, j] is sum_i w_i p_ik (1 - p_ik) x_ij^2 / normalizer
@@ -1142,6 +1146,10 @@ def _linear_hvp_tiled(X, W, S, b, s_b, sample_weight, scale, HS, hsb, Z, T, hsb_
             while c * ROW_BLOCK < K:
                 _merge_slots(slots, HS, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
                 c = _claim(counter, 1)
+    return bad
+
+
+@_jit()
 def _feature_curvature_chunk(X, W, b, sample_weight, scale, lo, hi, D, q_sum):
     """Rows lo..hi of `_feature_curvature_small` into this chunk's D (d,) and q_sum (1,), both
     float64 (one prange iteration, shared by both twins): per group of 4 rows the logits and

@@ -48,6 +48,7 @@ from fastsoftmax import _sparse
 from fastsoftmax import functional as F
 from fastsoftmax._threads import blas_limits
 from fastsoftmax._validation import (
+    CsrInput,
     as_float,
     check_labels,
     check_linear,
@@ -673,7 +674,8 @@ def feature_curvature(X, W, b, sample_weight, denom):
 
     Parameters
     ----------
-    X : ndarray (read-only C-contiguous, as :class:`_NewtonProblem` holds it) or CSR matrix
+    X : ndarray (read-only C-contiguous, as :class:`_NewtonProblem` holds it), CsrInput (the
+        checked CSR arrays :class:`_NewtonProblem` holds for sparse X) or scipy.sparse matrix
     W, b : the point, in X's dtype (b None: no intercept)
     sample_weight : float64 ndarray of shape (n_samples,), or empty for all ones
     denom : float, the reduction's denominator
@@ -683,9 +685,13 @@ def feature_curvature(X, W, b, sample_weight, denom):
     D : float64 ndarray of shape (n_features,)
     q_sum : float
     """
+    if is_sparse(X):
+        X = check_sparse_X(X, W.dtype)
+    if isinstance(X, CsrInput):
+        return _csr_feature_curvature(X, W, b, sample_weight, denom)
     N, d = X.shape
     K = W.shape[0]
-    if not is_sparse(X) and K <= F.SMALL_K_MAX:
+    if K <= F.SMALL_K_MAX:
         # layer note: the solver calls the kernel directly, as F's private paths do; its input is
         # already validated (read-only C-contiguous X of one dtype, float64 weights)
         C = max(1, min(F.SMALL_K_CHUNKS, _k.n_blocks(N, F.SMALL_K_CHUNK_ROWS)))
@@ -700,16 +706,35 @@ def feature_curvature(X, W, b, sample_weight, denom):
     D, q_sum = np.zeros(d), 0.0
     for lo in range(0, N, rows):
         block = X[lo:lo + rows]
-        P = F.linear_softmax(block, W, b).astype(np.float64, copy=False)
-        q = (P * (1.0 - P)).mean(axis=1) / denom
-        if sample_weight.size:
-            q *= sample_weight[lo:lo + rows]
-        if is_sparse(block):
-            squares = block.astype(np.float64).multiply(block)
-            D += np.asarray(squares.T @ q).ravel()
-        else:
-            block = block.astype(np.float64, copy=False)
-            D += np.einsum("i,ij,ij->j", q, block, block)
+        q = _row_curvature(F.linear_softmax(block, W, b), sample_weight[lo:lo + rows], denom)
+        block = block.astype(np.float64, copy=False)
+        D += np.einsum("i,ij,ij->j", q, block, block)
+        q_sum += float(q.sum())
+    return D, q_sum
+
+
+def _row_curvature(P, sample_weight, denom):
+    """``q_i = w_i mean_k p_ik (1 - p_ik) / denom`` in float64 for a block's probabilities P."""
+    P = P.astype(np.float64, copy=False)
+    q = (P * (1.0 - P)).mean(axis=1) / denom
+    return q * sample_weight if sample_weight.size else q
+
+
+def _csr_feature_curvature(X: CsrInput, W, b, sample_weight, denom):
+    """:func:`feature_curvature` on checked CSR arrays: blocks of rows (a view of indptr, which
+    the kernels read as absolute offsets), the squares of the stored entries summed per column."""
+    N, d = X.shape
+    rows = max(1, _CURVATURE_BLOCK_ELEMENTS // max(W.shape[0], 1))
+    D, q_sum = np.zeros(d), 0.0
+    for lo in range(0, N, rows):
+        hi = min(N, lo + rows)
+        indptr = X.indptr[lo:hi + 1]
+        P = _sparse.linear_softmax_checked(X._replace(indptr=indptr, shape=(hi - lo, d)), W, b)
+        q = _row_curvature(P, sample_weight[lo:hi], denom)
+        start, stop = int(indptr[0]), int(indptr[-1])
+        values = X.data[start:stop].astype(np.float64)
+        D += np.bincount(X.indices[start:stop], minlength=d,
+                         weights=np.repeat(q, np.diff(indptr)) * values * values)
         q_sum += float(q.sum())
     return D, q_sum
 
