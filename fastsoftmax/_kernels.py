@@ -77,9 +77,39 @@ def _jit(parallel=False, fastmath=FASTMATH, inline=False):
         dispatcher = jit(py_func)
         if not config.DISABLE_JIT:  # under NUMBA_DISABLE_JIT, jit returns py_func itself
             _cache.enable(dispatcher)
+            if not inline and not parallel:
+                _never_inlined_by_callers(dispatcher)
         return dispatcher
 
     return decorate
+
+
+def _never_inlined_by_callers(dispatcher):
+    """Mark every compiled version of a block function ``noinline`` in the LLVM module its callers
+    link, so that each caller runs the block's code as compiled, whatever the process compiled or
+    loaded from the cache.
+
+    Numba links a callee's optimized IR into each caller (``linkonce_odr``) and optimizes the caller
+    again, inlining the callee where LLVM's heuristics like. In one process, the calls then resolve
+    to whichever definition of the callee was loaded first: the callee's own (compiled fresh in
+    this process) or a caller's copy (loaded from the cache), inlined and re-optimized in the
+    caller's context. With ``reassoc`` those two differ in the last bits, and the twins of a pair,
+    one compiled here and one loaded from the cache, disagreed (float64 dW at 40 classes, 2.8e-17;
+    tests/test_kernel_pairs.py::test_twins_agree_whatever_the_cache_holds). Not inlined, every copy is
+    the same optimized function. Uses Numba internals (the code library's modules), as `_cache`."""
+    add_overload = dispatcher.add_overload
+
+    def add_overload_noinline(cres):
+        library = cres.library
+        for module in (getattr(library, "_final_module", None),
+                       getattr(library, "_shared_module", None)):
+            for fn in module.functions if module is not None else ():
+                attributes = " ".join(str(a) for a in fn.attributes)
+                if not fn.is_declaration and "inline" not in attributes:
+                    fn.add_function_attribute("noinline")
+        return add_overload(cres)
+
+    dispatcher.add_overload = add_overload_noinline
 
 
 # Every parallel kernel is declared with this decorator: it compiles the kernel with
