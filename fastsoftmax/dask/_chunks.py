@@ -1,0 +1,151 @@
+"""The functions that run on one chunk, where it lives (importable without dask).
+
+Each takes the chunk's index ``i`` first (for error messages) and the arguments shared by all
+chunks as ``shared``. A chunk task returns small results only: counts, class totals, or one
+float64 vector ``[loss, dW.ravel(), db]`` of partial sums.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from fastsoftmax import functional as F
+from fastsoftmax.dask._backend import sum_group, task_threads
+
+__all__ = [
+    "ChunkStats", "Spec", "encode_labels", "encode_labels_chunk", "fixed_sum", "loss_grad",
+    "predict_block", "stats", "unique_labels", "weights_chunk",
+]
+
+
+class Spec(NamedTuple):
+    """What every evaluation's chunk task needs besides the chunk and the parameters."""
+
+    n_classes: int
+    n_features: int
+    dtype: str
+    fit_intercept: bool
+    label_smoothing: float
+    n_jobs: int | None
+
+
+class ChunkStats(NamedTuple):
+    """One pass over a chunk before the fit (computed once, summed on the client)."""
+
+    n_rows: int
+    bad_x_row: int  # first row (within the chunk) holding NaN or infinity; -1 when none
+    n_bad_x_rows: int
+    class_totals: np.ndarray  # (n_classes,) float64: sample weights (or counts) per class
+    max_weight: float
+    bad_weight: str  # what is wrong with the chunk's sample weights; "" when nothing
+
+
+def unique_labels(i: int, y: np.ndarray, shared=None) -> np.ndarray:
+    """The distinct labels of a chunk of y."""
+    return np.unique(np.asarray(y).ravel())
+
+
+def encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Labels to codes ``0..n_classes-1``; ValueError naming labels that are not in classes."""
+    y = np.asarray(y).ravel()
+    if y.size == 0:
+        return np.empty(0, dtype=np.intp)
+    codes = np.minimum(np.searchsorted(classes, y), len(classes) - 1).astype(np.intp)
+    unknown = classes[codes] != y
+    if np.any(unknown):
+        raise ValueError(
+            f"y contains labels not in classes: {np.unique(y[unknown])[:10]!r} "
+            f"(classes={classes!r})"
+        )
+    return codes
+
+
+def stats(i: int, X: np.ndarray, y_codes: np.ndarray, sample_weight, shared) -> ChunkStats:
+    """Rows, non-finite rows of X, weighted class totals and weight checks of chunk i."""
+    n_classes = shared
+    n = X.shape[0]
+    if y_codes.shape[0] != n:
+        raise ValueError(
+            f"y has {y_codes.shape[0]} rows in chunk {i} where X has {n}: y (and sample_weight) "
+            "must be partitioned like X"
+        )
+    finite_rows = np.isfinite(X).all(axis=1) if X.shape[1] else np.ones(n, dtype=bool)
+    bad = np.flatnonzero(~finite_rows)
+    bad_weight, max_weight = "", 0.0
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=np.float64).ravel()
+        bad_weight = _weight_problem(sample_weight, n)
+        if bad_weight:
+            return ChunkStats(n, -1, 0, np.zeros(n_classes), 0.0, bad_weight)
+        max_weight = float(sample_weight.max()) if n else 0.0
+    totals = np.bincount(y_codes, weights=sample_weight, minlength=n_classes).astype(np.float64)
+    return ChunkStats(n, int(bad[0]) if bad.size else -1, int(bad.size), totals, max_weight, "")
+
+
+def _weight_problem(sample_weight: np.ndarray, n: int) -> str:
+    if sample_weight.shape[0] != n:
+        return f"{sample_weight.shape[0]} weights for {n} rows of X"
+    if not np.isfinite(sample_weight).all():
+        return "NaN or infinite weights"
+    if np.any(sample_weight < 0):
+        return "negative weights"
+    return ""
+
+
+def encode_labels_chunk(i: int, y: np.ndarray, shared) -> np.ndarray:
+    """`encode_labels` of chunk i against the classes in ``shared``."""
+    return encode_labels(y, shared)
+
+
+def fixed_sum(parts) -> np.ndarray:
+    """Small per-chunk results summed in chunk order (float64)."""
+    return sum_group(*parts)
+
+
+def weights_chunk(i: int, y_codes: np.ndarray, sample_weight, shared) -> np.ndarray:
+    """Per-row weights of chunk i: sample weight times class weight times ``scale`` (a power of
+    two, exact), float64; ``shared`` is ``(class_weight or None, scale)``."""
+    class_weight, scale = shared
+    w = np.ones(y_codes.shape[0]) if sample_weight is None else np.asarray(
+        sample_weight, dtype=np.float64).ravel()
+    if class_weight is not None:
+        w = w * class_weight[y_codes]
+    return w * scale if scale != 1.0 else w
+
+
+def unpack(theta: np.ndarray, spec: Spec):
+    """W (n_classes, n_features) and b (or None) in the data dtype from the packed float64
+    vector ``[W.ravel(), b]`` (the in-memory lbfgs's conversion)."""
+    n_coef = spec.n_classes * spec.n_features
+    W = theta[:n_coef].reshape(spec.n_classes, spec.n_features).astype(spec.dtype, copy=False)
+    b = theta[n_coef:].astype(spec.dtype, copy=False) if spec.fit_intercept else None
+    return W, b
+
+
+def loss_grad(i: int, X, y_codes, w, shared) -> np.ndarray:
+    """``[loss, dW.ravel(), db]`` summed (not averaged) over chunk i, float64, without the
+    penalty: the client divides the tree sum by the total weight and adds the penalty."""
+    theta, spec = shared
+    W, b = unpack(theta, spec)
+    try:
+        with task_threads(spec.n_jobs):
+            loss, dW, db = F.linear_cross_entropy(
+                X, W, b, y_codes, sample_weight=w, label_smoothing=spec.label_smoothing,
+                reduction="sum",
+            )
+    except ValueError as exc:
+        raise ValueError(f"chunk {i} of X: {exc}") from None
+    out = np.empty(1 + theta.shape[0], dtype=np.float64)
+    out[0] = loss
+    out[1:1 + dW.size] = dW.ravel()
+    if db is not None:
+        out[1 + dW.size:] = db
+    return out
+
+
+def predict_block(X: np.ndarray, estimator, method: str, n_jobs: int | None) -> np.ndarray:
+    """``estimator.<method>(X)`` for one block of rows, with the task's kernel threads."""
+    with task_threads(n_jobs):
+        return getattr(estimator, method)(X)
