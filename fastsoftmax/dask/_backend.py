@@ -140,7 +140,12 @@ class DistributedBackend:
         from dask.core import flatten
         from distributed import futures_of
 
-        present = [a for a in arrays if a is not None]
+        # Under fresh names: the same dask keys persisted by an earlier fit and just released
+        # would come back cancelled (the scheduler is still forgetting them). The renaming task
+        # returns its chunk itself: no copy, and the lineage to the source stays.
+        fresh = uuid.uuid4().hex
+        present = [a.map_blocks(_same, dtype=a.dtype, name=f"fastsoftmax-{j}-{fresh}")
+                   for j, a in enumerate(arrays) if a is not None]
         persisted = iter(self.client.persist(present))
         out = []
         for a in arrays:
@@ -165,7 +170,7 @@ class DistributedBackend:
         for attempt in range(RETRIES + 1):
             try:
                 return self._map_once(fn, columns, shared, reduce)
-            except (CancelledError, _lost_errors()) as exc:
+            except (CancelledError, *_lost_errors()) as exc:
                 if attempt == RETRIES:
                     raise RuntimeError(
                         f"the cluster lost data of this evaluation {RETRIES + 1} times in a row "
@@ -189,11 +194,15 @@ class DistributedBackend:
         shared_future = None if shared is None else client.scatter(shared, hash=False)
         cols = [c if c is not None else [None] * n for c in columns]
         level = client.map(fn, range(n), *cols, shared=shared_future, pure=False)
-        for _ in tree_levels(n):
+        for _ in tree_levels(n) if reduce else ():
             groups = [level[i:i + FAN_IN] for i in range(0, len(level), FAN_IN)]
             level = [client.submit(sum_group, *g, pure=False) for g in groups]
         results = client.gather(level)
         return sum_group(*results) if reduce else results
+
+
+def _same(block):
+    return block
 
 
 def _n_chunks(columns) -> int:

@@ -146,6 +146,14 @@ def loss_grad(i: int, X, y_codes, w, shared) -> np.ndarray:
 
 
 def predict_block(X: np.ndarray, estimator, method: str, n_jobs: int | None) -> np.ndarray:
-    """``estimator.<method>(X)`` for one block of rows, with the task's kernel threads."""
+    """``estimator.<method>(X)`` for one block of rows, with the task's kernel threads (an empty
+    block, as a filtered DataFrame leaves, gives an empty result: scikit-learn refuses 0 rows)."""
+    if X.shape[0] == 0:
+        K = len(estimator.classes_)
+        if method == "predict":
+            return np.empty(0, dtype=estimator.classes_.dtype)
+        if method == "decision_function" and K == 2:
+            return np.empty(0, dtype=estimator.coef_.dtype)
+        return np.empty((0, K), dtype=estimator.coef_.dtype)
     with task_threads(n_jobs):
         return getattr(estimator, method)(X)

@@ -23,13 +23,14 @@ _WEIGHT_RANGE = (2.0**-64, 2.0**64)
 
 
 def current_backend():
-    """The active ``distributed.Client``'s backend, else dask's local scheduler's."""
+    """The active ``distributed.Client``'s backend (``Client.as_current()``, else the default
+    client), else dask's local scheduler's."""
     try:
-        from distributed import default_client
+        from distributed import Client
     except ImportError:  # dask without distributed
         return LocalBackend()
     try:
-        return DistributedBackend(default_client())
+        return DistributedBackend(Client.current(allow_global=True))
     except ValueError:  # no client
         return LocalBackend()
 
