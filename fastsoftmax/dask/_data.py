@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_rows", "is_dask", "like_rows", "to_dask_array"]
+__all__ = ["as_rows", "frame_rows", "is_dask", "like_rows", "to_dask_array"]
+
+_Y, _W = "__fastsoftmax_y__", "__fastsoftmax_sample_weight__"
 
 
 def is_dask(a) -> bool:
@@ -98,3 +100,44 @@ def like_rows(a, X, name: str):
 
 def _unknown(*arrays) -> bool:
     return any(np.isnan(c) for a in arrays for c in a.chunks[0])
+
+
+def frame_rows(X, y, sample_weight):
+    """A dask DataFrame X with y (and sample_weight) Series: dask Arrays cut from the same
+    partitions. Converted one by one, dask's optimizer may partition a column projection
+    differently from the rest of the frame (Parquet files it combines for one and not the
+    other), so X, y and the weights are joined into one frame and split per partition."""
+    import dask
+    import dask.array as da
+    import dask.dataframe as dd
+
+    series = {name: s for name, s in ((_Y, y), (_W, sample_weight)) if isinstance(s, dd.Series)}
+    if not isinstance(X, dd.DataFrame) or not series:
+        return X, y, sample_weight
+    to_dask_array(X, "X")  # numeric columns only
+    try:
+        combined = X.assign(**series)
+    except (ValueError, NotImplementedError) as exc:
+        raise ValueError(f"y and sample_weight must be partitioned like X ({exc})") from None
+    features = list(X.columns)
+    x_dtype = np.float32 if all(np.dtype(t) == np.float32 for t in X.dtypes) else np.float64
+    parts = [dask.delayed(_split_partition, pure=True, nout=3)(p, features, x_dtype)
+             for p in combined.to_delayed()]
+    arrays = [da.concatenate([da.from_delayed(p[0], (np.nan, len(features)), dtype=x_dtype)
+                              for p in parts])]
+    for j, (name, given) in enumerate(((_Y, y), (_W, sample_weight)), start=1):
+        if name in series:
+            dtype = given.dtype if _is_numpy_dtype(given.dtype) else np.dtype(object)
+            arrays.append(da.concatenate([da.from_delayed(p[j], (np.nan,), dtype=dtype)
+                                          for p in parts]))
+        else:
+            arrays.append(given)
+    return tuple(arrays)
+
+
+def _split_partition(part, features, x_dtype):
+    """(X, y, sample_weight) of one partition of the joined frame (None for absent columns)."""
+    X = np.ascontiguousarray(part[features].to_numpy(dtype=x_dtype))
+    y = part[_Y].to_numpy() if _Y in part.columns else None
+    w = part[_W].to_numpy(dtype=np.float64) if _W in part.columns else None
+    return X, y, w

@@ -12,7 +12,7 @@ from fastsoftmax import estimator as _estimator
 from fastsoftmax import solvers
 from fastsoftmax.dask import _chunks
 from fastsoftmax.dask._backend import DistributedBackend, LocalBackend
-from fastsoftmax.dask._data import as_rows, is_dask, like_rows
+from fastsoftmax.dask._data import as_rows, frame_rows, is_dask, like_rows
 
 __all__ = ["SoftmaxRegression"]
 
@@ -100,6 +100,9 @@ class SoftmaxRegression(_InMemory):
         Loss-and-gradient evaluations of the last fit on dask input (each one pass over the data).
     n_chunks_ : int
         Chunks of X in the last fit on dask input.
+    n_samples_seen_ : int
+        Rows of X in the last fit on dask input (counted by the workers: partition lengths may
+        be unknown beforehand).
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class SoftmaxRegression(_InMemory):
         if self.solver != "lbfgs":
             raise ValueError(f"solver={self.solver!r} is not available on dask input; use 'lbfgs'")
         self._set_feature_names(X)
+        X, y, sample_weight = frame_rows(X, y, sample_weight)
         X = as_rows(X)
         y, sample_weight = like_rows(y, X, "y"), like_rows(sample_weight, X, "sample_weight")
         self.n_features_in_ = int(X.shape[1])
@@ -187,6 +191,7 @@ class SoftmaxRegression(_InMemory):
         self.__dict__.pop("learning_rate_", None)
         self._set_solution(W, b, result.n_iter, result.loss_curve)
         self.n_evaluations_, self.n_chunks_ = objective.n_evaluations, len(xs)
+        self.n_samples_seen_ = int(row_starts[-1])
         self._warn_outcome(result, "lbfgs", self.tol)
 
     def _find_classes(self, backend, ys) -> np.ndarray:
@@ -290,6 +295,7 @@ class SoftmaxRegression(_InMemory):
             return super().score(X, y, sample_weight)
         import dask.array as da
 
+        X, y, sample_weight = frame_rows(X, y, sample_weight)
         predicted = self.predict(X)
         y = like_rows(y, predicted[:, None], "y")
         correct = (predicted == y).astype(np.float64)
