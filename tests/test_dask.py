@@ -316,3 +316,38 @@ def test_tree_sum_groups_fixed_chunks():
     assert np.array_equal(_backend.tree_sum(parts), _backend.sum_group(*inner))
     assert _backend.tree_levels(16) == [] and _backend.tree_levels(17) == [2]
     assert _backend.tree_levels(16 * 16 * 3) == [48, 3]
+
+
+class _LosingClient:
+    """A stand-in for distributed.Client whose first ``losses`` gathers fail the way a lost
+    scattered value does (FutureCancelledError: 'already forgotten'); then it computes."""
+
+    def __init__(self, losses):
+        self.losses, self.scattered = losses, []
+
+    def scatter(self, value, hash):
+        assert hash is False
+        self.scattered.append(value)
+        return value
+
+    def map(self, fn, indices, *columns, shared, pure):
+        return [fn(i, *(c[i] for c in columns), shared=shared) for i in indices]
+
+    def gather(self, results):
+        from distributed.client import FutureCancelledError
+
+        if self.losses:
+            self.losses -= 1
+            raise FutureCancelledError("x", reason="already forgotten")
+        return results
+
+
+def test_evaluation_resubmitted_when_the_scattered_parameters_are_lost():
+    parts = [np.array([1.0, 2.0]), np.array([3.0, 4.0])]
+    lossy = _LosingClient(losses=2)
+    total = _backend.DistributedBackend(lossy).map(
+        lambda i, part, shared: part * shared, [parts], 2.0, reduce=True)
+    assert np.array_equal(total, [8.0, 12.0]) and len(lossy.scattered) == 3
+    with pytest.raises(RuntimeError, match="lost data of this evaluation 4 times"):
+        _backend.DistributedBackend(_LosingClient(losses=4)).map(
+            lambda i, part, shared: part, [parts], 1.0, reduce=True)
