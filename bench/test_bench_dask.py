@@ -12,7 +12,7 @@ before timing:
   dask / in-memory in ``extra_info["ratio_median"]`` (the issue's target: <= 1.25).
 
 And ``dask two classes ...``: dask-ml's ``LogisticRegression(solver="lbfgs")`` (if installed) on the
-same cluster and rows with labels ``y < K/2``, to its own stopping point; then
+same cluster and rows (in float64) with labels ``y < K/2``, to its own stopping point; then
 ``fastsoftmax.dask`` stopped by a callback as soon as its objective reaches dask-ml's (both scored
 on this package's objective; dask-glm also penalizes the intercept, negligible at C=1 and this
 many rows). ``extra_info["speedup"]`` is dask-ml's time over ours (target: >= 5).
@@ -194,13 +194,18 @@ def _objective(X, y2, coef, intercept, alpha):
 
 
 def test_two_classes_vs_dask_ml(benchmark, client, problem, gathered):
+    """In float64 for both (dask-glm computes in float64 whatever X's dtype): the same objective
+    in the same precision. A float32 fit's objective, evaluated in float32, is flat to about
+    1e-7 near the optimum, and chasing a float64 target below that costs line searches."""
     pytest.importorskip("dask_ml")
     from dask_ml.linear_model import LogisticRegression
 
-    group = f"dask two classes {shape_id(SHAPE, np.float32)}"
+    group = f"dask two classes {shape_id(SHAPE, np.float64)}"
     _label(benchmark, "fastsoftmax.dask vs dask-ml", group)
     Xd, yd = problem
-    y2d = (yd < SHAPE[2] // 2).astype(np.int64)
+    Xd, y2d = client.persist([Xd.astype(np.float64), (yd < SHAPE[2] // 2).astype(np.int64)])
+    with client.as_current():
+        wait(futures_of(Xd) + futures_of(y2d))
     X64, y2 = gathered[0].astype(np.float64), (gathered[1] < SHAPE[2] // 2).astype(np.int64)
     alpha = 2.0 / (C * SHAPE[0])  # docs/design.md, "alpha and C", two classes
     times = {}
@@ -222,13 +227,13 @@ def test_two_classes_vs_dask_ml(benchmark, client, problem, gathered):
         return target, ours
 
     target, ours = benchmark.pedantic(both, rounds=1, iterations=1)
-    assert _objective(X64, y2, ours.coef_, ours.intercept_, alpha) <= target * (1 + 1e-6)
+    assert _objective(X64, y2, ours.coef_, ours.intercept_, alpha) <= target * (1 + 1e-12)
     speedup = times["dask-ml"] / times["fastsoftmax.dask"]
     benchmark.extra_info.update(speedup=speedup, seconds=times, objective=target,
-                                n_iter=ours.n_iter_)
-    print(f"\ntwo classes to dask-ml's objective {target:.8g}: dask-ml "
+                                n_iter=ours.n_iter_, n_evaluations=ours.n_evaluations_)
+    print(f"\ntwo classes to dask-ml's objective {target:.10g}: dask-ml "
           f"{times['dask-ml']:.2f} s, fastsoftmax.dask {times['fastsoftmax.dask']:.2f} s "
-          f"({ours.n_iter_} iterations): {speedup:.1f}x")
+          f"({ours.n_iter_} iterations, {ours.n_evaluations_} evaluations): {speedup:.1f}x")
 
 
 def _median_seconds(fn, repeats):

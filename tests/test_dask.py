@@ -258,7 +258,11 @@ def test_nan_in_a_chunk_raises_naming_it(client, data):
     X, y = data
     X = X.copy()
     X[1234, 2] = np.nan
-    with client.as_current(), pytest.raises(ValueError, match=r"NaN or infinity in chunk 2.*row 1234"):
+    message = r"chunk 2 of X \(rows 1000 to 1499 .*\): X contains NaN .* first at \(234, 2\)"
+    with client.as_current(), pytest.raises(ValueError, match=message):
+        SoftmaxRegression().fit(*_chunked(X, y))
+    X[1234, 2] = np.inf
+    with pytest.raises(ValueError, match=message):
         SoftmaxRegression().fit(*_chunked(X, y))
 
 

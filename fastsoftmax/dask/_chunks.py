@@ -15,7 +15,7 @@ from fastsoftmax import functional as F
 from fastsoftmax.dask._backend import sum_group, task_threads
 
 __all__ = [
-    "ChunkStats", "Spec", "encode_labels", "encode_labels_chunk", "fixed_sum", "loss_grad",
+    "ChunkError", "ChunkStats", "Spec", "encode_labels", "encode_labels_chunk", "fixed_sum", "loss_grad",
     "predict_block", "stats", "unique_labels", "weights_chunk",
 ]
 
@@ -31,12 +31,23 @@ class Spec(NamedTuple):
     n_jobs: int | None
 
 
+class ChunkError(ValueError):
+    """A chunk's evaluation failed (non-finite X, overflowing logits): the client adds the
+    chunk's rows to the message."""
+
+    def __init__(self, chunk: int, message: str):
+        super().__init__(chunk, message)
+        self.chunk, self.message = chunk, message
+
+    def __str__(self) -> str:
+        return f"chunk {self.chunk} of X: {self.message}"
+
+
 class ChunkStats(NamedTuple):
-    """One pass over a chunk before the fit (computed once, summed on the client)."""
+    """One pass over a chunk's labels and weights before the fit (summed on the client). X is
+    not read: non-finite values are found by the first evaluation, which reads it anyway."""
 
     n_rows: int
-    bad_x_row: int  # first row (within the chunk) holding NaN or infinity; -1 when none
-    n_bad_x_rows: int
     class_totals: np.ndarray  # (n_classes,) float64: sample weights (or counts) per class
     max_weight: float
     bad_weight: str  # what is wrong with the chunk's sample weights; "" when nothing
@@ -63,7 +74,8 @@ def encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def stats(i: int, X: np.ndarray, y_codes: np.ndarray, sample_weight, shared) -> ChunkStats:
-    """Rows, non-finite rows of X, weighted class totals and weight checks of chunk i."""
+    """Rows, weighted class totals and weight checks of chunk i (X's rows are counted, not
+    read)."""
     n_classes = shared
     n = X.shape[0]
     if y_codes.shape[0] != n:
@@ -71,17 +83,15 @@ def stats(i: int, X: np.ndarray, y_codes: np.ndarray, sample_weight, shared) -> 
             f"y has {y_codes.shape[0]} rows in chunk {i} where X has {n}: y (and sample_weight) "
             "must be partitioned like X"
         )
-    finite_rows = np.isfinite(X).all(axis=1) if X.shape[1] else np.ones(n, dtype=bool)
-    bad = np.flatnonzero(~finite_rows)
     bad_weight, max_weight = "", 0.0
     if sample_weight is not None:
         sample_weight = np.asarray(sample_weight, dtype=np.float64).ravel()
         bad_weight = _weight_problem(sample_weight, n)
         if bad_weight:
-            return ChunkStats(n, -1, 0, np.zeros(n_classes), 0.0, bad_weight)
+            return ChunkStats(n, np.zeros(n_classes), 0.0, bad_weight)
         max_weight = float(sample_weight.max()) if n else 0.0
     totals = np.bincount(y_codes, weights=sample_weight, minlength=n_classes).astype(np.float64)
-    return ChunkStats(n, int(bad[0]) if bad.size else -1, int(bad.size), totals, max_weight, "")
+    return ChunkStats(n, totals, max_weight, "")
 
 
 def _weight_problem(sample_weight: np.ndarray, n: int) -> str:
@@ -136,7 +146,7 @@ def loss_grad(i: int, X, y_codes, w, shared) -> np.ndarray:
                 reduction="sum",
             )
     except ValueError as exc:
-        raise ValueError(f"chunk {i} of X: {exc}") from None
+        raise ChunkError(i, str(exc)) from None
     out = np.empty(1 + theta.shape[0], dtype=np.float64)
     out[0] = loss
     out[1:1 + dW.size] = dW.ravel()

@@ -40,14 +40,22 @@ class _ClusterObjective(solvers._PackedObjective):
     tree sum of per-chunk ``[loss, dW, db]`` sums, divided by the total weight, plus the
     penalty (added on the client, as the in-memory call adds it after its sums)."""
 
-    def __init__(self, backend, columns, spec: _chunks.Spec, W, b, alpha: float, denom: float):
+    def __init__(self, backend, columns, spec: _chunks.Spec, W, b, alpha: float, denom: float,
+                 row_starts):
         super().__init__(None, None, None, W, b, alpha, spec.label_smoothing)
-        self.backend, self.columns, self.spec = backend, columns, spec
+        self.backend, self.columns, self.spec, self.row_starts = backend, columns, spec, row_starts
         self.alpha, self.denom = alpha, denom
         self.n_evaluations = 0
 
     def __call__(self, x):
-        total = self.backend.map(_chunks.loss_grad, self.columns, (x, self.spec), reduce=True)
+        try:
+            total = self.backend.map(_chunks.loss_grad, self.columns, (x, self.spec), reduce=True)
+        except _chunks.ChunkError as exc:  # name the rows: the worker knew its chunk only
+            start, stop = self.row_starts[exc.chunk], self.row_starts[exc.chunk + 1]
+            raise ValueError(
+                f"chunk {exc.chunk} of X (rows {start} to {stop - 1} of the data, counted from "
+                f"0; positions below are within the chunk): {exc.message}"
+            ) from None
         self.n_evaluations += 1
         loss = float(total[0]) / self.denom
         grad = total[1:] / self.denom
@@ -182,7 +190,8 @@ class SoftmaxRegression(_InMemory):
         W, b = self._initial_params(stand_in, K, None, None, previous)
         spec = _chunks.Spec(K, self.n_features_in_, X.dtype.name, self.fit_intercept,
                             float(self.label_smoothing), self.n_jobs)
-        objective = _ClusterObjective(backend, [xs, codes, ws], spec, W, b, float(self.alpha), denom)
+        objective = _ClusterObjective(backend, [xs, codes, ws], spec, W, b, float(self.alpha),
+                                      denom, row_starts)
         result = solvers.lbfgs(
             X, None, None, W, b, alpha=float(self.alpha), label_smoothing=float(self.label_smoothing),
             max_iter=self.max_iter, tol=float(self.tol), callback=self._solver_callback(),
@@ -307,13 +316,8 @@ class SoftmaxRegression(_InMemory):
 
 
 def _raise_bad_chunks(stats, row_starts) -> None:
-    """ValueError naming the first chunk (and row) with bad X or sample weights."""
+    """ValueError naming the first chunk (and its rows) with bad sample weights."""
     for i, s in enumerate(stats):
         if s.bad_weight:
             raise ValueError(f"sample_weight in chunk {i} (rows {row_starts[i]} to "
                              f"{row_starts[i + 1] - 1}): {s.bad_weight}")
-        if s.n_bad_x_rows:
-            raise ValueError(
-                f"X contains NaN or infinity in chunk {i}: {s.n_bad_x_rows} row(s), the first "
-                f"at row {row_starts[i] + s.bad_x_row} of the data"
-            )
