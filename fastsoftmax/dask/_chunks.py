@@ -12,11 +12,11 @@ from typing import NamedTuple
 import numpy as np
 
 from fastsoftmax import functional as F
-from fastsoftmax.dask._backend import sum_group, task_threads
+from fastsoftmax.dask._backend import task_threads
 
 __all__ = [
-    "ChunkError", "ChunkStats", "Spec", "encode_labels", "encode_labels_chunk", "fixed_sum", "loss_grad",
-    "predict_block", "stats", "unique_labels", "weights_chunk",
+    "ChunkError", "ChunkStats", "Spec", "encode_labels", "encode_labels_chunk", "loss_grad",
+    "predict_block", "stats", "weights_chunk",
 ]
 
 
@@ -44,18 +44,14 @@ class ChunkError(ValueError):
 
 
 class ChunkStats(NamedTuple):
-    """One pass over a chunk's labels and weights before the fit (summed on the client). X is
-    not read: non-finite values are found by the first evaluation, which reads it anyway."""
+    """The one pass over a chunk's labels and weights before the fit (X is not read: the first
+    evaluation finds non-finite values, as it reads X anyway)."""
 
     n_rows: int
-    class_totals: np.ndarray  # (n_classes,) float64: sample weights (or counts) per class
+    labels: np.ndarray  # the distinct labels of the chunk, sorted
+    label_totals: np.ndarray  # float64 per label: the sum of its sample weights (or its count)
     max_weight: float
     bad_weight: str  # what is wrong with the chunk's sample weights; "" when nothing
-
-
-def unique_labels(i: int, y: np.ndarray, shared=None) -> np.ndarray:
-    """The distinct labels of a chunk of y."""
-    return np.unique(np.asarray(y).ravel())
 
 
 def encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -73,25 +69,28 @@ def encode_labels(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return codes
 
 
-def stats(i: int, X: np.ndarray, y_codes: np.ndarray, sample_weight, shared) -> ChunkStats:
-    """Rows, weighted class totals and weight checks of chunk i (X's rows are counted, not
-    read)."""
-    n_classes = shared
+def stats(i: int, X: np.ndarray, y: np.ndarray, sample_weight, shared) -> ChunkStats:
+    """Rows, distinct labels with their weighted counts, and weight checks of chunk i. With
+    ``shared`` (the given classes), a label outside them raises ValueError."""
+    y = np.asarray(y).ravel()
     n = X.shape[0]
-    if y_codes.shape[0] != n:
+    if y.shape[0] != n:
         raise ValueError(
-            f"y has {y_codes.shape[0]} rows in chunk {i} where X has {n}: y (and sample_weight) "
+            f"y has {y.shape[0]} rows in chunk {i} where X has {n}: y (and sample_weight) "
             "must be partitioned like X"
         )
+    if shared is not None:
+        encode_labels(y, shared)
+    labels, inverse = np.unique(y, return_inverse=True)
     bad_weight, max_weight = "", 0.0
     if sample_weight is not None:
         sample_weight = np.asarray(sample_weight, dtype=np.float64).ravel()
         bad_weight = _weight_problem(sample_weight, n)
         if bad_weight:
-            return ChunkStats(n, np.zeros(n_classes), 0.0, bad_weight)
+            return ChunkStats(n, labels, np.zeros(len(labels)), 0.0, bad_weight)
         max_weight = float(sample_weight.max()) if n else 0.0
-    totals = np.bincount(y_codes, weights=sample_weight, minlength=n_classes).astype(np.float64)
-    return ChunkStats(n, totals, max_weight, "")
+    totals = np.bincount(inverse.ravel(), weights=sample_weight, minlength=len(labels))
+    return ChunkStats(n, labels, totals.astype(np.float64), max_weight, "")
 
 
 def _weight_problem(sample_weight: np.ndarray, n: int) -> str:
@@ -107,11 +106,6 @@ def _weight_problem(sample_weight: np.ndarray, n: int) -> str:
 def encode_labels_chunk(i: int, y: np.ndarray, shared) -> np.ndarray:
     """`encode_labels` of chunk i against the classes in ``shared``."""
     return encode_labels(y, shared)
-
-
-def fixed_sum(parts) -> np.ndarray:
-    """Small per-chunk results summed in chunk order (float64)."""
-    return sum_group(*parts)
 
 
 def weights_chunk(i: int, y_codes: np.ndarray, sample_weight, shared) -> np.ndarray:

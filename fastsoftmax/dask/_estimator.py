@@ -169,14 +169,18 @@ class SoftmaxRegression(_InMemory):
 
     def _fit_chunks(self, backend, X, xs, ys, sws):
         previous = self._warm_start_params()
-        self.classes_ = self._find_classes(backend, ys)
-        K = len(self.classes_)
-        codes = backend.apply(_chunks.encode_labels_chunk, [ys], self.classes_)
-        stats = backend.map(_chunks.stats, [xs, codes, sws], K)
+        given = None if self.classes is None else np.unique(np.asarray(self.classes))
+        stats = backend.map(_chunks.stats, [xs, ys, sws], given)
         row_starts = np.concatenate([[0], np.cumsum([s.n_rows for s in stats])])
         _raise_bad_chunks(stats, row_starts)
-        class_weight = self._class_weight_vector(stats, K)
-        totals = _chunks.fixed_sum([s.class_totals for s in stats])
+        self.classes_ = self._check_classes(given, stats)
+        K = len(self.classes_)
+        # Kept on the workers, not gathered: the next round trip is the first evaluation.
+        codes = backend.apply(_chunks.encode_labels_chunk, [ys], self.classes_)
+        totals = np.zeros(K)
+        for s in stats:  # chunk order: the same bits every run
+            totals[np.searchsorted(self.classes_, s.labels)] += s.label_totals
+        class_weight = self._class_weight_vector(totals, K)
         if class_weight is not None:
             totals = totals * class_weight
         if np.count_nonzero(totals > 0) < 2:
@@ -203,22 +207,22 @@ class SoftmaxRegression(_InMemory):
         self.n_samples_seen_ = int(row_starts[-1])
         self._warn_outcome(result, "lbfgs", self.tol)
 
-    def _find_classes(self, backend, ys) -> np.ndarray:
-        if self.classes is not None:
-            classes = np.unique(np.asarray(self.classes))
+    @staticmethod
+    def _check_classes(given, stats) -> np.ndarray:
+        """The given classes, or those found in the chunks' labels; at least two."""
+        if given is not None:
+            classes = given
         else:
-            parts = backend.map(_chunks.unique_labels, [ys])
-            classes = np.unique(np.concatenate([np.asarray(p) for p in parts]))
+            classes = np.unique(np.concatenate([np.asarray(s.labels) for s in stats]))
         check_classification_targets(classes)
         if len(classes) < 2:
             _estimator._refuse_one_class(classes[0] if len(classes) else None)
         return classes
 
-    def _class_weight_vector(self, stats, n_classes: int) -> np.ndarray | None:
+    def _class_weight_vector(self, totals, n_classes: int) -> np.ndarray | None:
         """Per-class weights (float64), "balanced" from the weighted class totals."""
         if self.class_weight is None:
             return None
-        totals = _chunks.fixed_sum([s.class_totals for s in stats])
         if self.class_weight == "balanced":
             with np.errstate(divide="ignore"):
                 per_class = totals.sum() / (n_classes * totals)
