@@ -563,7 +563,22 @@ def _print_train_summary(summary: dict, fit: _Fit) -> None:
         print(f"plot written:    {summary['plot']}")
 
 
+def _train_on_dask(args) -> int:
+    """``train --dask-workers N`` or ``--scheduler ADDRESS``: fastsoftmax.dask does the work."""
+    if isinstance(args.plot, str):
+        raise CLIError("--plot: no training plot with Dask (use --no-plot, or leave it out)")
+    _check_train_outputs(args, None)
+    try:
+        from fastsoftmax.dask._cli import train
+    except ImportError as exc:
+        raise CLIError(f"Dask training needs dask ({_reason(exc)}): "
+                       'pip install "fastsoftmax[dask]"') from None
+    return train(args)
+
+
 def cmd_train(args) -> int:
+    if args.dask_workers is not None or args.scheduler is not None:
+        return _train_on_dask(args)
     started = time.perf_counter()
     plot_path = _plot_path(args)
     _check_train_outputs(args, plot_path)
@@ -772,6 +787,7 @@ examples:
   fastsoftmax train --data data.csv --label-column species --standardize --model-out iris.npz
   fastsoftmax train --data ~/mnist --standardize     # train-* files, tested on the t10k-* files
   fastsoftmax train --data train.svm --test-data test.svm --json --quiet --no-plot
+  fastsoftmax train --data 'shards/*.npz' --dask-workers 4 --no-plot   # Dask: data on the workers
 
 data: digits | synthetic:N,d,K[,seed] | FILE.npz (X, y) | FILE.csv / FILE.tsv | FILE.svm
 (svmlight/libsvm) | a directory of MNIST / Fashion-MNIST IDX files (plain or .gz)
@@ -895,6 +911,21 @@ def _add_train_output_options(train) -> None:
     )
 
 
+def _add_dask_options(train) -> None:
+    where = train.add_mutually_exclusive_group()
+    where.add_argument(
+        "--dask-workers", type=_positive_int, metavar="N",
+        help="train on a local Dask cluster of N worker processes (pip install "
+        '"fastsoftmax[dask]"); --data may then also be a glob of .npy/.npz shards or Parquet '
+        "files, read by the workers, and synthetic data is generated on the workers",
+    )
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="train on the Dask cluster of this scheduler (e.g. tcp://host:8786); as "
+        "--dask-workers otherwise",
+    )
+
+
 def _add_train(commands) -> None:
     train = commands.add_parser(
         "train",
@@ -907,6 +938,7 @@ def _add_train(commands) -> None:
     _add_train_data_options(train)
     _add_solver_options(train)
     _add_train_output_options(train)
+    _add_dask_options(train)
     train.set_defaults(func=cmd_train)
 
 

@@ -215,6 +215,7 @@ def lbfgs(
     tol: float,
     callback: Callback | None = None,
     blas_threads: int | None = None,
+    objective: _PackedObjective | None = None,
 ) -> SolverResult:
     """Minimize with scipy's L-BFGS-B, stopping when the projected gradient's max-abs is <= tol.
 
@@ -227,12 +228,16 @@ def lbfgs(
     value (``diverged``: typically data of extreme scale). ``loss_curve[k]`` is the objective at
     the iterate after iteration k + 1. ``blas_threads`` limits scipy's own OpenBLAS (used by
     L-BFGS-B itself) during the run: its threads otherwise spin against the loss kernels' threads.
+    ``objective``, when given, replaces the in-memory one (same interface as ``_PackedObjective``;
+    ``fastsoftmax.dask`` evaluates on a cluster): y and sample_weight are then unused, and X only
+    serves the message of a diverged run.
     """
     result = SolverResult()
     if max_iter == 0:
         result.message = "reached max_iter=0: the starting point is returned"
         return result
-    objective = _PackedObjective(X, y, sample_weight, W, b, alpha, label_smoothing)
+    if objective is None:
+        objective = _PackedObjective(X, y, sample_weight, W, b, alpha, label_smoothing)
 
     def on_iteration(xk):
         result.loss_curve.append(objective.loss_at(xk))

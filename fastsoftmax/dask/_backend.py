@@ -1,0 +1,223 @@
+"""One task per chunk, where the chunk lives, and a fixed-order sum of the results.
+
+Two backends share one interface: :class:`DistributedBackend` (an active ``distributed.Client``:
+chunks persisted on the workers, futures submitted directly, the shared argument scattered once
+per call) and :class:`LocalBackend` (dask's local scheduler: chunks computed once into this
+process, one small graph per call run by the configured local scheduler). Both sum per-chunk
+float64 vectors with the same tree (:func:`tree_sum`): groups of ``FAN_IN`` consecutive chunks,
+level by level, so the bits of a sum depend on the chunks only, never on the workers or threads
+that computed them (docs/scaling.md, "Determinism").
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
+
+import numpy as np
+
+from fastsoftmax._threads import thread_limits
+
+__all__ = ["FAN_IN", "DistributedBackend", "LocalBackend", "sum_group", "task_threads", "tree_sum"]
+
+#: Partial results summed per task of the reduction tree; with at most this many chunks the
+#: client sums them itself (one gather, no extra task round trip).
+FAN_IN = 16
+#: Times an evaluation is resubmitted after the cluster lost something it needed (a worker died
+#: holding the scattered parameters): the results are deterministic, so a retry is exact.
+RETRIES = 3
+
+
+def sum_group(*parts: np.ndarray) -> np.ndarray:
+    """The sum of float64 vectors, left to right (the one addition order every backend uses)."""
+    total = np.array(parts[0], dtype=np.float64, copy=True)
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+def tree_levels(n: int) -> list[int]:
+    """Sizes of the levels of the reduction tree above ``n`` leaves, while a level exceeds
+    ``FAN_IN`` (each node sums up to ``FAN_IN`` consecutive nodes of the level below)."""
+    sizes = []
+    while n > FAN_IN:
+        n = -(-n // FAN_IN)
+        sizes.append(n)
+    return sizes
+
+
+def tree_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The sum of ``parts`` through the reduction tree, computed here (the reference order)."""
+    level = list(parts)
+    for _ in tree_levels(len(level)):
+        level = [sum_group(*level[i:i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
+    return sum_group(*level)
+
+
+def effective_task_threads(n_jobs: int | None) -> int:
+    """Kernel threads inside one worker task: 1 unless ``n_jobs`` asks for more.
+
+    Dask runs one task per slot and counts a slot as a core (its nanny starts workers with
+    ``OMP_NUM_THREADS=1``); a task that also started full-width kernel threads would put
+    slots x cores threads on the cores. ``n_jobs`` is for workers with one slot and several
+    cores of their own (docs/scaling.md, "Threads inside tasks").
+    """
+    return 1 if n_jobs is None else max(1, int(n_jobs))
+
+
+@contextmanager
+def task_threads(n_jobs: int | None):
+    """Numba and BLAS threads of the kernels inside a task (see `effective_task_threads`).
+
+    BLAS is limited as well as Numba: above 32 classes dW comes from an OpenBLAS GEMM whose last
+    bits depend on its thread count, so a fixed count keeps the fit's bits independent of where
+    a chunk ran."""
+    with thread_limits(effective_task_threads(n_jobs)) as n:
+        yield n
+
+
+def probe_task_threads(n_jobs: int | None = None) -> tuple[int, list[int]]:
+    """What a task sees inside `task_threads`: (Numba threads, BLAS threads per library)."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    with task_threads(n_jobs):
+        blas = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+        return numba.get_num_threads(), blas
+
+
+class LocalBackend:
+    """Chunks held in this process; each call is one flat graph for dask's local scheduler."""
+
+    def __init__(self, get: Callable | None = None):
+        if get is None:
+            import dask.base
+            import dask.threaded
+
+            get = dask.base.get_scheduler() or dask.threaded.get
+        self._get = get
+
+    def persist(self, arrays: Sequence) -> list[list]:
+        """Compute every chunk of the row-chunked dask arrays (None stays None) once."""
+        import dask
+
+        delayed = [None if a is None else list(a.to_delayed().ravel()) for a in arrays]
+        todo = [d for d in delayed if d is not None]
+        (computed,) = dask.compute(todo, scheduler=self._get)
+        done = iter(computed)
+        return [None if d is None else list(next(done)) for d in delayed]
+
+    def release(self, chunks) -> None:
+        """Nothing to release: the chunks go with the last reference."""
+
+    def map(self, fn: Callable, columns: Sequence, shared=None, *, reduce: bool = False):
+        """``fn(i, *column_i, shared=shared)`` for every chunk i; their tree sum if ``reduce``."""
+        task = functools.partial(fn, shared=shared)
+        n = _n_chunks(columns)
+        name = f"fastsoftmax-{uuid.uuid4().hex}"
+        graph = {(name, i): (task, i, *(_at(c, i) for c in columns)) for i in range(n)}
+        results = self._get(graph, [(name, i) for i in range(n)])
+        return tree_sum(results) if reduce else list(results)
+
+
+    def apply(self, fn: Callable, columns: Sequence, shared=None) -> list:
+        """A new column: ``fn(i, *column_i, shared)`` for every chunk i."""
+        return self.map(fn, columns, shared)
+
+
+class DistributedBackend:
+    """Chunks persisted on the workers of a ``distributed.Client``; futures submitted directly."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def persist(self, arrays: Sequence) -> list[list]:
+        """Persist the row-chunked dask arrays together and return their chunk futures in row
+        order. They keep their graph: a chunk lost with a worker is recomputed from its source."""
+        from dask.core import flatten
+        from distributed import futures_of
+
+        # Under fresh names: the same dask keys persisted by an earlier fit and just released
+        # would come back cancelled (the scheduler is still forgetting them). The renaming task
+        # returns its chunk itself: no copy, and the lineage to the source stays.
+        fresh = uuid.uuid4().hex
+        present = [a.map_blocks(_same, dtype=a.dtype, name=f"fastsoftmax-{j}-{fresh}")
+                   for j, a in enumerate(arrays) if a is not None]
+        persisted = iter(self.client.persist(present))
+        out = []
+        for a in arrays:
+            if a is None:
+                out.append(None)
+                continue
+            p = next(persisted)
+            by_key = {f.key: f for f in futures_of(p)}
+            out.append([by_key[k] for k in flatten(p.__dask_keys__())])
+        return out
+
+    def release(self, chunks) -> None:
+        """Drop the references to persisted chunks (the workers free them)."""
+        for column in chunks:
+            if column is not None:
+                for future in column:
+                    future.release()
+
+    def map(self, fn: Callable, columns: Sequence, shared=None, *, reduce: bool = False):
+        """``fn(i, *column_i, shared=shared)`` for every chunk i, run where the chunks live;
+        gathered in chunk order, or summed through the tree (inner levels on the workers)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                return self._map_once(fn, columns, shared, reduce)
+            except (CancelledError, *_lost_errors()) as exc:
+                if attempt == RETRIES:
+                    raise RuntimeError(
+                        f"the cluster lost data of this evaluation {RETRIES + 1} times in a row "
+                        f"({type(exc).__name__}: {exc}); are workers being killed?"
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def apply(self, fn: Callable, columns: Sequence, shared=None) -> list:
+        """A new column of futures kept on the workers: ``fn(i, *column_i, shared)`` for every
+        chunk i. ``shared`` goes inside each task (not scattered), so that a result lost with a
+        worker can be recomputed from the tasks alone; keep it small."""
+        n = _n_chunks(columns)
+        cols = [c if c is not None else [None] * n for c in columns]
+        return self.client.map(fn, range(n), *cols, shared=shared, pure=False)
+
+    def _map_once(self, fn, columns, shared, reduce):
+        client = self.client
+        n = _n_chunks(columns)
+        # hash=False: a fresh key every call, so an unchanged value never meets a key the
+        # scheduler is still releasing from the previous call.
+        shared_future = None if shared is None else client.scatter(shared, hash=False)
+        cols = [c if c is not None else [None] * n for c in columns]
+        level = client.map(fn, range(n), *cols, shared=shared_future, pure=False)
+        for _ in tree_levels(n) if reduce else ():
+            groups = [level[i:i + FAN_IN] for i in range(0, len(level), FAN_IN)]
+            level = [client.submit(sum_group, *g, pure=False) for g in groups]
+        results = client.gather(level)
+        return sum_group(*results) if reduce else results
+
+
+def _same(block):
+    return block
+
+
+def _n_chunks(columns) -> int:
+    return next(len(c) for c in columns if c is not None)
+
+
+def _at(column, i):
+    return None if column is None else column[i]
+
+
+@functools.cache
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    """distributed's exceptions for work lost with a worker (recomputing is the remedy)."""
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
+
+    # FutureCancelledError (scattered data lost with its worker) is a CancelledError.
+    return (KilledWorker, CommClosedError)
