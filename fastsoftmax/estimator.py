@@ -86,8 +86,10 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
           within ``64 * eps`` relative, as in scikit-learn).
         - "newton-cg": inexact Newton, conjugate gradients on the fused Hessian-vector product
           (``linear_cross_entropy_hvp``) and a Wolfe line search, as scikit-learn's newton-cg;
-          stops when the gradient's max-abs is <= ``tol``. Few iterations on ill-conditioned
-          problems (unscaled features, a small ``alpha``), where lbfgs needs hundreds. Dense X.
+          preconditioned by the class-mean Hessian diagonal; stops when the gradient's max-abs is
+          <= ``tol`` and the Newton decrement predicts the objective within ``max(tol**2,
+          64 * eps)`` of its minimum. Few iterations on ill-conditioned problems (unscaled
+          features, a small ``alpha``), where lbfgs needs hundreds. Dense or sparse X.
         - "sgd": mini-batch SGD with a fixed ``learning_rate``, ``batch_size`` samples per step,
           ``max_iter`` epochs, reshuffled every epoch (the Dive into Deep Learning recipe).
         - "gd": full-batch gradient descent with a fixed ``learning_rate``, ``max_iter`` steps
@@ -98,7 +100,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         when ``tol`` is set.
     tol : float or None, default=1e-4
         lbfgs: stop when the projected gradient's max-abs is <= tol; newton-cg: when the
-        gradient's max-abs is <= tol. gd: stop (before a step) when
+        gradient's max-abs is <= tol and the Newton decrement agrees (above). gd: stop (before a
+        step) when
         the gradient's max-abs is <= tol. sgd: stop when the epoch loss has not improved on the
         best one by at least tol for ``n_iter_no_change`` epochs in a row. None (sgd and gd only)
         runs exactly ``max_iter`` iterations and never warns, like a textbook training loop.
