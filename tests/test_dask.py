@@ -153,7 +153,7 @@ def test_float32_trains_in_float32(client, data):
 
 
 class _KillOnce(WorkerPlugin):
-    """SIGKILLs its worker process when the worker starts its ``after``-th chunk evaluation task
+    """SIGKILLs its worker process when the worker starts its ``after``-th evaluation task
     (``marker`` is created first, exclusively: one kill per test, never on the restarted
     worker)."""
 
@@ -179,7 +179,7 @@ def test_worker_killed_mid_fit_gives_the_undisturbed_result(client, data, refere
     undisturbed = reference
     with client.as_current():
         marker = tmp_path / "killed"
-        client.register_plugin(_KillOnce(str(marker), after=20), name="kill-once")
+        client.register_plugin(_KillOnce(str(marker), after=5), name="kill-once")
         try:
             disturbed = SoftmaxRegression(**FIT).fit(Xd, yd)
         finally:
@@ -322,6 +322,66 @@ def test_tree_sum_groups_fixed_chunks():
     assert _backend.tree_levels(16 * 16 * 3) == [48, 3]
 
 
+class _Cell:
+    """A stand-in for a chunk's future: a key the fake client places, and the value."""
+
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+
+class _PlacingClient:
+    """A stand-in for distributed.Client that runs tasks at once and reports the placement it
+    was given (chunk i on worker ``place(i)``)."""
+
+    def __init__(self, place):
+        self.place, self.tasks = place, []
+
+    def scatter(self, value, hash, broadcast, workers):
+        return value
+
+    def who_has(self, futures):
+        return {f.key: (self.place(int(f.key)),) for f in futures}
+
+    def submit(self, fn, *args, key):
+        self.tasks.append(key)
+        return _Done(fn(*(a.value if isinstance(a, _Done) else a for a in args)))
+
+    def gather(self, futures):
+        return [f.value for f in futures]
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+
+@pytest.mark.parametrize("n", [5, 40, 16 * 16 + 5])
+@pytest.mark.parametrize("placement", ["one worker", "blocks of 24", "alternate"])
+def test_grouped_tasks_sum_in_the_tree_order_whatever_the_placement(n, placement):
+    """One task per worker, first-level nodes summed where their chunks all live or by a task of
+    their own: the bits of `tree_sum`, for a tree of one, two or three levels."""
+    place = {"one worker": lambda i: "a", "blocks of 24": lambda i: "ab"[i // 24 % 2],
+             "alternate": lambda i: "ab"[i % 2]}[placement]
+    parts = [np.random.default_rng(i).standard_normal(3) * 10.0**(i % 7) for i in range(n)]
+    cells = [_Cell(str(i), p) for i, p in enumerate(parts)]
+    fake = _PlacingClient(place)
+    total = _backend.DistributedBackend(fake).map(
+        lambda i, cell, shared: cell.value * shared, [cells], 1.0, reduce=True)
+    assert np.array_equal(total, _backend.tree_sum(parts))
+    evaluations = [k for k in fake.tasks if k.startswith("<lambda>")]
+    assert len(evaluations) == len({place(i) for i in range(n)})
+    listed = _backend.DistributedBackend(fake).map(lambda i, cell, shared: i, [cells], None)
+    assert listed == list(range(n))
+
+
+def test_worker_plans_keep_whole_first_level_nodes_on_their_worker():
+    placed = {"a": [i for i in range(16) if i != 3], "b": [3, *range(16, 40)]}
+    plans = _backend._worker_plans(placed, 40, reduce=True)
+    assert plans == [[[i] for i in range(16) if i != 3],
+                     [[3], list(range(16, 32)), list(range(32, 40))]]
+    assert _backend._worker_plans(placed, 40, reduce=False)[1] == [[3], *[[i] for i in range(16, 40)]]
+
+
 class _LosingClient:
     """A stand-in for distributed.Client whose first ``losses`` gathers fail the way a lost
     scattered value does (FutureCancelledError: 'already forgotten'); then it computes."""
@@ -329,13 +389,16 @@ class _LosingClient:
     def __init__(self, losses):
         self.losses, self.scattered = losses, []
 
-    def scatter(self, value, hash):
+    def scatter(self, value, hash, broadcast, workers):
         assert hash is False
         self.scattered.append(value)
         return value
 
-    def map(self, fn, indices, *columns, shared, pure):
-        return [fn(i, *(c[i] for c in columns), shared=shared) for i in indices]
+    def who_has(self, futures):
+        return {}
+
+    def submit(self, fn, *args, key):
+        return fn(*args)
 
     def gather(self, results):
         from distributed.client import FutureCancelledError

@@ -189,16 +189,110 @@ class DistributedBackend:
     def _map_once(self, fn, columns, shared, reduce):
         client = self.client
         n = _n_chunks(columns)
-        # hash=False: a fresh key every call, so an unchanged value never meets a key the
-        # scheduler is still releasing from the previous call.
-        shared_future = None if shared is None else client.scatter(shared, hash=False)
         cols = [c if c is not None else [None] * n for c in columns]
-        level = client.map(fn, range(n), *cols, shared=shared_future, pure=False)
-        for _ in tree_levels(n) if reduce else ():
-            groups = [level[i:i + FAN_IN] for i in range(0, len(level), FAN_IN)]
-            level = [client.submit(sum_group, *g, pure=False) for g in groups]
-        results = client.gather(level)
+        placed = self._placement(cols)
+        plans = _worker_plans(placed, n, reduce)
+        # hash=False: a fresh key every call, so an unchanged value never meets a key the
+        # scheduler is still releasing from the previous call. Broadcast to the workers that
+        # hold chunks: each has it before its task starts, with no fetch from a peer.
+        shared_future = None if shared is None else client.scatter(
+            shared, hash=False, broadcast=True, workers=[w for w in placed if w is not None] or None)
+        size = _first_level(n, reduce)
+        refs = {}  # plan entry (its first chunk) -> (future of its task, position in the result)
+        whole = set()  # first chunks of the entries that are whole first-level nodes
+        for plan in plans:
+            cells = [c[i] for entry in plan for i in entry for c in cols]
+            future = client.submit(run_plan, fn, plan, len(cols), shared_future, *cells,
+                                   key=f"{getattr(fn, '__name__', 'chunk')}-{uuid.uuid4().hex}")
+            refs.update({entry[0]: (future, position) for position, entry in enumerate(plan)})
+            whole.update(entry[0] for entry in plan if len(entry) > 1)
+        # The tree's first level: entries that are whole nodes, or a task summing a node's chunks.
+        level = [refs[lo] if size == 1 or lo in whole
+                 else _submit_sum(client, [refs[i] for i in range(lo, min(n, lo + size))])
+                 for lo in range(0, n, size)]
+        for _ in tree_levels(n)[1:] if reduce else ():
+            level = [_submit_sum(client, level[i:i + FAN_IN]) for i in range(0, len(level), FAN_IN)]
+        results = _resolve(client.gather(_distinct(level)), level)
         return sum_group(*results) if reduce else results
+
+    def _placement(self, cols) -> dict:
+        """Chunk indices grouped by the worker holding the chunk's cells (the most of them),
+        in chunk order; ``None``: held nowhere yet (the scheduler will place its task)."""
+        futures = [f for c in cols for f in c if hasattr(f, "key")]
+        who = self.client.who_has(futures) if futures else {}
+        placed: dict = {}
+        for i in range(len(cols[0])):
+            holders = [w for c in cols if hasattr(c[i], "key") for w in who.get(c[i].key, ())]
+            worker = max(sorted(set(holders)), key=holders.count) if holders else None
+            placed.setdefault(worker, []).append(i)
+        return placed
+
+
+def _first_level(n: int, reduce: bool) -> int:
+    """Chunks per node of the tree's first level: FAN_IN above FAN_IN chunks, else 1 (the
+    client sums the chunks' own results)."""
+    return FAN_IN if reduce and n > FAN_IN else 1
+
+
+def _worker_plans(placed: dict, n: int, reduce: bool) -> list[list[list[int]]]:
+    """One plan per worker task: entries of chunk indices, each summed into one result. A first
+    node of the tree whose chunks all live on one worker is one entry there (summed in place:
+    the same additions in the same order); the chunks of a node spread over workers are entries
+    of one chunk each, summed by a task of their own (`_submit_sum`)."""
+    size = _first_level(n, reduce)
+    owner = {i: w for w, chunks in placed.items() for i in chunks}
+    plans: dict = {w: [] for w in placed}
+    for lo in range(0, n, size):
+        members = list(range(lo, min(n, lo + size)))
+        homes = {owner[i] for i in members}
+        if len(homes) == 1:
+            plans[homes.pop()].append(members)
+        else:
+            for i in members:
+                plans[owner[i]].append([i])
+    return [plan for plan in plans.values() if plan]
+
+
+def run_plan(fn: Callable, plan, n_columns: int, shared, *cells) -> list:
+    """One worker task: ``fn(i, *cells of chunk i, shared=shared)`` for the chunks of every plan
+    entry in order; an entry of several chunks gives the `sum_group` of their results."""
+    results, at = [], 0
+    for entry in plan:
+        parts = []
+        for i in entry:
+            parts.append(fn(i, *cells[at:at + n_columns], shared=shared))
+            at += n_columns
+        results.append(parts[0] if len(parts) == 1 else sum_group(*parts))
+    return results
+
+
+def sum_refs(refs, *sources) -> np.ndarray:
+    """`sum_group` of the values ``refs`` name in ``sources`` (a task of the tree's levels)."""
+    return sum_group(*_pick(sources, refs))
+
+
+def _pick(sources: Sequence, refs) -> list:
+    """The values ``refs`` name: (source index, position in its list, or None for the whole)."""
+    return [sources[s] if p is None else sources[s][p] for s, p in refs]
+
+
+def _distinct(nodes) -> list:
+    """The distinct futures of (future, position) nodes, in first-seen order."""
+    return list({id(f): f for f, _ in nodes}.values())
+
+
+def _submit_sum(client, nodes) -> tuple:
+    """A tree node: the task summing ``nodes`` (future, position) in order, as a node itself."""
+    futures = _distinct(nodes)
+    index = {id(f): j for j, f in enumerate(futures)}
+    refs = [(index[id(f)], p) for f, p in nodes]
+    return client.submit(sum_refs, refs, *futures, key=f"sum-{uuid.uuid4().hex}"), None
+
+
+def _resolve(values: Sequence, nodes) -> list:
+    """The nodes' values, from the gathered values of their `_distinct` futures."""
+    index = {id(f): j for j, f in enumerate(_distinct(nodes))}
+    return _pick(values, [(index[id(f)], p) for f, p in nodes])
 
 
 def _same(block):
