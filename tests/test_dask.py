@@ -342,6 +342,9 @@ class _PlacingClient:
     def who_has(self, futures):
         return {f.key: (self.place(int(f.key)),) for f in futures}
 
+    def nthreads(self):
+        return {"a": 1, "b": 1}
+
     def submit(self, fn, *args, key):
         self.tasks.append(key)
         return _Done(fn(*(a.value if isinstance(a, _Done) else a for a in args)))
@@ -377,9 +380,17 @@ def test_grouped_tasks_sum_in_the_tree_order_whatever_the_placement(n, placement
 def test_worker_plans_keep_whole_first_level_nodes_on_their_worker():
     placed = {"a": [i for i in range(16) if i != 3], "b": [3, *range(16, 40)]}
     plans = _backend._worker_plans(placed, 40, reduce=True)
-    assert plans == [[[i] for i in range(16) if i != 3],
-                     [[3], list(range(16, 32)), list(range(32, 40))]]
-    assert _backend._worker_plans(placed, 40, reduce=False)[1] == [[3], *[[i] for i in range(16, 40)]]
+    assert plans == {"a": [[i] for i in range(16) if i != 3],
+                     "b": [[3], list(range(16, 32)), list(range(32, 40))]}
+    assert _backend._worker_plans(placed, 40, reduce=False)["b"] == [[3], *[[i] for i in range(16, 40)]]
+
+
+def test_a_worker_plan_is_cut_into_one_task_per_slot():
+    plan = [[0], [1], list(range(2, 18)), [18], [19]]
+    assert _backend._split(plan, 1) == [plan]
+    assert _backend._split(plan, 2) == [[[0], [1], list(range(2, 18))], [[18], [19]]]
+    assert _backend._split([[i] for i in range(8)], 2) == [[[0], [1], [2], [3]], [[4], [5], [6], [7]]]
+    assert _backend._split([[i] for i in range(3)], 4) == [[[0]], [[1]], [[2]]]
 
 
 class _LosingClient:
@@ -395,6 +406,9 @@ class _LosingClient:
         return value
 
     def who_has(self, futures):
+        return {}
+
+    def nthreads(self):
         return {}
 
     def submit(self, fn, *args, key):

@@ -191,7 +191,9 @@ class DistributedBackend:
         n = _n_chunks(columns)
         cols = [c if c is not None else [None] * n for c in columns]
         placed = self._placement(cols)
-        plans = _worker_plans(placed, n, reduce)
+        slots = client.nthreads()
+        plans = [task for worker, plan in _worker_plans(placed, n, reduce).items()
+                 for task in _split(plan, slots.get(worker, 1))]
         # hash=False: a fresh key every call, so an unchanged value never meets a key the
         # scheduler is still releasing from the previous call. Broadcast to the workers that
         # hold chunks: each has it before its task starts, with no fetch from a peer.
@@ -234,8 +236,8 @@ def _first_level(n: int, reduce: bool) -> int:
     return FAN_IN if reduce and n > FAN_IN else 1
 
 
-def _worker_plans(placed: dict, n: int, reduce: bool) -> list[list[list[int]]]:
-    """One plan per worker task: entries of chunk indices, each summed into one result. A first
+def _worker_plans(placed: dict, n: int, reduce: bool) -> dict:
+    """One plan per worker: entries of chunk indices, each summed into one result. A first
     node of the tree whose chunks all live on one worker is one entry there (summed in place:
     the same additions in the same order); the chunks of a node spread over workers are entries
     of one chunk each, summed by a task of their own (`_submit_sum`)."""
@@ -250,7 +252,20 @@ def _worker_plans(placed: dict, n: int, reduce: bool) -> list[list[list[int]]]:
         else:
             for i in members:
                 plans[owner[i]].append([i])
-    return [plan for plan in plans.values() if plan]
+    return {w: plan for w, plan in plans.items() if plan}
+
+
+def _split(plan: list[list[int]], slots: int) -> list[list[list[int]]]:
+    """A worker's plan cut into at most ``slots`` tasks (its task slots: each task runs its
+    kernels on one thread) of consecutive entries with about equal numbers of chunks."""
+    total = sum(len(entry) for entry in plan)
+    tasks, done = [[]], 0
+    for entry in plan:
+        if tasks[-1] and done * slots >= len(tasks) * total:
+            tasks.append([])
+        tasks[-1].append(entry)
+        done += len(entry)
+    return tasks
 
 
 def run_plan(fn: Callable, plan, n_columns: int, shared, *cells) -> list:
