@@ -77,7 +77,7 @@ class SoftmaxRegression(_InMemory):
     y an Array or Series partitioned like X) the fit is lbfgs done the way Spark MLlib does it:
     the chunks are persisted on the workers once and never come to the client; each evaluation
     sends the parameters (scattered), computes every chunk's fused loss and gradient where the
-    chunk lives (one task per chunk), sums the partial results through a fixed tree, and runs
+    chunk lives (one task per worker task slot), sums the partial results through a fixed tree, and runs
     scipy's L-BFGS-B on the client with the in-memory estimator's stopping rules. It uses the
     active ``distributed.Client``, else dask's local scheduler. numpy or pandas input is fitted
     by the in-memory estimator.
