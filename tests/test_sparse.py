@@ -21,16 +21,6 @@ from fastsoftmax._validation import check_sparse_linear
 DTYPES = [np.float64, np.float32]
 
 
-@pytest.fixture(params=[1, 2], ids=["threads=1", "threads=2"])
-def threads(request):
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield request.param
-    finally:
-        numba.set_num_threads(previous)
-
-
 def make_sparse(rng, n, d, k, dtype, density=0.2, bias=True):
     """CSR X with random pattern and values of order one, W, b (or None), y."""
     X = sp.random(n, d, density=density, format="csr", dtype=np.float64, random_state=rng,

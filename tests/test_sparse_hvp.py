@@ -22,16 +22,6 @@ from fastsoftmax._validation import check_sparse_linear
 DTYPES = [np.float64, np.float32]
 
 
-@pytest.fixture(params=[1, 2], ids=["threads=1", "threads=2"])
-def threads(request):
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield request.param
-    finally:
-        numba.set_num_threads(previous)
-
-
 def make_hvp(rng, n, d, k, dtype, density=0.2, bias=True):
     """CSR X, the point (W, b), labels y and a direction (S, s_b), s_b None when b is."""
     X, W, b, y = make_sparse(rng, n, d, k, dtype, density=density, bias=bias)
