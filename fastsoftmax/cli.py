@@ -926,52 +926,54 @@ def _add_dask_options(train) -> None:
     )
 
 
+def _add_command(commands, name: str, func, help: str, description: str, epilog: str):
+    """A subcommand whose description and examples keep their line breaks."""
+    command = commands.add_parser(name, help=help, description=description, epilog=epilog,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.set_defaults(func=func)
+    return command
+
+
 def _add_train(commands) -> None:
-    train = commands.add_parser(
-        "train",
+    train = _add_command(
+        commands, "train", cmd_train,
         help="train a model and write it (and a training plot)",
         description="Train softmax regression, print accuracy, objective, time and throughput,\n"
         "and write the model (and a PNG of the training curves).",
         epilog=_TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_train_data_options(train)
     _add_solver_options(train)
     _add_train_output_options(train)
     _add_dask_options(train)
-    train.set_defaults(func=cmd_train)
 
 
 def _add_evaluate(commands) -> None:
-    evaluate = commands.add_parser(
-        "evaluate",
+    evaluate = _add_command(
+        commands, "evaluate", cmd_evaluate,
         help="accuracy, confusion matrix and per-class precision/recall of a model",
         description="Evaluate a model on labelled data: accuracy, confusion matrix,\n"
         "per-class precision and recall.",
         epilog=_EVALUATE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_model_input_options(evaluate, data_help="labelled data")
     _add_data_options(evaluate, label_help="CSV/TSV label column: index or header name (default: last)")
     evaluate.add_argument("--json", action="store_true", help="print JSON on stdout")
-    evaluate.set_defaults(func=cmd_evaluate)
 
 
 def _add_predict(commands) -> None:
-    predict = commands.add_parser(
-        "predict",
+    predict = _add_command(
+        commands, "predict", cmd_predict,
         help="predict labels or probabilities, as CSV",
         description="Predict one label (or, with --proba, one row of class probabilities) per\n"
         "input row, as CSV on stdout or in a file. CSV/TSV input holds features only.",
         epilog=_PREDICT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_model_input_options(predict, data_help="input features")
     _add_data_options(predict, label_help="CSV/TSV: a column to ignore (e.g. labels); default: none")
     predict.add_argument("--proba", action="store_true", help="class probabilities")
     predict.add_argument("--header", action="store_true", help="first line names the columns")
     predict.add_argument("--out", metavar="FILE", help="write here instead of stdout")
-    predict.set_defaults(func=cmd_predict)
 
 
 def _version() -> str:

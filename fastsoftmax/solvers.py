@@ -242,12 +242,9 @@ def lbfgs(
     def on_iteration(xk):
         result.loss_curve.append(objective.loss_at(xk))
         result.n_iter += 1
-        if callback is not None:
-            W_k, b_k = objective.unpack(xk)
-            if callback(result.n_iter, W_k.copy(), None if b_k is None else b_k.copy(),
-                        list(result.loss_curve)):
-                objective.stop_x = xk.copy()
-                raise _StopRequested
+        if objective.report(callback, result, xk):
+            objective.stop_x = xk.copy()
+            raise _StopRequested
 
     options = {
         "maxiter": max_iter,
@@ -272,23 +269,51 @@ def lbfgs(
     return result
 
 
-class _PackedObjective:
+class _Packing:
+    """W and b as one float64 vector ``[W.ravel(), b]`` (scipy's optimizer and the Newton iterate
+    work in float64), and back in the data dtype."""
+
+    def __init__(self, W, b, dtype):
+        self.shape, self.dtype, self.has_bias = W.shape, np.dtype(dtype), b is not None
+        self.n_coef = W.size
+
+    @staticmethod
+    def pack(W, b) -> np.ndarray:
+        return np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
+
+    def unpack(self, x):
+        """(W, b) of the vector x, read-only in the data dtype (b None without intercept)."""
+        W_x = as_float("W", x[: self.n_coef].reshape(self.shape), self.dtype)
+        b_x = as_float("b", x[self.n_coef:], self.dtype) if self.has_bias else None
+        return W_x, b_x
+
+    def write(self, x, W, b) -> None:
+        """Store the point x into W and b, in place."""
+        W_x, b_x = self.unpack(x)
+        W[...] = W_x
+        if b is not None:
+            b[...] = b_x
+
+    def report(self, callback, result: SolverResult, x) -> bool:
+        """Call ``callback`` (if any) with copies of the iterate x; True when it asks to stop."""
+        if callback is None:
+            return False
+        W_x, b_x = self.unpack(x)
+        return bool(callback(result.n_iter, W_x.copy(), None if b_x is None else b_x.copy(),
+                             list(result.loss_curve)))
+
+
+class _PackedObjective(_Packing):
     """The objective as scipy sees it: a function of one float64 vector ``[W.ravel(), b]`` returning
     (loss, gradient), one fused call per evaluation in X's dtype. Remembers the last point evaluated
     (L-BFGS-B's last evaluation of an iteration is normally the accepted point) and the first loss
     (scipy evaluates x0 first)."""
 
     def __init__(self, X, y, sample_weight, W, b, alpha, label_smoothing):
+        super().__init__(W, b, W.dtype)
         self.data = (X, y, sample_weight, alpha, label_smoothing)
-        self.shape, self.dtype, self.has_bias = W.shape, W.dtype, b is not None
-        self.n_coef = W.size
-        self.x0 = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
+        self.x0 = self.pack(W, b)
         self.last_x, self.last_loss, self.first_loss, self.stop_x = None, np.nan, None, None
-
-    def unpack(self, x):
-        W_x = x[: self.n_coef].reshape(self.shape).astype(self.dtype, copy=False)
-        b_x = x[self.n_coef :].astype(self.dtype, copy=False) if self.has_bias else None
-        return W_x, b_x
 
     def __call__(self, x):
         X, y, sample_weight, alpha, label_smoothing = self.data
@@ -308,13 +333,6 @@ class _PackedObjective:
         if self.last_x is None or not np.array_equal(self.last_x, x):
             self(x)
         return float(self.last_loss)
-
-    def write(self, x, W, b) -> None:
-        """Store the point x into W and b, in place."""
-        W_x, b_x = self.unpack(x)
-        W[...] = W_x
-        if b is not None:
-            b[...] = b_x
 
 
 def _lbfgs_outcome(result: SolverResult, opt, max_iter: int, first_loss: float, X) -> None:
@@ -598,7 +616,7 @@ def _sgd_epoch(data: _SgdData, W, b, alpha, label_smoothing, learning_rate, shuf
 # ------------------------------------------------------------------------------------------------
 
 
-class _NewtonProblem:
+class _NewtonProblem(_Packing):
     """The objective, its gradient and its Hessian-vector product on a float64 parameter vector
     ``[W.ravel(), b]``, on data validated once (read-only C-contiguous X, or sparse X as its
     checked CSR arrays; intp labels, float64 weights and their sum). Each call converts the
@@ -613,18 +631,12 @@ class _NewtonProblem:
         else:
             self.X, _, _, self.dtype = check_linear(X, W, b)
             self._loss_grad, self._hvp = F._linear_cross_entropy_checked, F._linear_hvp_checked
-        self.shape, self.has_b = W.shape, b is not None
+        super().__init__(W, b, self.dtype)
         self.y = check_labels(y, X.shape[0], W.shape[0])
         self.w, self.denom = check_weights(sample_weight, X.shape[0], "mean")
         self.alpha, self.eps = alpha, label_smoothing
-        self.n_coef = W.size
         self._cache_x, self._cache = None, None
         self.n_evaluations = 0
-
-    def unpack(self, x):
-        W_x = as_float("W", x[: self.n_coef].reshape(self.shape), self.dtype)
-        b_x = as_float("b", x[self.n_coef:], self.dtype) if self.has_b else None
-        return W_x, b_x
 
     def loss_grad(self, x):
         if self._cache_x is None or not np.array_equal(self._cache_x, x):
@@ -632,7 +644,7 @@ class _NewtonProblem:
             loss, dW, db = self._loss_grad(
                 self.X, W_x, b_x, self.y, self.w, self.eps, self.alpha, self.denom
             )
-            grad = np.concatenate([dW.ravel(), db if db is not None else []]).astype(np.float64)
+            grad = self.pack(dW, db)
             self._cache_x, self._cache = x.copy(), (loss, grad)
             self.n_evaluations += 1
         return self._cache
@@ -643,9 +655,7 @@ class _NewtonProblem:
 
         def product(v):
             S, s_b = self.unpack(v)
-            HS, Hs_b = self._hvp(self.X, W_x, b_x, S, s_b, self.w, self.alpha, self.denom)
-            return np.concatenate([HS.ravel(), Hs_b if Hs_b is not None else []]).astype(
-                np.float64)
+            return self.pack(*self._hvp(self.X, W_x, b_x, S, s_b, self.w, self.alpha, self.denom))
 
         return product
 
@@ -655,7 +665,7 @@ class _NewtonProblem:
         W_x, b_x = self.unpack(x)
         D, q_sum = feature_curvature(self.X, W_x, b_x, self.w, self.denom)
         D += self.alpha
-        diag = np.empty(self.n_coef + (self.shape[0] if self.has_b else 0))
+        diag = np.empty(self.n_coef + (self.shape[0] if self.has_bias else 0))
         diag[: self.n_coef] = np.broadcast_to(D, self.shape).ravel()
         diag[self.n_coef:] = q_sum
         # A feature of no curvature (an all-zero column with alpha = 0) has a zero gradient and
@@ -868,7 +878,7 @@ def newton_cg(
         result.message = "reached max_iter=0: the starting point is returned"
         return result
     problem = _NewtonProblem(X, y, sample_weight, W, b, alpha, label_smoothing)
-    x = np.concatenate([W.ravel(), b if b is not None else []]).astype(np.float64)
+    x = problem.pack(W, b)
     loss, grad = problem.loss_grad(x)
     old_loss = None
     decrement = np.inf  # the Newton decrement at the previous iterate: none yet
@@ -890,17 +900,11 @@ def newton_cg(
         loss, grad = problem.loss_grad(x)
         result.n_iter += 1
         result.loss_curve.append(float(loss))
-        if callback is not None:
-            W_k, b_k = problem.unpack(x)
-            if callback(result.n_iter, W_k.copy(), None if b_k is None else b_k.copy(),
-                        list(result.loss_curve)):
-                result.stopped = True
-                result.message = "stopped by the callback"
-                break
-    W_x, b_x = problem.unpack(x)
-    W[...] = W_x
-    if b is not None:
-        b[...] = b_x
+        if problem.report(callback, result, x):
+            result.stopped = True
+            result.message = "stopped by the callback"
+            break
+    problem.write(x, W, b)
     return result
 
 

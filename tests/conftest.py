@@ -1,7 +1,10 @@
 """Shared fixtures and helpers, and the one place where numerical tolerances live."""
 
+import numba
 import numpy as np
 import pytest
+
+from fastsoftmax._threads import numba_threads
 
 # docs/design.md ("Numerics"): float64 agrees with reference/ to about 1e-10 relative, float32 to
 # about 1e-5.
@@ -71,3 +74,10 @@ def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
 def rng():
     """All test randomness comes from here, seeded, so every failure reproduces."""
     return np.random.default_rng(20261124)
+
+
+@pytest.fixture(params=[1, 2], ids=["threads=1", "threads=2"])
+def threads(request):
+    """The test body runs on 1 and on 2 Numba threads (fewer if the machine has fewer)."""
+    with numba_threads(min(request.param, numba.config.NUMBA_NUM_THREADS)):
+        yield request.param

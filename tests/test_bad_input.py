@@ -175,6 +175,27 @@ def test_labels_beyond_intp_are_refused():
         fs.cross_entropy(Z, np.array([0, 2**64 - 1], dtype=np.uint64))
 
 
+# The end of both race scripts: every call once, then each call in a loop for 0.7 s while `flip`
+# writes into the input from another thread; a ValueError must say EXPECTED.
+RACE_LOOP = """
+for call in calls:
+    call()
+writer = threading.Thread(target=flip)
+writer.start()
+try:
+    for call in calls:
+        end = time.perf_counter() + 0.7
+        while time.perf_counter() < end:
+            try:
+                call()
+            except ValueError as exc:
+                assert EXPECTED in str(exc), exc
+finally:
+    stop.set()
+    writer.join()
+print("ok")
+"""
+
 RACE_CODE = """
 import threading, time
 import numpy as np
@@ -197,22 +218,7 @@ def flip():  # numpy holds the GIL here, the kernels (nogil) run meanwhile
 
 calls = [lambda: fs.cross_entropy_grad(Z, y), lambda: fs.cross_entropy(Z, y),
          lambda: fs.linear_cross_entropy(X, W, None, y)]
-for call in calls:
-    call()
-writer = threading.Thread(target=flip)
-writer.start()
-try:
-    for call in calls:
-        end = time.perf_counter() + 0.7
-        while time.perf_counter() < end:
-            try:
-                call()
-            except ValueError as exc:  # the copy caught a flipped label: the right answer
-                assert "y holds label" in str(exc), exc
-finally:
-    stop.set()
-    writer.join()
-print("ok")
+EXPECTED = "y holds label"  # the copy caught a flipped label: the right answer
 """
 
 
@@ -220,7 +226,7 @@ def test_concurrent_writes_to_y_cannot_crash():
     """A caller's thread writing huge values into y while the functions run: the labels are
     copied before their range check, so the kernels never index with an unchecked label. Before
     the fix the child died of SIGSEGV (issue 10); in a subprocess because that kills pytest."""
-    result = run_python(RACE_CODE, timeout=300)
+    result = run_python(RACE_CODE + RACE_LOOP, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.explain()
 
 
@@ -248,22 +254,7 @@ def flip():  # numpy holds the GIL here, the kernels (nogil) run meanwhile
         X.indptr[rows] = valid_indptr[rows]
 
 calls = [lambda: fs.linear_cross_entropy(X, W, None, y), lambda: fs.linear_softmax(X, W, None)]
-for call in calls:
-    call()
-writer = threading.Thread(target=flip)
-writer.start()
-try:
-    for call in calls:
-        end = time.perf_counter() + 0.7
-        while time.perf_counter() < end:
-            try:
-                call()
-            except ValueError as exc:  # a check caught a flipped index: the right answer
-                assert "not a valid CSR matrix" in str(exc), exc
-finally:
-    stop.set()
-    writer.join()
-print("ok")
+EXPECTED = "not a valid CSR matrix"  # a check caught a flipped index: the right answer
 """
 
 
@@ -271,5 +262,5 @@ def test_concurrent_writes_to_sparse_indices_cannot_crash():
     """The same for a sparse X: indptr is copied before its check and column indices are bounded
     inside the kernels, so a caller writing into X.indices or X.indptr during a call gets a wrong
     result or an error, never a crash (in a subprocess because a crash kills pytest)."""
-    result = run_python(SPARSE_RACE_CODE, timeout=300)
+    result = run_python(SPARSE_RACE_CODE + RACE_LOOP, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.explain()

@@ -1,9 +1,7 @@
 """fastsoftmax's functional API against the NumPy reference, and its gradients against finite
 differences."""
 
-import contextlib
 
-import numba
 import numpy as np
 import pytest
 from conftest import FD_RTOL, FD_STEP, assert_close, assert_unchanged, frozen, rtol_for
@@ -15,22 +13,6 @@ from fastsoftmax import functional as F
 from fastsoftmax.datasets import make_synthetic
 
 DTYPES = [np.float64, np.float32]
-
-
-@contextlib.contextmanager
-def numba_threads(n):
-    previous = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
-@pytest.fixture(params=[1, 2], ids=["threads=1", "threads=2"])
-def threads(request):
-    with numba_threads(min(request.param, numba.config.NUMBA_NUM_THREADS)):
-        yield request.param
 
 
 def make_logits(rng, n, k, dtype, order="C", scale=3.0):

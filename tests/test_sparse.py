@@ -21,16 +21,6 @@ from fastsoftmax._validation import check_sparse_linear
 DTYPES = [np.float64, np.float32]
 
 
-@pytest.fixture(params=[1, 2], ids=["threads=1", "threads=2"])
-def threads(request):
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield request.param
-    finally:
-        numba.set_num_threads(previous)
-
-
 def make_sparse(rng, n, d, k, dtype, density=0.2, bias=True):
     """CSR X with random pattern and values of order one, W, b (or None), y."""
     X = sp.random(n, d, density=density, format="csr", dtype=np.float64, random_state=rng,
@@ -321,13 +311,13 @@ def test_finite_differences(rng):
 # ------------------------------------------------------------------------------------------------
 
 
-def _with_data(X, value):
+def with_data(X, value):
     Y = X.copy()
     Y.data[1] = value
     return Y
 
 
-def _bad_index(X):
+def bad_index(X):
     Y = X.copy()
     Y.indices[0] = X.shape[1] + 3
     return Y
@@ -335,8 +325,8 @@ def _bad_index(X):
 
 BAD = [
     ("return_dX", lambda X, W, b, y: dict(X=X, return_dX=True), ValueError, "return_dX"),
-    ("nan", lambda X, W, b, y: dict(X=_with_data(X, np.nan)), ValueError, "X contains NaN"),
-    ("inf", lambda X, W, b, y: dict(X=_with_data(X, -np.inf)), ValueError, "X contains NaN"),
+    ("nan", lambda X, W, b, y: dict(X=with_data(X, np.nan)), ValueError, "X contains NaN"),
+    ("inf", lambda X, W, b, y: dict(X=with_data(X, -np.inf)), ValueError, "X contains NaN"),
     ("sparse-y", lambda X, W, b, y: dict(y=sp.csr_matrix(y)), TypeError, "y must be a dense"),
     ("sparse-W", lambda X, W, b, y: dict(W=sp.csr_matrix(W)), TypeError, "W must be a dense"),
     ("sparse-W-dense-X", lambda X, W, b, y: dict(X=X.toarray(), W=sp.csr_matrix(W)), TypeError,
@@ -347,7 +337,7 @@ BAD = [
     ("1-D", lambda X, W, b, y: dict(X=sp.coo_array(np.ones(5))), ValueError, "X must be 2-D"),
     ("complex", lambda X, W, b, y: dict(X=X.astype(np.complex128)), TypeError, "X must hold real"),
     ("features", lambda X, W, b, y: dict(W=W[:, :-1]), ValueError, "features per class"),
-    ("bad-index", lambda X, W, b, y: dict(X=_bad_index(X)), ValueError, "column index"),
+    ("bad-index", lambda X, W, b, y: dict(X=bad_index(X)), ValueError, "column index"),
     ("nan-W", lambda X, W, b, y: dict(W=np.where(W > 1, np.nan, W)), ValueError,
      "W contains NaN"),
     ("labels", lambda X, W, b, y: dict(y=y + 10), ValueError, "y holds label"),

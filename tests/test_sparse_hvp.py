@@ -9,7 +9,14 @@ import scipy.sparse as sp
 from conftest import FD_RTOL, FD_STEP, assert_close, assert_unchanged, frozen
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sparse import VARIANTS, assert_sparse_unchanged, make_sparse, snapshot
+from test_sparse import (
+    VARIANTS,
+    assert_sparse_unchanged,
+    bad_index,
+    make_sparse,
+    snapshot,
+    with_data,
+)
 
 import fastsoftmax as fs
 import reference as ref
@@ -20,16 +27,6 @@ from fastsoftmax import functional as F
 from fastsoftmax._validation import check_sparse_linear
 
 DTYPES = [np.float64, np.float32]
-
-
-@pytest.fixture(params=[1, 2], ids=["threads=1", "threads=2"])
-def threads(request):
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield request.param
-    finally:
-        numba.set_num_threads(previous)
 
 
 def make_hvp(rng, n, d, k, dtype, density=0.2, bias=True):
@@ -209,28 +206,16 @@ def test_chunks_bound_the_wider_workspace():
 # ------------------------------------------------------------------------------------------------
 
 
-def _with_data(X, value):
-    Y = X.copy()
-    Y.data[1] = value
-    return Y
-
-
 def _nan_first(a):
     a = a.copy()
     a.flat[0] = np.nan
     return a
 
 
-def _bad_index(X):
-    Y = X.copy()
-    Y.indices[0] = X.shape[1] + 3
-    return Y
-
-
 BAD = [
-    ("nan", dict(X=lambda X: _with_data(X, np.nan)), ValueError, "X contains NaN"),
-    ("inf", dict(X=lambda X: _with_data(X, np.inf)), ValueError, "X contains NaN"),
-    ("bad-index", dict(X=_bad_index), ValueError, "column index"),
+    ("nan", dict(X=lambda X: with_data(X, np.nan)), ValueError, "X contains NaN"),
+    ("inf", dict(X=lambda X: with_data(X, np.inf)), ValueError, "X contains NaN"),
+    ("bad-index", dict(X=bad_index), ValueError, "column index"),
     ("1-D", dict(X=lambda X: sp.coo_array(np.ones(5))), ValueError, "X must be 2-D"),
     ("sparse-S", dict(S=sp.csr_matrix), TypeError, "S must be a dense"),
     ("sparse-W", dict(W=sp.csr_matrix), TypeError, "W must be a dense"),
