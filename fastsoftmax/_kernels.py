@@ -60,12 +60,15 @@ ROW_BLOCK = 64  # rows per prange iteration of the row kernels
 SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernels (divides ROW_BLOCK)
 
 
-def _jit(parallel=False, fastmath=FASTMATH, inline=False):
+def _jit(parallel=False, fastmath=FASTMATH, inline=False, leaf=False):
     """The one place numba options are set.
 
     inline=True is for per-row helpers: Numba increfs array arguments at every call boundary (two
     atomic NRT calls per array per call, which LLVM's inliner cannot remove); inlining in Numba's IR
-    removes the boundary. Compiled code is cached on disk by `_cache.RecompilingCache` (Numba's
+    removes the boundary. leaf=True is for scalar functions (exp) left for LLVM to inline into the
+    caller's loops, which then vectorize: `_never_inlined_by_callers` is for block functions only
+    (marked noinline, exp was a scalar call per element and the row passes 4x slower). Compiled
+    code is cached on disk by `_cache.RecompilingCache` (Numba's
     cache, but a corrupted cache file means a recompilation instead of an error on every call).
     """
     jit = njit(
@@ -77,7 +80,7 @@ def _jit(parallel=False, fastmath=FASTMATH, inline=False):
         dispatcher = jit(py_func)
         if not config.DISABLE_JIT:  # under NUMBA_DISABLE_JIT, jit returns py_func itself
             _cache.enable(dispatcher)
-            if not inline and not parallel:
+            if not inline and not parallel and not leaf:
                 _never_inlined_by_callers(dispatcher)
         return dispatcher
 
@@ -157,57 +160,98 @@ def _bits_to_float(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """llvm.fma: a * b + c rounded once, with no fast-math flags (never reassociated, even inlined
+    into a function compiled with reassoc); vectorizes to vfmadd."""
+    sig = a(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty] * 3))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _mul(typingctx, a, b):
+    """a * b with no fast-math flags: (p * 2**n1) * 2**n2 must not become p * (2**n1 * 2**n2),
+    which rounds twice in the subnormal range."""
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        return builder.fmul(args[0], args[1])
+
+    return sig, codegen
+
+
+@intrinsic
+def _add(typingctx, a, b):
+    """a + b with no fast-math flags (see `_row_sum`)."""
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1])
+
+    return sig, codegen
+
+
 def _exp_nonpos(x):
     """exp(x) for x <= 0 (including -inf), vectorizable; dispatched on dtype below."""
     raise NotImplementedError  # only callable from jitted code
 
 
-@_jit(fastmath=FASTMATH_EXP)
+@_jit(fastmath=FASTMATH_EXP, leaf=True)
 def _exp_nonpos_f64(x):
     # exp(x) = 2**n * exp(r), n = round(x / ln2), |r| <= ln2/2; Taylor to degree 13 (< 0.1 ulp
     # truncation). 2**n is built from two bit-cast factors so subnormal results round correctly.
+    # Inlined by LLVM into the callers' loops, and re-optimized in every module that links them:
+    # the arithmetic goes through `_fma` and `_mul`, whose instructions carry no fast-math flags,
+    # so no optimization can change its bits.
     x = -1080.0 if x < -1080.0 else x
-    n = math.floor(x * 1.4426950408889634 + 0.5)
-    r = x - n * 6.93147180369123816490e-01 - n * 1.90821492927058770002e-10
+    n = np.floor(_fma(x, 1.4426950408889634, 0.5))
+    r = _fma(-n, 1.90821492927058770002e-10, _fma(-n, 6.93147180369123816490e-01, x))
     p = 1.6059043836821613e-10
-    p = p * r + 2.08767569878681e-09
-    p = p * r + 2.505210838544172e-08
-    p = p * r + 2.755731922398589e-07
-    p = p * r + 2.7557319223985893e-06
-    p = p * r + 2.48015873015873e-05
-    p = p * r + 1.984126984126984e-04
-    p = p * r + 1.388888888888889e-03
-    p = p * r + 8.333333333333333e-03
-    p = p * r + 4.1666666666666664e-02
-    p = p * r + 0.16666666666666666
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
+    p = _fma(p, r, 2.08767569878681e-09)
+    p = _fma(p, r, 2.505210838544172e-08)
+    p = _fma(p, r, 2.755731922398589e-07)
+    p = _fma(p, r, 2.7557319223985893e-06)
+    p = _fma(p, r, 2.48015873015873e-05)
+    p = _fma(p, r, 1.984126984126984e-04)
+    p = _fma(p, r, 1.388888888888889e-03)
+    p = _fma(p, r, 8.333333333333333e-03)
+    p = _fma(p, r, 4.1666666666666664e-02)
+    p = _fma(p, r, 0.16666666666666666)
+    p = _fma(p, r, 0.5)
+    p = _fma(p, r, 1.0)
+    p = _fma(p, r, 1.0)
     ni = np.int64(n)
     n1 = ni >> 1
-    return p * _bits_to_float((n1 + 1023) << 52) * _bits_to_float((ni - n1 + 1023) << 52)
+    return _mul(_mul(p, _bits_to_float((n1 + 1023) << 52)),
+                _bits_to_float((ni - n1 + 1023) << 52))
 
 
-@_jit(fastmath=FASTMATH_EXP)
+@_jit(fastmath=FASTMATH_EXP, leaf=True)
 def _exp_nonpos_f32(x):
     # The float32 twin: degree-7 Taylor on |r| <= ln2/2 (< 0.1 ulp truncation).
     x = np.float32(-110.0) if x < np.float32(-110.0) else x
-    n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))  # stays float32
-    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    n = np.floor(_fma(x, np.float32(1.4426950408889634), np.float32(0.5)))  # stays float32
+    r = _fma(-n, np.float32(-2.12194440e-4), _fma(-n, np.float32(0.693359375), x))
     p = np.float32(1.9841270e-4)
-    p = p * r + np.float32(1.3888889e-3)
-    p = p * r + np.float32(8.3333333e-3)
-    p = p * r + np.float32(4.1666667e-2)
-    p = p * r + np.float32(0.16666667)
-    p = p * r + np.float32(0.5)
-    p = p * r + np.float32(1.0)
-    p = p * r + np.float32(1.0)
+    p = _fma(p, r, np.float32(1.3888889e-3))
+    p = _fma(p, r, np.float32(8.3333333e-3))
+    p = _fma(p, r, np.float32(4.1666667e-2))
+    p = _fma(p, r, np.float32(0.16666667))
+    p = _fma(p, r, np.float32(0.5))
+    p = _fma(p, r, np.float32(1.0))
+    p = _fma(p, r, np.float32(1.0))
     # Numba promotes int32 arithmetic to int64: cast back so the bit pattern is a float32's.
     ni = np.int64(n)
     n1 = ni >> 1
     f1 = _bits_to_float(np.int32((n1 + 127) << 23))
     f2 = _bits_to_float(np.int32((ni - n1 + 127) << 23))
-    return p * f1 * f2
+    return _mul(_mul(p, f1), f2)
 
 
 @overload(_exp_nonpos, jit_options={"fastmath": FASTMATH_EXP})
@@ -226,6 +270,15 @@ if config.DISABLE_JIT:
 
     def _bits_to_float(bits):  # noqa: F811
         return bits.view(np.float64 if bits.dtype.itemsize == 8 else np.float32)
+
+    def _fma(a, b, c):  # noqa: F811 (rounds twice: NUMBA_DISABLE_JIT is for debugging, not bits)
+        return a * b + c
+
+    def _mul(a, b):  # noqa: F811
+        return a * b
+
+    def _add(a, b):  # noqa: F811
+        return a + b
 
     def _exp_nonpos(x):  # noqa: F811
         if x != x:  # the compiled polynomial propagates NaN; int(NaN) raises in Python
@@ -267,22 +320,57 @@ def _row_max_sum(A, i):
 
 
 @_jit(inline=True)
-def _row_exp_inplace(A, i, m):
-    """A[i] := exp(A[i] - m); returns the float64 sum."""
-    s = 0.0
-    for k in range(A.shape[1]):
-        e = _exp_nonpos(A[i, k] - m)
-        A[i, k] = e
-        s += e
+def _row_sum(A, i):
+    """float64 sum of row i in a fixed order: eight strided partial sums (lane j adds the entries
+    k = j mod 8 of the first 8 * (K // 8)), combined pairwise, then the rest in order.
+
+    Strict additions (`_add`, no reassoc): a reassociated sum is vectorized as the optimizer sees
+    fit, and Numba re-optimizes each block function in every module that links it, so a kernel
+    loaded from the cache and its twin compiled in the process summed the same exponentials in
+    different orders (float64 softmax 1 ulp apart from 40 classes up; tests/test_kernel_pairs.py).
+    The eight lanes are independent: the SLP vectorizer still makes them one vector add."""
+    K = A.shape[1]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for k in range(0, K - 7, 8):
+        s0 = _add(s0, np.float64(A[i, k]))
+        s1 = _add(s1, np.float64(A[i, k + 1]))
+        s2 = _add(s2, np.float64(A[i, k + 2]))
+        s3 = _add(s3, np.float64(A[i, k + 3]))
+        s4 = _add(s4, np.float64(A[i, k + 4]))
+        s5 = _add(s5, np.float64(A[i, k + 5]))
+        s6 = _add(s6, np.float64(A[i, k + 6]))
+        s7 = _add(s7, np.float64(A[i, k + 7]))
+    s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
+    for k in range(K - K % 8, K):
+        s = _add(s, np.float64(A[i, k]))
     return s
 
 
 @_jit(inline=True)
-def _row_sum_exp(A, i, m):
-    """float64 sum of exp(A[i] - m), A unchanged."""
-    s = 0.0
+def _row_exp_inplace(A, i, m):
+    """A[i] := exp(A[i] - m); returns the float64 sum (`_row_sum`)."""
     for k in range(A.shape[1]):
-        s += _exp_nonpos(A[i, k] - m)
+        A[i, k] = _exp_nonpos(A[i, k] - m)
+    return _row_sum(A, i)
+
+
+@_jit(inline=True)
+def _row_sum_exp(A, i, m):
+    """float64 sum of exp(A[i] - m), A unchanged, in the order of `_row_sum`."""
+    K = A.shape[1]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for k in range(0, K - 7, 8):
+        s0 = _add(s0, np.float64(_exp_nonpos(A[i, k] - m)))
+        s1 = _add(s1, np.float64(_exp_nonpos(A[i, k + 1] - m)))
+        s2 = _add(s2, np.float64(_exp_nonpos(A[i, k + 2] - m)))
+        s3 = _add(s3, np.float64(_exp_nonpos(A[i, k + 3] - m)))
+        s4 = _add(s4, np.float64(_exp_nonpos(A[i, k + 4] - m)))
+        s5 = _add(s5, np.float64(_exp_nonpos(A[i, k + 5] - m)))
+        s6 = _add(s6, np.float64(_exp_nonpos(A[i, k + 6] - m)))
+        s7 = _add(s7, np.float64(_exp_nonpos(A[i, k + 7] - m)))
+    s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
+    for k in range(K - K % 8, K):
+        s = _add(s, np.float64(_exp_nonpos(A[i, k] - m)))
     return s
 
 
