@@ -40,7 +40,6 @@ Design
   blocks (large K).
 """
 
-import math
 
 import numpy as np
 from llvmlite import binding as llvm_binding
@@ -174,25 +173,35 @@ def _fma(typingctx, a, b, c):
     return sig, codegen
 
 
+def _strict_binary(op, doc):
+    """An intrinsic `f(a, b)` emitting the IR instruction `op` with no fast-math flags: its
+    rounding is never changed by reassociation or contraction, wherever LLVM inlines it."""
+
+    def typer(typingctx, a, b):
+        def codegen(context, builder, signature, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+_add = _strict_binary("fadd", "a + b, strict (see `_row_sum`).")
+_sub = _strict_binary("fsub", "a - b, strict.")
+_div = _strict_binary("fdiv", "a / b, strict (never turned into a * (1 / b)).")
+_mul = _strict_binary(
+    "fmul", "a * b, strict: (p * 2**n1) * 2**n2 must not become p * (2**n1 * 2**n2), which "
+    "rounds twice in the subnormal range.")
+
+
 @intrinsic
-def _mul(typingctx, a, b):
-    """a * b with no fast-math flags: (p * 2**n1) * 2**n2 must not become p * (2**n1 * 2**n2),
-    which rounds twice in the subnormal range."""
-    sig = a(a, b)
+def _float_to_bits(typingctx, x):
+    """Reinterpret a float64 as int64 (the inverse of `_bits_to_float`, for log)."""
+    sig = types.int64(x)
 
     def codegen(context, builder, signature, args):
-        return builder.fmul(args[0], args[1])
-
-    return sig, codegen
-
-
-@intrinsic
-def _add(typingctx, a, b):
-    """a + b with no fast-math flags (see `_row_sum`)."""
-    sig = a(a, b)
-
-    def codegen(context, builder, signature, args):
-        return builder.fadd(args[0], args[1])
+        return builder.bitcast(args[0], ir.IntType(64))
 
     return sig, codegen
 
@@ -261,6 +270,49 @@ def _exp_nonpos_overload(x):
     return lambda x: _exp_nonpos_f64(x)
 
 
+def _log_pos(x):
+    """log(x) for float64 x (any value: 0 gives -inf, negative or NaN gives NaN), vectorizable;
+    < 1 ulp (fdlibm's e_log.c algorithm). Float32 callers pass float64(x) and round the result
+    once (< 0.5 ulp + 2**-29 in float32)."""
+    raise NotImplementedError  # only callable from jitted code
+
+
+@_jit(fastmath=FASTMATH_EXP, leaf=True)
+def _log_pos_f64(x):
+    # x = 2**k * m, m in [sqrt(2)/2, sqrt(2)); log m = 2 atanh(f / (2 + f)), f = m - 1, as fdlibm:
+    # log x = k ln2_hi - ((hfsq - (s (hfsq + R) + k ln2_lo)) - f). Subnormals are first scaled by
+    # 2**54. Strict arithmetic throughout (`_add`, ...): inlined and re-optimized anywhere, the same
+    # bits; branch-free, so loops over rows vectorize.
+    tiny = x < 2.2250738585072014e-308
+    xs = _mul(x, 18014398509481984.0) if tiny else x  # 2**54
+    bits = _float_to_bits(xs)
+    k = ((bits >> 52) & 0x7FF) - 1023 - (54 if tiny else 0)
+    mbits = (bits & 0xFFFFFFFFFFFFF) | 0x3FF0000000000000  # m in [1, 2)
+    big = mbits > 0x3FF6A09E667F3BCC  # m > sqrt(2): halve it
+    m = _bits_to_float(mbits - (0x0010000000000000 if big else 0))
+    dk = np.float64(k + (1 if big else 0))
+    f = _sub(m, 1.0)
+    sf = _div(f, _add(2.0, f))
+    z = _mul(sf, sf)
+    w = _mul(z, z)
+    t1 = _mul(w, _fma(w, _fma(w, 1.531383769920937332e-01, 2.222219843214978396e-01),
+                      3.999999999940941908e-01))
+    t2 = _mul(z, _fma(w, _fma(w, _fma(w, 1.479819860511658591e-01, 1.818357216161805012e-01),
+                              2.857142874366239149e-01), 6.666666666666735130e-01))
+    r = _add(t2, t1)
+    hfsq = _mul(_mul(0.5, f), f)
+    inner = _add(_mul(sf, _add(hfsq, r)), _mul(dk, 1.90821492927058770002e-10))
+    y = _sub(_mul(dk, 6.93147180369123816490e-01), _sub(_sub(hfsq, inner), f))
+    if x > 0.0 and x < np.inf:
+        return y
+    return -np.inf if x == 0.0 else (x if x == np.inf else np.nan)
+
+
+@overload(_log_pos, jit_options={"fastmath": FASTMATH_EXP})
+def _log_pos_overload(x):
+    return lambda x: _log_pos_f64(np.float64(x))
+
+
 if config.DISABLE_JIT:
     # NUMBA_DISABLE_JIT=1 (pdb, coverage) runs every kernel as Python; intrinsics and overloads
     # exist only in compiled code, so these stand in for them (same arithmetic, slowly).
@@ -279,6 +331,19 @@ if config.DISABLE_JIT:
 
     def _add(a, b):  # noqa: F811
         return a + b
+
+    def _sub(a, b):  # noqa: F811
+        return a - b
+
+    def _div(a, b):  # noqa: F811
+        return a / b if b != 0 else np.float64(a) / np.float64(b)
+
+    def _float_to_bits(x):  # noqa: F811
+        return np.float64(x).view(np.int64)
+
+    def _log_pos(x):  # noqa: F811
+        with np.errstate(all="ignore"):
+            return np.log(np.float64(x))  # the polynomial's bits are only in compiled code
 
     def _exp_nonpos(x):  # noqa: F811
         if x != x:  # the compiled polynomial propagates NaN; int(NaN) raises in Python
@@ -405,10 +470,9 @@ def _row_mean_shifted(A, i, m):
 # children or workqueue-contended calls got losses 1 ulp away from the parent's
 # (tests/test_reliability.py).
 @_jit(fastmath={"nsz", "arcp", "afn"})
-def _xent_from_stats(m, mean_shifted, s, zy, smoothing):
-    """Cross-entropy of one row from its max m, mean of (row - m), sum of exps s and label logit zy,
-    with label smoothing `smoothing` in [0, 1]."""
-    log_s = math.log(s)
+def _xent_from_log(log_s, m, mean_shifted, zy, smoothing):
+    """Cross-entropy of one row from the log of its sum of exps, its max m, mean of (row - m) and
+    label logit zy, with label smoothing `smoothing` in [0, 1]."""
     nll = log_s - (np.float64(zy) - np.float64(m))
     if smoothing == 0.0:
         return nll
@@ -419,9 +483,15 @@ def _xent_from_stats(m, mean_shifted, s, zy, smoothing):
 
 
 @_jit(inline=True)
-def _row_grad(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
+def _xent_from_stats(m, mean_shifted, s, zy, smoothing):
+    """`_xent_from_log` from the sum of exps s itself."""
+    return _xent_from_log(_log_pos(s), m, mean_shifted, zy, smoothing)
+
+
+@_jit(inline=True)
+def _row_grad_stats(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
     """A[i] := gradient of weight * scale * cross-entropy of logits Z[zi] (+ b) with label yi;
-    returns (weight * loss, bad)."""
+    returns what the loss needs, (s, m, zy, mean shifted), and whether the row is bad."""
     K = A.shape[1]
     _row_load(A, i, Z, zi, b, copy)
     m, t = _row_max_sum(A, i)
@@ -429,7 +499,6 @@ def _row_grad(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
     ms = _row_mean_shifted(A, i, m) if smoothing != 0.0 else 0.0
     s = _row_exp_inplace(A, i, m)
     bad = _row_is_bad(m, t, s)
-    loss = 0.0 if weight == 0.0 else weight * _xent_from_stats(m, ms, s, zy, smoothing)
     # (p - target) * weight, written so that p == target gives exactly 0 (K = 1, a certain row).
     inv = A.dtype.type(1.0 / s)
     u = A.dtype.type(smoothing / K)
@@ -441,6 +510,15 @@ def _row_grad(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
     # the float64 sum s (in float32, p_y - 1 = -3.4e-4 came out 4e-5 off).
     A[i, yi] = A.dtype.type((np.float64(ey) / s - smoothing / K - (1.0 - smoothing))
                             * (weight * scale))
+    return s, m, zy, ms, bad
+
+
+@_jit(inline=True)
+def _row_grad(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
+    """A[i] := gradient of weight * scale * cross-entropy of logits Z[zi] (+ b) with label yi;
+    returns (weight * loss, bad)."""
+    s, m, zy, ms, bad = _row_grad_stats(A, i, Z, zi, b, copy, yi, weight, smoothing, scale)
+    loss = 0.0 if weight == 0.0 else weight * _xent_from_stats(m, ms, s, zy, smoothing)
     return loss, bad
 
 
@@ -485,7 +563,7 @@ def _softmax_block(Z, out, b, copy, log, lo, hi):
         m, t = _row_max_sum(out, i)
         if log:
             s = _row_sum_exp(out, i, m)
-            _row_sub_inplace(out, i, m, out.dtype.type(math.log(s)))
+            _row_sub_inplace(out, i, m, out.dtype.type(_log_pos(s)))
         else:
             s = _row_exp_inplace(out, i, m)
             _row_scale_inplace(out, i, out.dtype.type(1.0 / s))
@@ -584,8 +662,30 @@ def _xent_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, losses,
 
 @_jit()
 def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, losses, db):
-    """Rows lo..hi of `_xent_grad_rows` (one prange iteration, shared by both twins)."""
-    return _grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, 0, losses, db)
+    """Rows lo..hi of `_xent_grad_rows` (one prange iteration, shared by both twins).
+
+    Two passes: the gradient rows, keeping each row's sum of exps, max, label logit and mean in
+    `stats`; then the logs of the sums in one loop (`_log_pos` vectorizes across rows, where a
+    scalar log per row cost as much as the rest of a row of 10 classes) and the losses."""
+    n = hi - lo
+    stats = np.empty((4, n))  # sum of exps (then its log), max, label logit, mean of row - max
+    bad = 0
+    for r in range(n):
+        i = lo + r
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        stats[0, r], stats[1, r], stats[2, r], stats[3, r], row_bad = _row_grad_stats(
+            out, i, Z, i, b, copy, y[i], wi, smoothing, scale)
+        bad += row_bad
+        if db.shape[0] > 0:
+            for k in range(out.shape[1]):
+                db[k] += out[i, k]
+    for r in range(n):
+        stats[0, r] = _log_pos(stats[0, r])
+    for r in range(n):
+        wi = sample_weight[lo + r] if sample_weight.shape[0] > 0 else 1.0
+        losses[lo + r] = 0.0 if wi == 0.0 else wi * _xent_from_log(
+            stats[0, r], stats[1, r], stats[3, r], stats[2, r], smoothing)
+    return bad
 
 
 # ------------------------------------------------------------------------------------------------
