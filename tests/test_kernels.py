@@ -82,7 +82,7 @@ def test_log_accuracy_in_ulps(rng, dtype):
     nonzero = want != 0
     err = np.abs(got[nonzero].astype(np.longdouble) - exact[nonzero])
     ulps = err / np.spacing(np.abs(want[nonzero]))
-    assert ulps.max() <= 1.0  # measured: below 1 (float64), 0.5 (float32, rounded once)
+    assert ulps.max() <= 1.0  # measured: 0.71 (float64), 0.5 (float32, rounded once)
     assert got[x == 1].tolist() == [0.0] * int((x == 1).sum())
 
 
