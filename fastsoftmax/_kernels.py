@@ -56,6 +56,7 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 FASTMATH_EXP = {"contract", "nsz", "arcp", "afn"}
 
 ROW_BLOCK = 64  # rows per prange iteration of the row kernels
+FLAT_K_MAX = 32  # up to this many classes the cross-entropy blocks take exps over the whole block
 SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernels (divides ROW_BLOCK)
 
 
@@ -563,6 +564,10 @@ def _softmax_block(Z, out, b, copy, log, lo, hi):
     The branches on the flags stay in this function, around leaf helpers: inside an inlined row
     helper they made Numba keep reference-count updates of `out` in the row loop (1.5x slower at
     7 classes)."""
+    if out.shape[1] <= FLAT_K_MAX:
+        if log:
+            return _flat_log_softmax(Z, out, b, copy, lo, hi)
+        return _flat_softmax(Z, out, b, copy, lo, hi)
     bad = 0
     for i in range(lo, hi):
         _row_load(out, i, Z, i, b, copy)
@@ -574,6 +579,64 @@ def _softmax_block(Z, out, b, copy, log, lo, hi):
             s = _row_exp_inplace(out, i, m)
             _row_scale_inplace(out, i, out.dtype.type(1.0 / s))
         bad += 1 if _row_is_bad(m, t, s) else 0
+    return bad
+
+
+@_jit(inline=True)
+def _shift_rows(Z, out, b, copy, lo, hi, stats):
+    """out[i] := Z[i] (+ b) - its max for rows lo..hi; stats[:, r] := (max, float64 sum of the
+    row - max) of row lo + r (`_row_max_sum`)."""
+    for r in range(hi - lo):
+        i = lo + r
+        _row_load(out, i, Z, i, b, copy)
+        m, stats[1, r] = _row_max_sum(out, i)
+        stats[0, r] = m
+        for k in range(out.shape[1]):
+            out[i, k] = out[i, k] - m
+
+
+@_jit(inline=True)
+def _flat_softmax(Z, out, b, copy, lo, hi):
+    """`_softmax_block` (softmax) up to FLAT_K_MAX classes: exps in one flat loop over the block
+    (see `_flat_grad_rows`), the same values as row by row."""
+    K = out.shape[1]
+    stats = np.empty((2, hi - lo))
+    _shift_rows(Z, out, b, copy, lo, hi, stats)
+    flat = out.reshape(out.shape[0] * K)
+    for j in range(np.uint64(lo * K), np.uint64(hi * K)):
+        flat[j] = _exp_nonpos(flat[j])
+    bad = 0
+    for r in range(hi - lo):
+        s = _row_sum(out, lo + r)
+        bad += 1 if _row_is_bad(stats[0, r], stats[1, r], s) else 0
+        _row_scale_inplace(out, lo + r, out.dtype.type(1.0 / s))
+    return bad
+
+
+@_jit(inline=True)
+def _flat_log_softmax(Z, out, b, copy, lo, hi):
+    """`_softmax_block` (log-softmax) up to FLAT_K_MAX classes: out holds the rows minus their max,
+    their exps go to a block-sized scratch array in one flat loop, the logs of the sums run across
+    rows; out[i] - log s rounds as `_sub_then_sub` does (out[i] is already x - m, rounded)."""
+    n, K = hi - lo, out.shape[1]
+    stats = np.empty((2, n))
+    _shift_rows(Z, out, b, copy, lo, hi, stats)
+    e = np.empty((n, K), out.dtype)
+    ef = e.reshape(n * K)
+    flat = out.reshape(out.shape[0] * K)
+    for j in range(np.uint64(n * K)):
+        ef[j] = _exp_nonpos(flat[j + np.uint64(lo * K)])
+    bad = 0
+    for r in range(n):
+        s = _row_sum(e, r)
+        bad += 1 if _row_is_bad(stats[0, r], stats[1, r], s) else 0
+        stats[1, r] = s
+    for r in range(n):
+        stats[1, r] = _log_pos(stats[1, r])
+    for r in range(n):
+        c = out.dtype.type(stats[1, r])
+        for k in range(K):
+            out[lo + r, k] = out[lo + r, k] - c
     return bad
 
 
@@ -612,6 +675,8 @@ def _xent_rows(Z, y, sample_weight, smoothing, losses):
 @_jit()
 def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
     """Rows lo..hi of `_xent_rows` (one prange iteration, shared by both twins)."""
+    if Z.shape[1] <= FLAT_K_MAX:
+        return _flat_losses(Z, y, sample_weight, smoothing, losses, lo, hi)
     bad = 0
     for i in range(lo, hi):
         m, t = _row_max_sum(Z, i)
@@ -620,6 +685,38 @@ def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
         ms = _row_mean_shifted(Z, i, m) if smoothing != 0.0 and wi != 0.0 else 0.0
         losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], smoothing)
         bad += 1 if _row_is_bad(m, t, s) else 0
+    return bad
+
+
+@_jit(inline=True)
+def _flat_losses(Z, y, sample_weight, smoothing, losses, lo, hi):
+    """`_xent_block` up to FLAT_K_MAX classes, as `_xent_grad_block`: the rows minus their max in
+    a block-sized scratch array, their exps in one flat loop, sums in the order of `_row_sum`
+    (the same bits as `_row_sum_exp`), then the logs across rows and the losses."""
+    n, K = hi - lo, Z.shape[1]
+    shifted = np.empty((n, K), Z.dtype)
+    stats = np.empty((2, n))  # row max; sum of the row - max (the NaN test), then the log-sum-exp
+    for r in range(n):
+        m, stats[1, r] = _row_max_sum(Z, lo + r)
+        stats[0, r] = m
+        for k in range(K):
+            shifted[r, k] = Z[lo + r, k] - m  # in the data dtype, as `_row_exp_inplace`
+    e = shifted.reshape(n * K)
+    for j in range(np.uint64(n * K)):
+        e[j] = _exp_nonpos(e[j])
+    bad = 0
+    for r in range(n):
+        s = _row_sum(shifted, r)
+        bad += 1 if _row_is_bad(stats[0, r], stats[1, r], s) else 0
+        stats[1, r] = s
+    for r in range(n):
+        stats[1, r] = _log_pos(stats[1, r])
+    for r in range(n):
+        i, m = lo + r, stats[0, r]
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        ms = _row_mean_shifted(Z, i, m) if smoothing != 0.0 and wi != 0.0 else 0.0
+        losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_log(stats[1, r], m, ms, Z[i, y[i]],
+                                                               smoothing)
     return bad
 
 
@@ -664,9 +761,6 @@ def _xent_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, losses,
         bad += _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo,
                                 min(N, lo + ROW_BLOCK), losses, db_parts[blk])
     return bad
-
-
-FLAT_K_MAX = 32  # up to this many classes, `_xent_grad_block` takes exps over the whole block
 
 
 @_jit()
