@@ -23,10 +23,13 @@ Design
   buffers merged in chunk order by the caller.
 * Precision: row sums of exponentials, losses and db are float64 whatever the data dtype; logits,
   probabilities, gradients and the dot products of the small-K path stay in the data dtype (as BLAS).
-* ``exp`` is a vectorizable polynomial (``_exp_nonpos``, 1 ulp): this llvmlite has no SVML, and libm's
-  scalar ``exp`` made the row pass 3.3x slower. It is compiled without ``reassoc``, which would
-  reorder its range reduction; the max uses ``llvm.maxnum`` because LLVM does not vectorize a
-  compare-and-select max without ``nnan``, which we never allow (inputs hold -inf on purpose).
+* ``exp`` and ``log`` are vectorizable polynomials (``_exp_nonpos``, ``_log_pos``, 1 ulp) in
+  flag-free arithmetic (``_fma``, ``_add``, ...), left for LLVM to inline into the callers' loops:
+  this llvmlite has no SVML, and libm's scalar ``exp`` made the row pass 3.3x slower. Row sums of
+  exponentials are strict too (``_row_sum``: eight lanes in a fixed order), so that re-optimizing a
+  block function in another module cannot change its bits; the max uses ``llvm.maxnum`` because LLVM
+  does not vectorize a compare-and-select max without ``nnan``, which we never allow (inputs hold
+  -inf on purpose). Up to FLAT_K_MAX classes the exps run over a block's rows as one flat array.
 * A row whose sum of exponentials is not >= 1 or whose raw sum is NaN held NaN or +inf (or was all
   -inf); kernels count such rows and the functional layer turns a non-zero count into a ValueError.
 * The small-K linear kernel (``_linear_xent_small``) skips BLAS: it reads each block of 4 rows of X
