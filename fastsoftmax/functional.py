@@ -329,13 +329,29 @@ def cross_entropy_grad(
                              sample_weight=sample_weight)
     N = Zc.shape[0]
     losses = np.empty(N, dtype=np.float64)
+    # Only "sum" with a denominator below 1 (weights beyond 2**WEIGHT_EXP, rescaled by
+    # `check_weights`) can make the reduced loss overflow from finite per-sample losses. Then the
+    # loss is computed and checked first, by the read-only pass of `cross_entropy`: raised after
+    # the gradient pass, the error came with `out` (Z itself, for out=Z) already overwritten.
+    # Elsewhere no extra pass: the loss comes with the gradient.
+    first = reduction == "sum" and denom < 1.0
+    loss = _checked_loss_before_writing(Zc, y, w, eps, denom, losses) if first else None
     no_db = np.empty((_row_blocks(N), 0), dtype=np.float64)
     bad = _k._xent_grad_rows(
         no_db.shape[0], Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses,
         no_db,
     )
     raise_bad_logits(bad)
-    return check_total(float(losses.sum()), denom), finish_out(target, out)
+    if loss is None:
+        loss = check_total(float(losses.sum()), denom)
+    return loss, finish_out(target, out)
+
+
+def _checked_loss_before_writing(Zc, y, w, eps, denom, losses) -> float:
+    """The reduced loss of `cross_entropy` (per-sample losses in `losses`), or its ValueError
+    (NaN rows, overflow of the weighted sum), before anything is written."""
+    raise_bad_logits(_k._xent_rows(_row_blocks(len(y)), Zc, y, w, eps, losses))
+    return check_total(float(losses.sum()), denom)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -159,6 +159,22 @@ def test_bad_input_never_modifies_arguments():
         np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.parametrize("in_place", [True, False], ids=["out=Z", "out"])
+def test_overflowing_weighted_sum_leaves_out_unwritten(rng, in_place):
+    """cross_entropy_grad(..., reduction="sum", out=...) whose weighted loss overflows (weights
+    1e308, every loss > 2) raises before writing: Z (out=Z) and out keep their contents. Before
+    the fix the error came after the gradient pass, with Z already overwritten by dZ."""
+    Zw = rng.normal(size=(50, 4)) + 3.0 * (np.arange(4) == 1)
+    y = np.zeros(50, dtype=int)
+    copy = Zw.copy()
+    out = Zw if in_place else np.full_like(Zw, 7.0)
+    out_copy = out.copy()
+    with pytest.raises(ValueError, match="sample_weight"):
+        fs.cross_entropy_grad(Zw, y, sample_weight=np.full(50, 1e308), reduction="sum", out=out)
+    np.testing.assert_array_equal(Zw, copy)
+    np.testing.assert_array_equal(out, out_copy)
+
+
 def test_validated_labels_are_a_copy():
     """The kernels index with the validated labels: they are never the caller's memory, even when
     the caller's array is already intp and contiguous (issue 10)."""
