@@ -766,20 +766,24 @@ def _hvp_small_k(X, W, S, b, s_b, w, scale):
 
 
 def _hvp_tiled(X, W, S, b, s_b, w, scale):
-    """The BLAS path of the product (`_k._linear_hvp_tiled`): per sub-tile, Z = X_s W^T and
-    T = X_s S^T, the row pass turning T into R and R_s^T X_s into its slot (or HS += R^T X_t by
-    blocks per tile); the two logit scratch arrays together hold at most TILE_BYTES."""
+    """The BLAS path of the product (`_k._linear_hvp_tiled`): per sub-tile, [Z | T] = X_s [W; S]^T
+    in one GEMM, the row pass turning T into R and R_s^T X_s into its slot (or HS += R^T X_t by
+    blocks per tile); the logit scratch holds at most TILE_BYTES (one block of sub-tile rows per
+    thread with slots)."""
     N, d = X.shape
     K = W.shape[0]
     plan = _tile_plan(N, K, d, X.dtype.itemsize, n_logit_arrays=2)
-    Z, T, hsb_parts, slots = plan.scratch(K, d, X.dtype, n_logit_arrays=2)
+    hsb_parts, slots = plan.scratch(K, d, X.dtype, n_logit_arrays=0)
+    workers = numba.get_num_threads()
+    ZT = np.empty((workers * plan.sub_rows if plan.slots else plan.rows, 2 * K), dtype=X.dtype)
+    WS = np.concatenate([W, S])
     HS = np.zeros((K, d), dtype=X.dtype)
     hsb = np.zeros(K if b is not None else 0, dtype=np.float64)
     none = readonly(np.empty(0, X.dtype))
     with single_threaded_blas():
         bad = _k._linear_hvp_tiled(
-            plan.n_tasks(N), X, W, S, none if b is None else b, none if b is None else s_b,
-            w, scale, HS, hsb, Z, T, hsb_parts[:, :hsb.shape[0]], slots, plan.sub_rows,
-            plan.col_block, plan.by_class, numba.get_num_threads(),
+            plan.n_tasks(N), X, WS, none if b is None else b, none if b is None else s_b,
+            w, scale, HS, hsb, ZT, hsb_parts[:, :hsb.shape[0]], slots, plan.rows,
+            plan.sub_rows, plan.col_block, plan.by_class, workers,
         )
     return HS, (None if b is None else hsb), bad
