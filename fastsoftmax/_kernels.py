@@ -768,78 +768,77 @@ def _row_hvp(Z, T, i, b, s_b, ws):
 
 
 @_jit(inline=True)
-def _row_hvp_into(Z, T, i, tc, b, s_b, ws, hsb):
-    """T[i, tc:tc+K] := r = ws * p * (t - p.t) with p = softmax(Z[i, :K] + b) and
-    t = T[i, tc:tc+K] + s_b (K = b's or s_b's length is not assumed: K = Z.shape[1] - tc when Z
-    and T are one array [Z | T], else Z.shape[1]); Z[i, :K] is overwritten (by exp(z - max)) and
-    hsb (K,) float64 += r (size 0: not). Returns whether the row of logits was bad (NaN, +inf, all
-    -inf). Four passes over the row instead of `_row_hvp`'s eight (the bias adds, the NaN test and
-    the column sums ride in the other loops): the dense row pass of the tiled and small-K kernels."""
-    K = T.shape[1] - tc
-    c0 = np.uint64(tc)  # unsigned: no negative-index wraparound test, which kept LLVM from
-    # vectorizing the loops over T
+def _row_hvp_into(A, i, K, b, s_b, ws, hsb):
+    """Row i of A = [Z | T] (2K columns): T[i] := r = ws * p * (t - p.t) with
+    p = softmax(Z[i] + b) and t = T[i] + s_b; Z[i] is overwritten (by exp(z - max)) and hsb (K,)
+    float64 += r (size 0: not). Returns whether the row of logits was bad (NaN, +inf, all -inf).
+
+    The dense paths' row pass (the sparse kernel keeps `_row_hvp`): one array, since two
+    arguments that are the same array fail LLVM's runtime alias check and lose vectorization;
+    T's columns indexed unsigned, since the negative-index test on K + k did too; the bias of the
+    direction added where t is read instead of in a pass of its own; the NaN test in the exp loop.
+    """
+    c0 = np.uint64(K)
     if b.shape[0] > 0:
         for k in range(K):
-            Z[i, k] += b[k]
-    m = Z[i, 0]
+            A[i, k] += b[k]
+    m = A[i, 0]
     for k in range(K):
-        m = _maxnum(m, Z[i, k])
-    # exp and its float64 sum; u (data dtype) is NaN exactly when the row holds NaN or is all -inf
-    # (maxnum skips NaN; every other z - m is <= 0 or -inf, whose sum is never NaN).
+        m = _maxnum(m, A[i, k])
+    # u (data dtype) is NaN exactly when the row holds NaN or is all -inf: maxnum skips NaN, and
+    # every other z - m is <= 0 or -inf, whose sum is never NaN.
     s = 0.0
-    u = Z.dtype.type(0.0)
+    u = A.dtype.type(0.0)
     for k in range(K):
-        x = Z[i, k] - m
+        x = A[i, k] - m
         u += x
         e = _exp_nonpos(x)
-        Z[i, k] = e
+        A[i, k] = e
         s += e
     pt = 0.0
     if s_b.shape[0] > 0:
         for k in range(K):
-            pt += np.float64(Z[i, k]) * np.float64(T[i, c0 + np.uint64(k)] + s_b[k])
+            pt += np.float64(A[i, k]) * np.float64(A[i, c0 + np.uint64(k)] + s_b[k])
     else:
         for k in range(K):
-            pt += np.float64(Z[i, k]) * np.float64(T[i, c0 + np.uint64(k)])
-    inv = Z.dtype.type(1.0 / s)
-    ptd = Z.dtype.type(pt / s)
-    wsd = Z.dtype.type(ws)
-    if s_b.shape[0] > 0:  # r in T; kept as four loops: a branch inside would not vectorize
+            pt += np.float64(A[i, k]) * np.float64(A[i, c0 + np.uint64(k)])
+    inv = A.dtype.type(1.0 / s)
+    ptd = A.dtype.type(pt / s)
+    wsd = A.dtype.type(ws)
+    if s_b.shape[0] > 0:  # separate loops: a branch inside would not vectorize
         for k in range(K):
-            T[i, c0 + np.uint64(k)] = ((Z[i, k] * inv) * ((T[i, c0 + np.uint64(k)] + s_b[k]) - ptd)
+            A[i, c0 + np.uint64(k)] = ((A[i, k] * inv) * ((A[i, c0 + np.uint64(k)] + s_b[k]) - ptd)
                                        * wsd)
     else:
         for k in range(K):
-            T[i, c0 + np.uint64(k)] = (Z[i, k] * inv) * (T[i, c0 + np.uint64(k)] - ptd) * wsd
+            A[i, c0 + np.uint64(k)] = (A[i, k] * inv) * (A[i, c0 + np.uint64(k)] - ptd) * wsd
     if hsb.shape[0] > 0:
         for k in range(K):
-            hsb[k] += T[i, c0 + np.uint64(k)]
+            hsb[k] += A[i, c0 + np.uint64(k)]
     return not (s >= 1.0) or u != u or m == np.inf
 
 
 @_jit()
-def _hvp_block(Z, T, tc, b, s_b, sample_weight, scale, lo, hi, off, hsb):
-    """Rows lo..hi of T[:, tc:] (samples off+lo..off+hi): r rows (`_row_hvp_into`), hsb += their
-    column sums (hsb (K,) float64, or size 0 for no intercept). Compiled once and called by both
-    twins, by the small-K chunk (Z, T two arrays, tc = 0) and by the tiles (Z = T = [Z | T],
-    tc = K). Returns the number of bad rows."""
+def _hvp_block(A, K, b, s_b, sample_weight, scale, lo, hi, off, hsb):
+    """Rows lo..hi of A = [Z | T] (samples off+lo..off+hi): T := r rows (`_row_hvp_into`), hsb +=
+    their column sums (hsb (K,) float64, or size 0 for no intercept). Compiled once and called by
+    both twins, by the small-K chunk and by the tiles. Returns the number of bad rows."""
     bad = 0
     for r in range(lo, hi):
         i = off + r
         wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-        bad += 1 if _row_hvp_into(Z, T, r, tc, b, s_b, wi * scale, hsb) else 0
+        bad += 1 if _row_hvp_into(A, r, K, b, s_b, wi * scale, hsb) else 0
     return bad
 
 
 @_parallel_kernel
-def _linear_hvp_small(X, W, S, b, s_b, sample_weight, scale, HS_parts, hsb_parts):
+def _linear_hvp_small(X, WS, b, s_b, sample_weight, scale, HS_parts, hsb_parts):
     """Hessian-vector product of the linear layer for small K without BLAS, chunked over rows;
     returns the number of bad rows. Chunk c (of C, fixed by the caller from the problem size) owns
     rows [c N / C, (c+1) N / C).
 
     X             IN  (N, d) data dtype, C-contiguous
-    W             IN  (K, d) data dtype, C-contiguous: the point
-    S             IN  (K, d) data dtype, C-contiguous: the direction
+    WS            IN  (2K, d) data dtype, C-contiguous: [W; S], the point over the direction
     b             IN  (K,) data dtype: intercept; size 0: none
     s_b           IN  (K,) data dtype: intercept of the direction; size 0: none
     sample_weight IN  (N,) float64; size 0: all ones
@@ -851,27 +850,29 @@ def _linear_hvp_small(X, W, S, b, s_b, sample_weight, scale, HS_parts, hsb_parts
     n_chunks = HS_parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
-        bad += _linear_hvp_chunk(X, W, S, b, s_b, sample_weight, scale, c * N // n_chunks,
+        bad += _linear_hvp_chunk(X, WS, b, s_b, sample_weight, scale, c * N // n_chunks,
                                  (c + 1) * N // n_chunks, HS_parts[c], hsb_parts[c])
     return bad
 
 
 @_jit()
-def _linear_hvp_chunk(X, W, S, b, s_b, sample_weight, scale, lo, hi, HS, hsb):
+def _linear_hvp_chunk(X, WS, b, s_b, sample_weight, scale, lo, hi, HS, hsb):
     """Rows lo..hi of `_linear_hvp_small` into this chunk's HS (K, d) and hsb (K,) or (0,) (one
     prange iteration, shared by both twins): per group of 4 rows, while they are in L1, the logits
-    of W and of S, the row pass, and R^T X."""
-    K = W.shape[0]
-    zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+    [Z | T] of W and of S in one pass, the row pass, and R^T X (R copied out of [Z | R])."""
+    K = HS.shape[0]
+    zt = np.empty((SMALL_K_GROUP, 2 * K), dtype=X.dtype)
     tb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
     HS[:, :] = 0
     hsb[:] = 0.0
     bad = 0
     for i in range(lo, hi, SMALL_K_GROUP):
         n = min(SMALL_K_GROUP, hi - i)
-        _logits_group(X, i, n, W, zb)
-        _logits_group(X, i, n, S, tb)
-        bad += _hvp_block(zb, tb, 0, b, s_b, sample_weight, scale, 0, n, i, hsb)
+        _logits_group(X, i, n, WS, zt)
+        bad += _hvp_block(zt, K, b, s_b, sample_weight, scale, 0, n, i, hsb)
+        for r in range(n):
+            for k in range(K):
+                tb[r, k] = zt[r, K + k]
         _accumulate_dW_group(X, i, n, tb, HS)
     return bad
 
@@ -1170,7 +1171,7 @@ def _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, lo, a, e, ZT, z0, hsb, 
     Xs = X[lo + a:lo + e]
     n = e - a
     _gemm(False, True, 1.0, Xs, WS, 0.0, ZT[z0:z0 + n])
-    bad = _hvp_block(ZT, ZT, K, b, s_b, sample_weight, scale, z0, z0 + n, lo + a - z0, hsb)
+    bad = _hvp_block(ZT, K, b, s_b, sample_weight, scale, z0, z0 + n, lo + a - z0, hsb)
     if slot.shape[0] > 0:
         _gemm(True, False, 1.0, ZT[z0:z0 + n, K:], Xs, beta, slot)
     return bad

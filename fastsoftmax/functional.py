@@ -756,8 +756,8 @@ def _hvp_small_k(X, W, S, b, s_b, w, scale):
     HS_parts = np.empty((C, K, d), dtype=X.dtype)
     hsb_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     none = readonly(np.empty(0, X.dtype))
-    bad = _k._linear_hvp_small(C, X, W, S, none if b is None else b, none if b is None else s_b,
-                               w, scale, HS_parts, hsb_parts)
+    bad = _k._linear_hvp_small(C, X, np.concatenate([W, S]), none if b is None else b,
+                               none if b is None else s_b, w, scale, HS_parts, hsb_parts)
     if C == 1:
         HS = HS_parts[0]
     else:

@@ -149,7 +149,7 @@ def test_kernel_twins_same_bits(rng):
         for twin in (K._linear_hvp_small.parallel, K._linear_hvp_small.serial):
             HS_parts = np.empty((4, 6, 7), dtype)
             hsb_parts = np.empty((4, 6))
-            twin(X, W, S, b, s_b, w, 0.01, HS_parts, hsb_parts)
+            twin(X, np.concatenate([W, S]), b, s_b, w, 0.01, HS_parts, hsb_parts)
             outs.append((HS_parts, hsb_parts))
         for a, c in zip(outs[0], outs[1], strict=True):
             np.testing.assert_array_equal(a, c)
