@@ -35,9 +35,9 @@ Design
   ``_linear_hvp_tiled``) tiles of rows go through GEMMs called from the kernels, single-threaded,
   inside one parallel region (see the section "The BLAS path").
 * The Hessian-vector product (``_linear_hvp_small``, ``_linear_hvp_tiled``) follows the same two
-  paths with a second logit array ``T = X S^T`` for the direction S: row r = p * (t - p.t)
-  overwrites T in place, then ``HS = R^T X`` goes to per-chunk partials (small K) or slots or
-  blocks (large K).
+  paths with a second logit array ``T = X S^T`` for the direction S, held beside Z as one array
+  ``[Z | T] = X [W; S]^T``: row r = p * (t - p.t) overwrites T in place, then ``HS = R^T X`` goes
+  to per-chunk partials (small K) or slots or blocks (large K).
 """
 
 import math
