@@ -232,3 +232,20 @@ def test_overflowing_product_is_reported():
     with pytest.raises(ValueError, match="overflowed"):
         fs.linear_cross_entropy_hvp(X, np.zeros((3, 2)), None, [0, 1, 2, 0], np.full((3, 2), 1e200),
                                     None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_pass_counts_bad_rows(dtype):
+    """The dense row pass flags a row of logits holding NaN (which the max skips), +inf, or only
+    -inf, and no finite row, with or without intercepts: its NaN test rides the exp loop."""
+    from fastsoftmax import _kernels as K
+
+    k = 5
+    rows = np.array([[1, 2, np.nan, 0, -1], [0, np.inf, 1, 2, 3], [-np.inf] * k,
+                     [-np.inf, 0, 1e30, -1e30, 2], [np.nan] * k, [0, 1, 2, 3, 4]], dtype)
+    for bias in (np.empty(0, dtype), np.zeros(k, dtype)):
+        A = np.hstack([rows, np.ones_like(rows)])
+        hsb = np.zeros(bias.size)
+        bad = K._hvp_block(A, k, bias, bias, np.empty(0), 1.0, 0, len(rows), 0, hsb)
+        assert bad == 4
+        np.testing.assert_allclose(A[5, k:].sum(), 0.0, atol=1e-6)  # p.(t - p.t) = 0 for t = 1
