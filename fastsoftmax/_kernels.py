@@ -776,7 +776,7 @@ def _row_hvp_into(A, i, K, b, s_b, ws, hsb):
     The dense paths' row pass (the sparse kernel keeps `_row_hvp`): one array, since two
     arguments that are the same array fail LLVM's runtime alias check and lose vectorization;
     T's columns indexed unsigned, since the negative-index test on K + k did too; the bias of the
-    direction added where t is read instead of in a pass of its own; the NaN test in the exp loop.
+    direction added in the p.t loop; the NaN test in the exp loop.
     """
     c0 = np.uint64(K)
     if b.shape[0] > 0:
@@ -795,23 +795,22 @@ def _row_hvp_into(A, i, K, b, s_b, ws, hsb):
         e = _exp_nonpos(x)
         A[i, k] = e
         s += e
+    # t = T + s_b is stored, not recomputed where r is made: with reassoc, (T + s_b) - p.t was
+    # reordered and r of a single class (p = 1) came out 1e-16 instead of 0.
     pt = 0.0
     if s_b.shape[0] > 0:
         for k in range(K):
-            pt += np.float64(A[i, k]) * np.float64(A[i, c0 + np.uint64(k)] + s_b[k])
+            t = A[i, c0 + np.uint64(k)] + s_b[k]
+            A[i, c0 + np.uint64(k)] = t
+            pt += np.float64(A[i, k]) * np.float64(t)
     else:
         for k in range(K):
             pt += np.float64(A[i, k]) * np.float64(A[i, c0 + np.uint64(k)])
     inv = A.dtype.type(1.0 / s)
     ptd = A.dtype.type(pt / s)
     wsd = A.dtype.type(ws)
-    if s_b.shape[0] > 0:  # separate loops: a branch inside would not vectorize
-        for k in range(K):
-            A[i, c0 + np.uint64(k)] = ((A[i, k] * inv) * ((A[i, c0 + np.uint64(k)] + s_b[k]) - ptd)
-                                       * wsd)
-    else:
-        for k in range(K):
-            A[i, c0 + np.uint64(k)] = (A[i, k] * inv) * (A[i, c0 + np.uint64(k)] - ptd) * wsd
+    for k in range(K):
+        A[i, c0 + np.uint64(k)] = (A[i, k] * inv) * (A[i, c0 + np.uint64(k)] - ptd) * wsd
     if hsb.shape[0] > 0:
         for k in range(K):
             hsb[k] += A[i, c0 + np.uint64(k)]

@@ -249,3 +249,12 @@ def test_row_pass_counts_bad_rows(dtype):
         bad = K._hvp_block(A, k, bias, bias, np.empty(0), 1.0, 0, len(rows), 0, hsb)
         assert bad == 4
         np.testing.assert_allclose(A[5, k:].sum(), 0.0, atol=1e-6)  # p.(t - p.t) = 0 for t = 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_class_gives_exact_zero(rng, dtype):
+    """With one class p = 1 and r = t - p.t is exactly 0, with the direction's intercept too (it
+    came out 1.6e-16 in float64 when t = T + s_b was recomputed where r is made: reassociated)."""
+    X, W, b, y, S, s_b, w = make_problem(rng, 7, 3, 1, dtype, weighted=True)
+    HS, Hs_b = fs.linear_cross_entropy_hvp(X, W, b, y, S, s_b, sample_weight=w)
+    assert not HS.any() and not Hs_b.any()
