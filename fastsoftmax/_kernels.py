@@ -38,9 +38,9 @@ Design
   ``_linear_hvp_tiled``) tiles of rows go through GEMMs called from the kernels, single-threaded,
   inside one parallel region (see the section "The BLAS path").
 * The Hessian-vector product (``_linear_hvp_small``, ``_linear_hvp_tiled``) follows the same two
-  paths with a second logit array ``T = X S^T`` for the direction S: row r = p * (t - p.t)
-  overwrites T in place, then ``HS = R^T X`` goes to per-chunk partials (small K) or slots or
-  blocks (large K).
+  paths with a second logit array ``T = X S^T`` for the direction S, held beside Z as one array
+  ``[Z | T] = X [W; S]^T``: row r = p * (t - p.t) overwrites T in place, then ``HS = R^T X`` goes
+  to per-chunk partials (small K) or slots or blocks (large K).
 """
 
 
@@ -1096,31 +1096,77 @@ def _row_hvp(Z, T, i, b, s_b, ws):
     return _row_is_bad(m, t, s)
 
 
+@_jit(inline=True)
+def _row_hvp_into(A, i, K, b, s_b, ws, hsb):
+    """Row i of A = [Z | T] (2K columns): T[i] := r = ws * p * (t - p.t) with
+    p = softmax(Z[i] + b) and t = T[i] + s_b; Z[i] is overwritten (by exp(z - max)) and hsb (K,)
+    float64 += r (size 0: not). Returns whether the row of logits was bad (NaN, +inf, all -inf).
+
+    The dense paths' row pass (the sparse kernel keeps `_row_hvp`): one array, since two
+    arguments that are the same array fail LLVM's runtime alias check and lose vectorization;
+    T's columns indexed unsigned, since the negative-index test on K + k did too; the bias of the
+    direction added in the p.t loop; the NaN test in the exp loop.
+    """
+    c0 = np.uint64(K)
+    if b.shape[0] > 0:
+        for k in range(K):
+            A[i, k] += b[k]
+    m = A[i, 0]
+    for k in range(K):
+        m = _maxnum(m, A[i, k])
+    # u (data dtype) is NaN exactly when the row holds NaN or is all -inf: maxnum skips NaN, and
+    # every other z - m is <= 0 or -inf, whose sum is never NaN.
+    s = 0.0
+    u = A.dtype.type(0.0)
+    for k in range(K):
+        x = A[i, k] - m
+        u += x
+        e = _exp_nonpos(x)
+        A[i, k] = e
+        s += e
+    # t = T + s_b is stored, not recomputed where r is made: with reassoc, (T + s_b) - p.t was
+    # reordered and r of a single class (p = 1) came out 1e-16 instead of 0.
+    pt = 0.0
+    if s_b.shape[0] > 0:
+        for k in range(K):
+            t = A[i, c0 + np.uint64(k)] + s_b[k]
+            A[i, c0 + np.uint64(k)] = t
+            pt += np.float64(A[i, k]) * np.float64(t)
+    else:
+        for k in range(K):
+            pt += np.float64(A[i, k]) * np.float64(A[i, c0 + np.uint64(k)])
+    inv = A.dtype.type(1.0 / s)
+    ptd = A.dtype.type(pt / s)
+    wsd = A.dtype.type(ws)
+    for k in range(K):
+        A[i, c0 + np.uint64(k)] = (A[i, k] * inv) * (A[i, c0 + np.uint64(k)] - ptd) * wsd
+    if hsb.shape[0] > 0:
+        for k in range(K):
+            hsb[k] += A[i, c0 + np.uint64(k)]
+    return not (s >= 1.0) or u != u or m == np.inf
+
+
 @_jit()
-def _hvp_block(Z, T, b, s_b, sample_weight, scale, lo, hi, off, hsb):
-    """Rows lo..hi of T (samples off+lo..off+hi): T := r rows, hsb += their column sums
-    (hsb (K,) float64, or size 0 for no intercept). Compiled once and called by both twins and by
-    the small-K chunk. Returns the number of bad rows."""
+def _hvp_block(A, K, b, s_b, sample_weight, scale, lo, hi, off, hsb):
+    """Rows lo..hi of A = [Z | T] (samples off+lo..off+hi): T := r rows (`_row_hvp_into`), hsb +=
+    their column sums (hsb (K,) float64, or size 0 for no intercept). Compiled once and called by
+    both twins, by the small-K chunk and by the tiles. Returns the number of bad rows."""
     bad = 0
     for r in range(lo, hi):
         i = off + r
         wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-        bad += 1 if _row_hvp(Z, T, r, b, s_b, wi * scale) else 0
-        if hsb.shape[0] > 0:
-            for k in range(T.shape[1]):
-                hsb[k] += T[r, k]
+        bad += 1 if _row_hvp_into(A, r, K, b, s_b, wi * scale, hsb) else 0
     return bad
 
 
 @_parallel_kernel
-def _linear_hvp_small(X, W, S, b, s_b, sample_weight, scale, HS_parts, hsb_parts):
+def _linear_hvp_small(X, WS, b, s_b, sample_weight, scale, HS_parts, hsb_parts):
     """Hessian-vector product of the linear layer for small K without BLAS, chunked over rows;
     returns the number of bad rows. Chunk c (of C, fixed by the caller from the problem size) owns
     rows [c N / C, (c+1) N / C).
 
     X             IN  (N, d) data dtype, C-contiguous
-    W             IN  (K, d) data dtype, C-contiguous: the point
-    S             IN  (K, d) data dtype, C-contiguous: the direction
+    WS            IN  (2K, d) data dtype, C-contiguous: [W; S], the point over the direction
     b             IN  (K,) data dtype: intercept; size 0: none
     s_b           IN  (K,) data dtype: intercept of the direction; size 0: none
     sample_weight IN  (N,) float64; size 0: all ones
@@ -1132,27 +1178,29 @@ def _linear_hvp_small(X, W, S, b, s_b, sample_weight, scale, HS_parts, hsb_parts
     n_chunks = HS_parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
-        bad += _linear_hvp_chunk(X, W, S, b, s_b, sample_weight, scale, c * N // n_chunks,
+        bad += _linear_hvp_chunk(X, WS, b, s_b, sample_weight, scale, c * N // n_chunks,
                                  (c + 1) * N // n_chunks, HS_parts[c], hsb_parts[c])
     return bad
 
 
 @_jit()
-def _linear_hvp_chunk(X, W, S, b, s_b, sample_weight, scale, lo, hi, HS, hsb):
+def _linear_hvp_chunk(X, WS, b, s_b, sample_weight, scale, lo, hi, HS, hsb):
     """Rows lo..hi of `_linear_hvp_small` into this chunk's HS (K, d) and hsb (K,) or (0,) (one
     prange iteration, shared by both twins): per group of 4 rows, while they are in L1, the logits
-    of W and of S, the row pass, and R^T X."""
-    K = W.shape[0]
-    zb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
+    [Z | T] of W and of S in one pass, the row pass, and R^T X (R copied out of [Z | R])."""
+    K = HS.shape[0]
+    zt = np.empty((SMALL_K_GROUP, 2 * K), dtype=X.dtype)
     tb = np.empty((SMALL_K_GROUP, K), dtype=X.dtype)
     HS[:, :] = 0
     hsb[:] = 0.0
     bad = 0
     for i in range(lo, hi, SMALL_K_GROUP):
         n = min(SMALL_K_GROUP, hi - i)
-        _logits_group(X, i, n, W, zb)
-        _logits_group(X, i, n, S, tb)
-        bad += _hvp_block(zb, tb, b, s_b, sample_weight, scale, 0, n, i, hsb)
+        _logits_group(X, i, n, WS, zt)
+        bad += _hvp_block(zt, K, b, s_b, sample_weight, scale, 0, n, i, hsb)
+        for r in range(n):
+            for k in range(K):
+                tb[r, k] = zt[r, K + k]
         _accumulate_dW_group(X, i, n, tb, HS)
     return bad
 
@@ -1443,35 +1491,43 @@ def _linear_softmax_tiled(X, W, b, out, sub_rows, workers):
 
 
 @_jit()
-def _tile_hvp_block(X, W, S, b, s_b, sample_weight, scale, lo, a, e, Z, T, hsb, slot, beta):
-    """Sub-tile rows a..e of the tile at lo (one item): Z := X_s W^T, T := X_s S^T, the row pass
-    turning T into R, and slot := R_s^T X_s + beta slot (as `_tile_grad_block`)."""
+def _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, lo, a, e, ZT, z0, hsb, slot, beta):
+    """Sub-tile rows a..e of the tile at lo (one item), in rows z0..z0+e-a of ZT (2K columns):
+    [Z | T] := X_s [W; S]^T in one GEMM (X_s packed once), the row pass turning T into R, and
+    slot := R_s^T X_s + beta slot (as `_tile_grad_block`)."""
+    K = WS.shape[0] // 2
     Xs = X[lo + a:lo + e]
-    _gemm(False, True, 1.0, Xs, W, 0.0, Z[a:e])
-    _gemm(False, True, 1.0, Xs, S, 0.0, T[a:e])
-    bad = _hvp_block(Z, T, b, s_b, sample_weight, scale, a, e, lo, hsb)
+    n = e - a
+    _gemm(False, True, 1.0, Xs, WS, 0.0, ZT[z0:z0 + n])
+    bad = _hvp_block(ZT, K, b, s_b, sample_weight, scale, z0, z0 + n, lo + a - z0, hsb)
     if slot.shape[0] > 0:
-        _gemm(True, False, 1.0, T[a:e], Xs, beta, slot)
+        _gemm(True, False, 1.0, ZT[z0:z0 + n, K:], Xs, beta, slot)
     return bad
 
 
 @_parallel_kernel
-def _linear_hvp_tiled(X, W, S, b, s_b, sample_weight, scale, HS, hsb, Z, T, hsb_parts, slots,
-                      sub_rows, col_block, by_class, workers):
+def _linear_hvp_tiled(X, WS, b, s_b, sample_weight, scale, HS, hsb, ZT, hsb_parts, slots,
+                      rows, sub_rows, col_block, by_class, workers):
     """Hessian-vector product of the linear layer through BLAS tiles; returns the number of bad
     rows. Arguments as `_linear_hvp_small` and `_linear_xent_tiled`, and:
 
+    WS        IN    (2K, d) data dtype, C-contiguous: [W; S], the point over the direction
     HS        INOUT (K, d) data dtype, C-contiguous: zeros on entry; += R^T X
     hsb       INOUT (K,) float64: zeros on entry; += column sums of R; size 0: no intercept
-    Z, T      OUT   (rows of a tile, K) data dtype, C-contiguous: scratch
+    ZT        OUT   (workers x sub_rows with slots, else rows; 2K) data dtype, C-contiguous:
+                    scratch [Z | T]; with slots, prange iteration w runs its items in rows
+                    [w sub_rows, (w + 1) sub_rows) (a block that stays in cache from one item to
+                    the next; which block an item uses does not change its bits), else item s
+                    in the tile's rows [s sub_rows, ...) for the blocks of HS
     hsb_parts OUT   (sub-tiles of a tile, K or 0) float64: scratch
     slots     OUT   (sub-tiles of a tile, K, d) data dtype, or (0, K, d): as `_linear_xent_tiled`
+    rows      IN    int: rows of a tile, a multiple of sub_rows (or N when smaller)
     """
     N = X.shape[0]
     K, d = HS.shape
-    rows = Z.shape[0]
     n_cols = _n_blocks(K if by_class else d, col_block)
     none = np.empty((0, 0), X.dtype)
+    with_slots = slots.shape[0] > 0
     counter = np.zeros(2, np.int64)
     bads = np.zeros(hsb_parts.shape[0], np.int64)
     bad = 0
@@ -1480,25 +1536,25 @@ def _linear_hvp_tiled(X, W, S, b, s_b, sample_weight, scale, HS, hsb, Z, T, hsb_
         n_sub = _n_blocks(n, sub_rows)
         hsb_parts[:n_sub] = 0.0
         counter[0] = 0
-        for _ in prange(workers):
+        for w in prange(workers):
             s = _claim(counter, 0)
             while s < n_sub:
                 a = s * sub_rows
                 bads[s] = _tile_hvp_block(
-                    X, W, S, b, s_b, sample_weight, scale, lo, a, min(n, a + sub_rows), Z, T,
-                    hsb_parts[s], slots[s] if slots.shape[0] > 0 else none,
-                    0.0 if lo == 0 else 1.0)
+                    X, WS, b, s_b, sample_weight, scale, lo, a, min(n, a + sub_rows), ZT,
+                    w * sub_rows if with_slots else a, hsb_parts[s],
+                    slots[s] if with_slots else none, 0.0 if lo == 0 else 1.0)
                 s = _claim(counter, 0)
         bad += _sum_items(bads, hsb_parts, n_sub, hsb)
-        if slots.shape[0] > 0:
+        if with_slots:
             continue
         counter[1] = 0
         for _ in prange(workers):
             c = _claim(counter, 1)
             while c < n_cols:
-                _tile_dW_block(X, T, lo, n, HS, c, col_block, by_class)
+                _tile_dW_block(X, ZT[:, K:], lo, n, HS, c, col_block, by_class)
                 c = _claim(counter, 1)
-    if slots.shape[0] > 0 and N > 0:
+    if with_slots and N > 0:
         counter[1] = 0
         for _ in prange(workers):
             c = _claim(counter, 1)

@@ -77,6 +77,9 @@ SUB_ROWS_MAX = 512
 SUB_ROWS_ALIGN = 16
 COL_BLOCK_MIN = 64
 SLOT_BYTES = 64 * 2**20
+# Sub-tiles per tile of the Hessian-vector product with slots, and the slots' bytes (`_hvp_plan`).
+HVP_TILE_ITEMS = 32
+HVP_SLOT_BYTES = 16 * 2**20
 # Row chunks of the small-K kernel: at most this many (each holds a K x d partial dW), fixed by the
 # problem size only so that results do not depend on the thread count.
 SMALL_K_CHUNKS = 16
@@ -772,8 +775,8 @@ def _hvp_small_k(X, W, S, b, s_b, w, scale):
     HS_parts = np.empty((C, K, d), dtype=X.dtype)
     hsb_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     none = readonly(np.empty(0, X.dtype))
-    bad = _k._linear_hvp_small(C, X, W, S, none if b is None else b, none if b is None else s_b,
-                               w, scale, HS_parts, hsb_parts)
+    bad = _k._linear_hvp_small(C, X, np.concatenate([W, S]), none if b is None else b,
+                               none if b is None else s_b, w, scale, HS_parts, hsb_parts)
     if C == 1:
         HS = HS_parts[0]
     else:
@@ -781,21 +784,42 @@ def _hvp_small_k(X, W, S, b, s_b, w, scale):
     return HS, (None if b is None else hsb_parts.sum(axis=0)), bad
 
 
+def _hvp_plan(N: int, K: int, d: int, itemsize: int) -> _TilePlan:
+    """The loss's plan for two logit arrays; with slots, tiles of up to HVP_TILE_ITEMS sub-tiles
+    (while the slots fit in HVP_SLOT_BYTES): the logits live in one block per thread, not per
+    tile, so a tile bounds only the slots, and fewer tiles mean fewer barriers where a thread
+    waits for the other's last item. HVP_SLOT_BYTES is below glibc's largest mmap threshold
+    (32 MB), so that a loop of products reuses the slots' pages instead of faulting in fresh ones
+    at every call."""
+    plan = _tile_plan(N, K, d, itemsize, n_logit_arrays=2)
+    items = min(HVP_TILE_ITEMS, HVP_SLOT_BYTES // (K * d * itemsize),
+                _k.n_blocks(N, plan.sub_rows))
+    if not plan.slots or items <= plan.slots:
+        return plan
+    rows = min(items * plan.sub_rows, N)
+    return _TilePlan(rows, plan.sub_rows, _k.n_blocks(rows, plan.sub_rows), plan.col_block,
+                     plan.by_class)
+
+
 def _hvp_tiled(X, W, S, b, s_b, w, scale):
-    """The BLAS path of the product (`_k._linear_hvp_tiled`): per sub-tile, Z = X_s W^T and
-    T = X_s S^T, the row pass turning T into R and R_s^T X_s into its slot (or HS += R^T X_t by
-    blocks per tile); the two logit scratch arrays together hold at most TILE_BYTES."""
+    """The BLAS path of the product (`_k._linear_hvp_tiled`): per sub-tile, [Z | T] = X_s [W; S]^T
+    in one GEMM, the row pass turning T into R and R_s^T X_s into its slot (or HS += R^T X_t by
+    blocks per tile); the logit scratch holds at most TILE_BYTES (one block of sub-tile rows per
+    thread with slots)."""
     N, d = X.shape
     K = W.shape[0]
-    plan = _tile_plan(N, K, d, X.dtype.itemsize, n_logit_arrays=2)
-    Z, T, hsb_parts, slots = plan.scratch(K, d, X.dtype, n_logit_arrays=2)
+    plan = _hvp_plan(N, K, d, X.dtype.itemsize)
+    hsb_parts, slots = plan.scratch(K, d, X.dtype, n_logit_arrays=0)
+    workers = numba.get_num_threads()
+    ZT = np.empty((workers * plan.sub_rows if plan.slots else plan.rows, 2 * K), dtype=X.dtype)
+    WS = np.concatenate([W, S])
     HS = np.zeros((K, d), dtype=X.dtype)
     hsb = np.zeros(K if b is not None else 0, dtype=np.float64)
     none = readonly(np.empty(0, X.dtype))
     with single_threaded_blas():
         bad = _k._linear_hvp_tiled(
-            plan.n_tasks(N), X, W, S, none if b is None else b, none if b is None else s_b,
-            w, scale, HS, hsb, Z, T, hsb_parts[:, :hsb.shape[0]], slots, plan.sub_rows,
-            plan.col_block, plan.by_class, numba.get_num_threads(),
+            plan.n_tasks(N), X, WS, none if b is None else b, none if b is None else s_b,
+            w, scale, HS, hsb, ZT, hsb_parts[:, :hsb.shape[0]], slots, plan.rows,
+            plan.sub_rows, plan.col_block, plan.by_class, workers,
         )
     return HS, (None if b is None else hsb), bad

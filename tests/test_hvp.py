@@ -149,7 +149,7 @@ def test_kernel_twins_same_bits(rng):
         for twin in (K._linear_hvp_small.parallel, K._linear_hvp_small.serial):
             HS_parts = np.empty((4, 6, 7), dtype)
             hsb_parts = np.empty((4, 6))
-            twin(X, W, S, b, s_b, w, 0.01, HS_parts, hsb_parts)
+            twin(X, np.concatenate([W, S]), b, s_b, w, 0.01, HS_parts, hsb_parts)
             outs.append((HS_parts, hsb_parts))
         for a, c in zip(outs[0], outs[1], strict=True):
             np.testing.assert_array_equal(a, c)
@@ -232,3 +232,29 @@ def test_overflowing_product_is_reported():
     with pytest.raises(ValueError, match="overflowed"):
         fs.linear_cross_entropy_hvp(X, np.zeros((3, 2)), None, [0, 1, 2, 0], np.full((3, 2), 1e200),
                                     None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_pass_counts_bad_rows(dtype):
+    """The dense row pass flags a row of logits holding NaN (which the max skips), +inf, or only
+    -inf, and no finite row, with or without intercepts: its NaN test rides the exp loop."""
+    from fastsoftmax import _kernels as K
+
+    k = 5
+    rows = np.array([[1, 2, np.nan, 0, -1], [0, np.inf, 1, 2, 3], [-np.inf] * k,
+                     [-np.inf, 0, 1e30, -1e30, 2], [np.nan] * k, [0, 1, 2, 3, 4]], dtype)
+    for bias in (np.empty(0, dtype), np.zeros(k, dtype)):
+        A = np.hstack([rows, np.ones_like(rows)])
+        hsb = np.zeros(bias.size)
+        bad = K._hvp_block(A, k, bias, bias, np.empty(0), 1.0, 0, len(rows), 0, hsb)
+        assert bad == 4
+        np.testing.assert_allclose(A[5, k:].sum(), 0.0, atol=1e-6)  # p.(t - p.t) = 0 for t = 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_class_gives_exact_zero(rng, dtype):
+    """With one class p = 1 and r = t - p.t is exactly 0, with the direction's intercept too (it
+    came out 1.6e-16 in float64 when t = T + s_b was recomputed where r is made: reassociated)."""
+    X, W, b, y, S, s_b, w = make_problem(rng, 7, 3, 1, dtype, weighted=True)
+    HS, Hs_b = fs.linear_cross_entropy_hvp(X, W, b, y, S, s_b, sample_weight=w)
+    assert not HS.any() and not Hs_b.any()
