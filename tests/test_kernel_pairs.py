@@ -198,7 +198,9 @@ import fastsoftmax as fs
 rng = np.random.default_rng(1)
 for K in (7, 40):
     X = rng.normal(size=(200, 6)); W = rng.normal(size=(K, 6)) / 2
-    fs.linear_cross_entropy(X, W, rng.normal(size=K), rng.integers(0, K, 200))
+    b, y = rng.normal(size=K), rng.integers(0, K, 200)
+    fs.linear_cross_entropy(X, W, b, y)
+    fs.linear_cross_entropy_hvp(X, W, b, y, rng.normal(size=(K, 6)), rng.normal(size=K))
 """
 _COMPARE_TWINS = """
 import numpy as np
@@ -207,24 +209,29 @@ from fastsoftmax import _parallel
 rng = np.random.default_rng(1)
 for K in (7, 40):
     X = rng.normal(size=(200, 6)); W = rng.normal(size=(K, 6)) / 2
-    args = (X, W, rng.normal(size=K), rng.integers(0, K, 200))
-    _parallel._serial_only = False
-    parallel = fs.linear_cross_entropy(*args)  # its twin is loaded from the cache
-    _parallel._serial_only = True
-    serial = fs.linear_cross_entropy(*args)  # compiled here, now
-    same = all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(parallel, serial))
-    print(K, same)
+    b, y = rng.normal(size=K), rng.integers(0, K, 200)
+    direction = (rng.normal(size=(K, 6)), rng.normal(size=K))
+    for call in (lambda: fs.linear_cross_entropy(X, W, b, y),
+                 lambda: fs.linear_cross_entropy_hvp(X, W, b, y, *direction)):
+        _parallel._serial_only = False
+        parallel = call()  # its twin is loaded from the cache
+        _parallel._serial_only = True
+        serial = call()  # compiled here, now
+        same = all(np.asarray(a).tobytes() == np.asarray(c).tobytes()
+                   for a, c in zip(parallel, serial))
+        print(K, same)
 """
 
 
 def test_twins_agree_whatever_the_cache_holds(tmp_path):
-    """One process compiles (and caches) only the parallel twins; the next loads them from the
-    cache and compiles the serial twins itself. The two must still give the same bits. (Before,
-    a block function inlined into a cached twin and re-optimized there differed in the last bits
-    from the same function compiled in the process: float64 dW at 40 classes, 2.8e-17.)"""
+    """One process compiles (and caches) only the parallel twins of the loss and the Hessian-vector
+    product; the next loads them from the cache and compiles the serial twins itself. The two must
+    still give the same bits. (Before, a block function inlined into a cached twin and
+    re-optimized there differed in the last bits from the same function compiled in the process:
+    float64 dW at 40 classes, 2.8e-17.)"""
     env = {"NUMBA_CACHE_DIR": str(tmp_path)}
     warm = run_python(_WARM_PARALLEL, env=env)
     assert warm.returncode == 0, warm.explain()
     compared = run_python(_COMPARE_TWINS, env=env)
     assert compared.returncode == 0, compared.explain()
-    assert compared.stdout.split() == ["7", "True", "40", "True"], compared.explain()
+    assert compared.stdout.split() == ["7", "True"] * 2 + ["40", "True"] * 2, compared.explain()

@@ -2,8 +2,9 @@
 
 Two backends share one interface: :class:`DistributedBackend` (an active ``distributed.Client``:
 chunks persisted on the workers, one task per worker task slot over the chunks that worker
-holds, futures submitted directly, the shared argument broadcast once per call) and :class:`LocalBackend` (dask's local scheduler: chunks computed once into this
-process, one small graph per call run by the configured local scheduler). Both sum per-chunk
+holds, futures submitted directly, the shared argument broadcast once per call) and
+:class:`LocalBackend` (dask's local scheduler: chunks computed once into this process, one small
+graph per call run by the configured local scheduler). Both sum per-chunk
 float64 vectors with the same tree (:func:`tree_sum`): groups of ``FAN_IN`` consecutive chunks,
 level by level, so the bits of a sum depend on the chunks only, never on the workers or threads
 that computed them (docs/scaling.md, "Determinism").
