@@ -398,9 +398,14 @@ def _row_sum(A, i):
     loaded from the cache and its twin compiled in the process summed the same exponentials in
     different orders (float64 softmax 1 ulp apart from 40 classes up; tests/test_kernel_pairs.py).
     The eight lanes are independent: the SLP vectorizer still makes them one vector add."""
-    K = A.shape[1]
+    return _row_sum_n(A, i, 0, A.shape[1])
+
+
+@_jit(inline=True)
+def _row_sum_n(A, i, lo, n):
+    """`_row_sum` of A[i, lo:lo + n]: float64, eight strict lanes, the same order."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for k in range(0, K - 7, 8):
+    for k in range(lo, lo + n - 7, 8):
         s0 = _add(s0, np.float64(A[i, k]))
         s1 = _add(s1, np.float64(A[i, k + 1]))
         s2 = _add(s2, np.float64(A[i, k + 2]))
@@ -410,8 +415,30 @@ def _row_sum(A, i):
         s6 = _add(s6, np.float64(A[i, k + 6]))
         s7 = _add(s7, np.float64(A[i, k + 7]))
     s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
-    for k in range(K - K % 8, K):
+    for k in range(lo + n - n % 8, lo + n):
         s = _add(s, np.float64(A[i, k]))
+    return s
+
+
+@_jit(inline=True)
+def _row_dot(A, i, lo_a, B, j, lo_b, n):
+    """float64 sum over k < n of A[i, lo_a + k] * B[j, lo_b + k], in the order of `_row_sum` and
+    as strictly (products through `_mul`: with contraction, an FMA here in one module and not in
+    another would change the last bits between a cached twin and one compiled in the process)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    d = lo_b - lo_a
+    for k in range(lo_a, lo_a + n - 7, 8):
+        s0 = _add(s0, _mul(np.float64(A[i, k]), np.float64(B[j, d + k])))
+        s1 = _add(s1, _mul(np.float64(A[i, k + 1]), np.float64(B[j, d + k + 1])))
+        s2 = _add(s2, _mul(np.float64(A[i, k + 2]), np.float64(B[j, d + k + 2])))
+        s3 = _add(s3, _mul(np.float64(A[i, k + 3]), np.float64(B[j, d + k + 3])))
+        s4 = _add(s4, _mul(np.float64(A[i, k + 4]), np.float64(B[j, d + k + 4])))
+        s5 = _add(s5, _mul(np.float64(A[i, k + 5]), np.float64(B[j, d + k + 5])))
+        s6 = _add(s6, _mul(np.float64(A[i, k + 6]), np.float64(B[j, d + k + 6])))
+        s7 = _add(s7, _mul(np.float64(A[i, k + 7]), np.float64(B[j, d + k + 7])))
+    s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
+    for k in range(lo_a + n - n % 8, lo_a + n):
+        s = _add(s, _mul(np.float64(A[i, k]), np.float64(B[j, d + k])))
     return s
 
 
@@ -629,17 +656,26 @@ def _flat_log_softmax(Z, out, b, copy, lo, hi):
     flat = out.reshape(out.shape[0] * K)
     for j in range(np.uint64(n * K)):
         ef[j] = _exp_nonpos(flat[j + np.uint64(lo * K)])
-    bad = 0
-    for r in range(n):
-        s = _row_sum(e, r)
-        bad += 1 if _row_is_bad(stats[0, r], stats[1, r], s) else 0
-        stats[1, r] = s
-    for r in range(n):
-        stats[1, r] = _log_pos(stats[1, r])
+    bad = _log_sums(e, stats)
     for r in range(n):
         c = out.dtype.type(stats[1, r])
         for k in range(K):
             out[lo + r, k] = out[lo + r, k] - c
+    return bad
+
+
+@_jit(inline=True)
+def _log_sums(e, stats):
+    """stats[1, r] := log of the sum of e[r] (rows of exps, summed as `_row_sum`), the logs in one
+    loop across rows; stats[0, r], stats[1, r] hold row r's max and the sum of its row - max on
+    entry (the NaN test). Returns the number of bad rows."""
+    bad = 0
+    for r in range(e.shape[0]):
+        s = _row_sum(e, r)
+        bad += 1 if _row_is_bad(stats[0, r], stats[1, r], s) else 0
+        stats[1, r] = s
+    for r in range(e.shape[0]):
+        stats[1, r] = _log_pos(stats[1, r])
     return bad
 
 
@@ -707,13 +743,7 @@ def _flat_losses(Z, y, sample_weight, smoothing, losses, lo, hi):
     e = shifted.reshape(n * K)
     for j in range(np.uint64(n * K)):
         e[j] = _exp_nonpos(e[j])
-    bad = 0
-    for r in range(n):
-        s = _row_sum(shifted, r)
-        bad += 1 if _row_is_bad(stats[0, r], stats[1, r], s) else 0
-        stats[1, r] = s
-    for r in range(n):
-        stats[1, r] = _log_pos(stats[1, r])
+    bad = _log_sums(shifted, stats)
     for r in range(n):
         i, m = lo + r, stats[0, r]
         wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
@@ -1085,14 +1115,14 @@ def _row_hvp(Z, T, i, b, s_b, ws):
             T[i, k] += s_b[k]
     m, t = _row_max_sum(Z, i)
     s = _row_exp_inplace(Z, i, m)
-    pt = 0.0
-    for k in range(K):
-        pt += np.float64(Z[i, k]) * np.float64(T[i, k])
-    inv = Z.dtype.type(1.0 / s)
-    ptd = Z.dtype.type(pt / s)
+    pt = _row_dot(Z, i, 0, T, i, 0, K)
+    # pt * (1 / s), not pt / s: with arcp, pt / s became pt * inv in some modules only.
+    inv64 = 1.0 / s
+    inv = Z.dtype.type(inv64)
+    ptd = Z.dtype.type(_mul(pt, inv64))
     wsd = Z.dtype.type(ws)
-    for k in range(K):
-        T[i, k] = (Z[i, k] * inv) * (T[i, k] - ptd) * wsd
+    for k in range(K):  # strict products: see `_row_hvp_into`
+        T[i, k] = _mul(_mul(Z[i, k], inv), T[i, k] - ptd) * wsd
     return _row_is_bad(m, t, s)
 
 
@@ -1116,30 +1146,29 @@ def _row_hvp_into(A, i, K, b, s_b, ws, hsb):
         m = _maxnum(m, A[i, k])
     # u (data dtype) is NaN exactly when the row holds NaN or is all -inf: maxnum skips NaN, and
     # every other z - m is <= 0 or -inf, whose sum is never NaN.
-    s = 0.0
     u = A.dtype.type(0.0)
     for k in range(K):
         x = A[i, k] - m
         u += x
-        e = _exp_nonpos(x)
-        A[i, k] = e
-        s += e
+        A[i, k] = _exp_nonpos(x)
+    # The sums are strict (`_row_sum_n`, `_row_dot`): reassociated, they came out 1 ulp apart
+    # between a twin loaded from the cache and one compiled in the process (float64, 40 classes).
+    s = _row_sum_n(A, i, 0, K)
     # t = T + s_b is stored, not recomputed where r is made: with reassoc, (T + s_b) - p.t was
     # reordered and r of a single class (p = 1) came out 1e-16 instead of 0.
-    pt = 0.0
     if s_b.shape[0] > 0:
         for k in range(K):
-            t = A[i, c0 + np.uint64(k)] + s_b[k]
-            A[i, c0 + np.uint64(k)] = t
-            pt += np.float64(A[i, k]) * np.float64(t)
-    else:
-        for k in range(K):
-            pt += np.float64(A[i, k]) * np.float64(A[i, c0 + np.uint64(k)])
-    inv = A.dtype.type(1.0 / s)
-    ptd = A.dtype.type(pt / s)
+            A[i, c0 + np.uint64(k)] = A[i, c0 + np.uint64(k)] + s_b[k]
+    pt = _row_dot(A, i, 0, A, i, K, K)
+    # pt * (1 / s), not pt / s: with arcp, pt / s became pt * inv in some modules only.
+    inv64 = 1.0 / s
+    inv = A.dtype.type(inv64)
+    ptd = A.dtype.type(_mul(pt, inv64))
     wsd = A.dtype.type(ws)
+    # Strict products too: with reassoc, inv * wsd was hoisted out of the loop in some modules and
+    # not in others.
     for k in range(K):
-        A[i, c0 + np.uint64(k)] = (A[i, k] * inv) * (A[i, c0 + np.uint64(k)] - ptd) * wsd
+        A[i, c0 + np.uint64(k)] = _mul(_mul(A[i, k], inv), A[i, c0 + np.uint64(k)] - ptd) * wsd
     if hsb.shape[0] > 0:
         for k in range(K):
             hsb[k] += A[i, c0 + np.uint64(k)]

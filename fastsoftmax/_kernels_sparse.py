@@ -43,7 +43,10 @@ from numba.extending import intrinsic
 
 from fastsoftmax._kernels import (
     ROW_BLOCK,
+    _add,
+    _fma,
     _jit,
+    _mul,
     _n_blocks,
     _parallel_kernel,
     _row_grad,
@@ -124,6 +127,9 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
     K being unknown), and the logits took 2.5x as long as with four."""
     K = A.shape[1]
     last = np.uint64(WT.shape[0] - 1)
+    # Strict arithmetic (explicit fma, `_mul`, `_add`): with reassoc the five-term sum below was
+    # reordered differently in different modules, so a kernel loaded from the cache and one
+    # compiled in the process differed in the last bits (tests/test_kernel_pairs.py).
     for k in range(K):
         A[r, k] = 0
     p, hi = indptr[i], indptr[i + 1]
@@ -134,13 +140,15 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
         c2, c3 = _column(indices, p + 2, last), _column(indices, p + 3, last)
         v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
         for k in range(K):
-            A[r, k] += (v0 * WT[c0, k] + v1 * WT[c1, k]) + (v2 * WT[c2, k] + v3 * WT[c3, k])
+            t01 = _fma(v1, WT[c1, k], _mul(v0, WT[c0, k]))
+            t23 = _fma(v3, WT[c3, k], _mul(v2, WT[c2, k]))
+            A[r, k] = _add(A[r, k], _add(t01, t23))
         p += 4
     while p < hi:
         _prefetch_row(WT, indices, p + PREFETCH_AHEAD, last)
         c0, v0 = _column(indices, p, last), data[p]
         for k in range(K):
-            A[r, k] += v0 * WT[c0, k]
+            A[r, k] = _fma(v0, WT[c0, k], A[r, k])
         p += 1
 
 
@@ -151,7 +159,8 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
 
     Two stored entries per pass share each load of G[0] (1.6x faster in float32 than one: the
     loads of G could not be hoisted past the stores to dW^T, which might alias it). Duplicate
-    columns are two statements in order, so they still add up."""
+    columns are two statements in order, so they still add up. Explicit fma: whether a multiply
+    and add contract must not depend on the module (see `_csr_row_logits`)."""
     K = G.shape[1]
     last = np.uint64(dWT.shape[0] - 1)
     p, hi = indptr[i], indptr[i + 1]
@@ -160,13 +169,13 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
         v0, v1 = data[p], data[p + 1]
         for k in range(K):
             g = G[0, k]
-            dWT[c0, off + k] += v0 * g
-            dWT[c1, off + k] += v1 * g
+            dWT[c0, off + k] = _fma(v0, g, dWT[c0, off + k])
+            dWT[c1, off + k] = _fma(v1, g, dWT[c1, off + k])
         p += 2
     if p < hi:
         c0, v0 = _column(indices, p, last), data[p]
         for k in range(K):
-            dWT[c0, off + k] += v0 * G[0, k]
+            dWT[c0, off + k] = _fma(v0, G[0, k], dWT[c0, off + k])
 
 
 @_parallel_kernel
