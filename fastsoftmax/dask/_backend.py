@@ -139,7 +139,7 @@ class DistributedBackend:
         """Persist the row-chunked dask arrays together and return their chunk futures in row
         order. They keep their graph: a chunk lost with a worker is recomputed from its source."""
         from dask.core import flatten
-        from distributed import futures_of
+        from distributed import futures_of, wait
 
         # Under fresh names: the same dask keys persisted by an earlier fit and just released
         # would come back cancelled (the scheduler is still forgetting them). The renaming task
@@ -156,6 +156,8 @@ class DistributedBackend:
             p = next(persisted)
             by_key = {f.key: f for f in futures_of(p)}
             out.append([by_key[k] for k in flatten(p.__dask_keys__())])
+        # Waited for: each evaluation places its tasks where the chunks are (`_placement`).
+        wait([f for column in out if column is not None for f in column])
         return out
 
     def release(self, chunks) -> None:
@@ -193,8 +195,10 @@ class DistributedBackend:
         cols = [c if c is not None else [None] * n for c in columns]
         placed = self._placement(cols)
         slots = client.nthreads()
+        # Chunks held nowhere yet (being recomputed) get a task each, for the scheduler to place.
         plans = [task for worker, plan in _worker_plans(placed, n, reduce).items()
-                 for task in _split(plan, slots.get(worker, 1))]
+                 for task in (_split(plan, slots.get(worker, 1)) if worker is not None
+                              else [[entry] for entry in plan])]
         # hash=False: a fresh key every call, so an unchanged value never meets a key the
         # scheduler is still releasing from the previous call. Broadcast to the workers that
         # hold chunks: each has it before its task starts, with no fetch from a peer.
@@ -219,14 +223,16 @@ class DistributedBackend:
         return sum_group(*results) if reduce else results
 
     def _placement(self, cols) -> dict:
-        """Chunk indices grouped by the worker holding the chunk's cells (the most of them),
-        in chunk order; ``None``: held nowhere yet (the scheduler will place its task)."""
+        """Chunk indices grouped by a worker holding the chunk's first held cell (X comes first:
+        the largest to move), in chunk order; ``None``: held nowhere yet. A cell held by several
+        workers (a replica) goes to the one with the fewest chunks so far."""
         futures = [f for c in cols for f in c if hasattr(f, "key")]
         who = self.client.who_has(futures) if futures else {}
         placed: dict = {}
         for i in range(len(cols[0])):
-            holders = [w for c in cols if hasattr(c[i], "key") for w in who.get(c[i].key, ())]
-            worker = max(sorted(set(holders)), key=holders.count) if holders else None
+            holders = [who.get(c[i].key, ()) for c in cols if hasattr(c[i], "key")]
+            held = next((h for h in holders if h), ())
+            worker = min(sorted(held), key=lambda w: len(placed.get(w, ()))) if held else None
             placed.setdefault(worker, []).append(i)
         return placed
 
