@@ -157,7 +157,9 @@ class DistributedBackend:
             by_key = {f.key: f for f in futures_of(p)}
             out.append([by_key[k] for k in flatten(p.__dask_keys__())])
         # Waited for: each evaluation places its tasks where the chunks are (`_placement`).
-        wait([f for column in out if column is not None for f in column])
+        # (distributed.wait would use the default client, not necessarily this one.)
+        with self.client.as_current():
+            wait([f for column in out if column is not None for f in column])
         return out
 
     def release(self, chunks) -> None:
