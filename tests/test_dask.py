@@ -33,27 +33,23 @@ FIT = {"tol": 1e-10, "max_iter": 500, "alpha": 1e-3}
 
 
 def _cluster(n_workers, threads_per_worker):
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                           processes=True, dashboard_address=":0", silence_logs=50)
-    return cluster, Client(cluster, set_as_default=False)
+    """A client of its own LocalCluster of worker processes, both closed at the end."""
+    with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                      dashboard_address=":0", silence_logs=50) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
 def client():
     """2 worker processes x 1 thread: the cluster most tests run on."""
-    cluster, client = _cluster(2, 1)
-    yield client
-    client.close()
-    cluster.close()
+    yield from _cluster(2, 1)
 
 
 @pytest.fixture(scope="module")
 def client_1x2():
     """1 worker process x 2 threads: another cluster shape for the same chunks."""
-    cluster, client = _cluster(1, 2)
-    yield client
-    client.close()
-    cluster.close()
+    yield from _cluster(1, 2)
 
 
 @pytest.fixture(scope="module")
