@@ -1385,9 +1385,30 @@ def _tile_grad_block(X, W, b, y, sample_weight, smoothing, scale, lo, a, e, Z, l
     return bad
 
 
+@_jit(inline=True)
+def _chain_rows(c, n_chains, N, sub_rows):
+    """Rows [lo, hi) of chain c: the sub-tiles [c n / C, (c + 1) n / C) of n = ceil(N / sub_rows)."""
+    n_sub = _n_blocks(N, sub_rows)
+    return (c * n_sub // n_chains) * sub_rows, min(N, ((c + 1) * n_sub // n_chains) * sub_rows)
+
+
+@_jit()
+def _chain_grad(X, W, b, y, sample_weight, smoothing, scale, lo, hi, sub_rows, Z, losses, db, dX,
+                acc):
+    """Rows lo..hi, one chain (one item): its sub-tiles in order through `_tile_grad_block` in the
+    worker's logit block Z (sub_rows x K); acc := the sum of their G_s^T X_s, in order (the first
+    GEMM with beta = 0, the next ones with beta = 1). Returns the number of bad rows."""
+    bad = 0
+    for a in range(lo, hi, sub_rows):
+        bad += _tile_grad_block(X, W, b, y, sample_weight, smoothing, scale, a, 0,
+                                min(hi - a, sub_rows), Z, losses, db, dX, acc,
+                                0.0 if a == lo else 1.0)
+    return bad
+
+
 @_parallel_kernel
 def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, db, dX, Z,
-                       db_parts, slots, sub_rows, col_block, by_class, workers):
+                       db_parts, slots, chains, rows, sub_rows, col_block, by_class, workers):
     """Loss, dW, db and dX of the linear layer through BLAS tiles; returns the number of bad rows.
 
     X             IN    (N, d) data dtype, C-contiguous
@@ -1398,58 +1419,69 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
     smoothing     IN    float in [0, 1]: label smoothing
     scale         IN    float: 1 / the reduction's denominator
     losses        OUT   (N,) float64: weighted per-sample losses (not scaled)
-    dW            INOUT (K, d) data dtype, C-contiguous: zeros on entry; += G^T X
+    dW            INOUT (K, d) data dtype, C-contiguous: zeros on entry (read without chains); G^T X
     db            INOUT (K,) float64: zeros on entry; += column sums of G; size 0: no bias
     dX            OUT   (N, d) data dtype, C-contiguous: G W; size 0: not computed
-    Z             OUT   (T, K) data dtype, C-contiguous: scratch; T rows of a tile, a multiple of
-                        sub_rows (or N when smaller)
-    db_parts      OUT   (T / sub_rows rounded up, K or 0) float64: scratch for db
-    slots         OUT   (T / sub_rows rounded up, K, d) data dtype: scratch, the per-sub-tile
-                        partials of dW (all written by the first tile, which is full); shape
-                        (0, K, d): dW by blocks of col_block instead
+    Z             OUT   (workers x sub_rows with chains, else rows; K) data dtype, C-contiguous:
+                        scratch logits; with chains prange iteration w runs its items in rows
+                        [w sub_rows, (w + 1) sub_rows) (which block an item uses does not change
+                        its bits), else sub-tile s of a tile in the tile's rows [s sub_rows, ...)
+    db_parts      OUT   (chains, or sub-tiles of a tile; K or 0) float64: scratch for db
+    slots         OUT   (chains - 1, K, d) data dtype: scratch, the partials of dW of chains
+                        1.. (chain 0 accumulates into dW); (0, K, d) without chains
+    chains        IN    int: runs of consecutive sub-tiles (`_chain_rows`), one item each, each
+                        accumulating its G^T X into its own partial; 0: dW by blocks of col_block
+                        per tile of `rows` rows instead
+    rows          IN    int: rows of a tile without chains, a multiple of sub_rows (or N)
     sub_rows      IN    int: rows of a sub-tile
-    col_block     IN    int: classes (by_class) or features per block of dW (without slots)
+    col_block     IN    int: classes (by_class) or features per block of dW (without chains)
     by_class      IN    bool: dW cut into blocks of classes (else of features)
     workers       IN    int: prange iterations that claim items (Numba's thread count; the
                         results do not depend on it)
     """
     N = X.shape[0]
     K, d = dW.shape
-    T = Z.shape[0]
-    n_cols = _n_blocks(K if by_class else d, col_block)
-    none = np.empty((0, 0), X.dtype)
     counter = np.zeros(2, np.int64)
     bads = np.zeros(db_parts.shape[0], np.int64)
     bad = 0
-    for lo in range(0, N, T):
-        n = min(T, N - lo)
+    if chains > 0:
+        db_parts[:] = 0.0
+        for w in prange(workers):
+            Zw = Z[w * sub_rows:(w + 1) * sub_rows]
+            c = _claim(counter, 0)
+            while c < chains:
+                lo, hi = _chain_rows(c, chains, N, sub_rows)
+                bads[c] = _chain_grad(X, W, b, y, sample_weight, smoothing, scale, lo, hi,
+                                      sub_rows, Zw, losses, db_parts[c], dX,
+                                      dW if c == 0 else slots[c - 1])
+                c = _claim(counter, 0)
+        bad = _sum_items(bads, db_parts, chains, db)
+        for _ in prange(workers):  # dW += the slots in chain order, by blocks of rows
+            c = _claim(counter, 1)
+            while c * ROW_BLOCK < K and slots.shape[0] > 0:
+                _merge_slots(slots, dW, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
+                c = _claim(counter, 1)
+        return bad
+    none = np.empty((0, 0), X.dtype)
+    n_cols = _n_blocks(K if by_class else d, col_block)
+    for lo in range(0, N, rows):
+        n = min(rows, N - lo)
         n_sub = _n_blocks(n, sub_rows)
         db_parts[:n_sub] = 0.0
-        counter[0] = 0
+        counter[:] = 0
         for _ in prange(workers):
             s = _claim(counter, 0)
             while s < n_sub:
                 a = s * sub_rows
                 bads[s] = _tile_grad_block(
                     X, W, b, y, sample_weight, smoothing, scale, lo, a, min(n, a + sub_rows), Z,
-                    losses, db_parts[s], dX, slots[s] if slots.shape[0] > 0 else none,
-                    0.0 if lo == 0 else 1.0)
+                    losses, db_parts[s], dX, none, 0.0)
                 s = _claim(counter, 0)
         bad += _sum_items(bads, db_parts, n_sub, db)
-        if slots.shape[0] > 0:
-            continue
-        counter[1] = 0
         for _ in prange(workers):
             c = _claim(counter, 1)
             while c < n_cols:
                 _tile_dW_block(X, Z, lo, n, dW, c, col_block, by_class)
-                c = _claim(counter, 1)
-    if slots.shape[0] > 0 and N > 0:  # dW = the slots' sum in slot order, by blocks of rows
-        counter[1] = 0
-        for _ in prange(workers):
-            c = _claim(counter, 1)
-            while c * ROW_BLOCK < K:
-                _merge_slots(slots, dW, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
                 c = _claim(counter, 1)
     return bad
 
@@ -1534,61 +1566,74 @@ def _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, lo, a, e, ZT, z0, hsb, 
     return bad
 
 
+@_jit()
+def _chain_hvp(X, WS, b, s_b, sample_weight, scale, lo, hi, sub_rows, ZT, hsb, acc):
+    """Rows lo..hi, one chain (one item), as `_chain_grad`: its sub-tiles in order through
+    `_tile_hvp_block` in the worker's block ZT (sub_rows x 2K); acc := the sum of their
+    R_s^T X_s. Returns the number of bad rows."""
+    bad = 0
+    for a in range(lo, hi, sub_rows):
+        bad += _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, a, 0, min(hi - a, sub_rows),
+                               ZT, 0, hsb, acc, 0.0 if a == lo else 1.0)
+    return bad
+
+
 @_parallel_kernel
 def _linear_hvp_tiled(X, WS, b, s_b, sample_weight, scale, HS, hsb, ZT, hsb_parts, slots,
-                      rows, sub_rows, col_block, by_class, workers):
+                      chains, rows, sub_rows, col_block, by_class, workers):
     """Hessian-vector product of the linear layer through BLAS tiles; returns the number of bad
     rows. Arguments as `_linear_hvp_small` and `_linear_xent_tiled`, and:
 
     WS        IN    (2K, d) data dtype, C-contiguous: [W; S], the point over the direction
-    HS        INOUT (K, d) data dtype, C-contiguous: zeros on entry; += R^T X
+    HS        INOUT (K, d) data dtype, C-contiguous: zeros on entry (read without chains); R^T X
     hsb       INOUT (K,) float64: zeros on entry; += column sums of R; size 0: no intercept
-    ZT        OUT   (workers x sub_rows with slots, else rows; 2K) data dtype, C-contiguous:
-                    scratch [Z | T]; with slots, prange iteration w runs its items in rows
-                    [w sub_rows, (w + 1) sub_rows) (a block that stays in cache from one item to
-                    the next; which block an item uses does not change its bits), else item s
-                    in the tile's rows [s sub_rows, ...) for the blocks of HS
-    hsb_parts OUT   (sub-tiles of a tile, K or 0) float64: scratch
-    slots     OUT   (sub-tiles of a tile, K, d) data dtype, or (0, K, d): as `_linear_xent_tiled`
-    rows      IN    int: rows of a tile, a multiple of sub_rows (or N when smaller)
+    ZT        OUT   (workers x sub_rows with chains, else rows; 2K) data dtype, C-contiguous:
+                    scratch [Z | T], used as `_linear_xent_tiled` uses Z
+    hsb_parts OUT   (chains, or sub-tiles of a tile; K or 0) float64: scratch
+    slots     OUT   (chains - 1, K, d) data dtype, or (0, K, d): as `_linear_xent_tiled`
     """
     N = X.shape[0]
     K, d = HS.shape
-    n_cols = _n_blocks(K if by_class else d, col_block)
-    none = np.empty((0, 0), X.dtype)
-    with_slots = slots.shape[0] > 0
     counter = np.zeros(2, np.int64)
     bads = np.zeros(hsb_parts.shape[0], np.int64)
     bad = 0
+    if chains > 0:
+        hsb_parts[:] = 0.0
+        for w in prange(workers):
+            ZTw = ZT[w * sub_rows:(w + 1) * sub_rows]
+            c = _claim(counter, 0)
+            while c < chains:
+                lo, hi = _chain_rows(c, chains, N, sub_rows)
+                bads[c] = _chain_hvp(X, WS, b, s_b, sample_weight, scale, lo, hi, sub_rows, ZTw,
+                                     hsb_parts[c], HS if c == 0 else slots[c - 1])
+                c = _claim(counter, 0)
+        bad = _sum_items(bads, hsb_parts, chains, hsb)
+        for _ in prange(workers):  # HS += the slots in chain order, by blocks of rows
+            c = _claim(counter, 1)
+            while c * ROW_BLOCK < K and slots.shape[0] > 0:
+                _merge_slots(slots, HS, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
+                c = _claim(counter, 1)
+        return bad
+    none = np.empty((0, 0), X.dtype)
+    n_cols = _n_blocks(K if by_class else d, col_block)
     for lo in range(0, N, rows):
         n = min(rows, N - lo)
         n_sub = _n_blocks(n, sub_rows)
         hsb_parts[:n_sub] = 0.0
-        counter[0] = 0
-        for w in prange(workers):
+        counter[:] = 0
+        for _ in prange(workers):
             s = _claim(counter, 0)
             while s < n_sub:
                 a = s * sub_rows
                 bads[s] = _tile_hvp_block(
-                    X, WS, b, s_b, sample_weight, scale, lo, a, min(n, a + sub_rows), ZT,
-                    w * sub_rows if with_slots else a, hsb_parts[s],
-                    slots[s] if with_slots else none, 0.0 if lo == 0 else 1.0)
+                    X, WS, b, s_b, sample_weight, scale, lo, a, min(n, a + sub_rows), ZT, a,
+                    hsb_parts[s], none, 0.0)
                 s = _claim(counter, 0)
         bad += _sum_items(bads, hsb_parts, n_sub, hsb)
-        if with_slots:
-            continue
-        counter[1] = 0
         for _ in prange(workers):
             c = _claim(counter, 1)
             while c < n_cols:
                 _tile_dW_block(X, ZT[:, K:], lo, n, HS, c, col_block, by_class)
-                c = _claim(counter, 1)
-    if with_slots and N > 0:
-        counter[1] = 0
-        for _ in prange(workers):
-            c = _claim(counter, 1)
-            while c * ROW_BLOCK < K:
-                _merge_slots(slots, HS, c * ROW_BLOCK, min(K, c * ROW_BLOCK + ROW_BLOCK))
                 c = _claim(counter, 1)
     return bad
 

@@ -70,16 +70,18 @@ SMALL_K_MAX = 32
 TILE_BYTES = 64 * 2**20
 TILE_ROWS_MAX = 8192
 TILE_ROWS_MIN = 64
-# The BLAS path's cut (`_tile_plan`): parallel items per tile and per dW pass, sub-tile rows.
+# The BLAS path's cut (`_tile_plan`): sub-tile rows (from TILE_ITEMS sub-tiles per tile), chains.
 TILE_ITEMS = 8
 SUB_ROWS_MIN = 32
 SUB_ROWS_MAX = 512
 SUB_ROWS_ALIGN = 16
 COL_BLOCK_MIN = 64
-SLOT_BYTES = 64 * 2**20
-# Sub-tiles per tile of the Hessian-vector product with slots, and the slots' bytes (`_hvp_plan`).
-HVP_TILE_ITEMS = 32
-HVP_SLOT_BYTES = 16 * 2**20
+# Runs of consecutive sub-tiles with a K x d partial each: at most CHAINS, and the partials other
+# than dW itself within SLOT_BYTES, below glibc's largest mmap threshold (32 MB), so that a loop of
+# calls reuses their pages instead of faulting in fresh ones at every call (docs/design.md,
+# "One thread pool"). Where not even two chains fit, dW is cut into blocks per tile instead.
+CHAINS = 16
+SLOT_BYTES = 30 * 2**20
 # Row chunks of the small-K kernel: at most this many (each holds a K x d partial dW), fixed by the
 # problem size only so that results do not depend on the thread count.
 SMALL_K_CHUNKS = 16
@@ -512,42 +514,47 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows):
 class _TilePlan(NamedTuple):
     """How the BLAS path cuts a problem, from its size only (never the thread count)."""
 
-    rows: int  # rows of a tile (its logits stay in a scratch buffer of rows x K)
-    sub_rows: int  # rows of a sub-tile: one parallel item
-    slots: int  # K x d partials of dW, one per sub-tile of a tile; 0: dW by blocks instead
-    col_block: int  # without slots: classes or features of dW per parallel item
-    by_class: bool  # without slots: dW cut into blocks of classes (K >= d) or of features
+    rows: int  # without chains: rows of a tile (its logits stay in a scratch buffer of rows x K)
+    sub_rows: int  # rows of a sub-tile: one GEMM of each product
+    chains: int  # runs of consecutive sub-tiles, each one item with a K x d partial of dW (the
+    # first one dW itself); 0: dW by blocks instead, per tile
+    col_block: int  # without chains: classes or features of dW per parallel item
+    by_class: bool  # without chains: dW cut into blocks of classes (K >= d) or of features
 
     def n_tasks(self, N: int) -> int:
-        """Parallel items of the first tile (1: the serial twin runs)."""
-        return _k.n_blocks(min(N, self.rows), self.sub_rows)
+        """Parallel items (of the first tile without chains; 1: the serial twin runs)."""
+        return self.chains or _k.n_blocks(min(N, self.rows), self.sub_rows)
 
-    def scratch(self, K: int, d: int, dtype, n_logit_arrays: int = 1):
-        """The kernels' scratch arrays: logits, per-item db partials, slots."""
-        items = _k.n_blocks(self.rows, self.sub_rows)
+    def scratch(self, K: int, d: int, dtype, workers: int, logit_cols: int):
+        """The kernels' scratch arrays: logits (logit_cols columns: one block of sub-tile rows
+        per worker with chains, a tile without), per-item db partials, the chains' partials."""
+        items = self.chains or _k.n_blocks(self.rows, self.sub_rows)
+        logit_rows = workers * self.sub_rows if self.chains else self.rows
         return (
-            *(np.empty((self.rows, K), dtype=dtype) for _ in range(n_logit_arrays)),
+            np.empty((logit_rows, logit_cols), dtype=dtype),
             np.empty((items, K), dtype=np.float64),
-            np.empty((items if self.slots else 0, K, d), dtype=dtype),
+            np.empty((max(0, self.chains - 1), K, d), dtype=dtype),
         )
 
 
 def _tile_plan(N: int, K: int, d: int, itemsize: int, n_logit_arrays: int = 1) -> _TilePlan:
-    """Tiles of at most TILE_BYTES of logits (n_logit_arrays arrays of rows x K) cut into
-    TILE_ITEMS sub-tiles of SUB_ROWS_MIN..SUB_ROWS_MAX rows; one K x d slot per sub-tile while
-    they fit in SLOT_BYTES, else dW cut along its longer side into TILE_ITEMS blocks
-    (docs/design.md, "Threading and determinism")."""
+    """Sub-tiles of SUB_ROWS_MIN..SUB_ROWS_MAX rows, a TILE_ITEMS-th of a tile of at most
+    TILE_BYTES of logits (n_logit_arrays arrays of rows x K); up to CHAINS chains of consecutive
+    sub-tiles while their partials fit in SLOT_BYTES, else dW cut along its longer side into
+    TILE_ITEMS blocks per tile (docs/design.md, "Threading and determinism")."""
     rows = TILE_BYTES // (n_logit_arrays * K * itemsize)
     rows = int(min(TILE_ROWS_MAX, max(TILE_ROWS_MIN, rows), max(N, 1)))
     sub = _round_up(-(-rows // TILE_ITEMS), SUB_ROWS_ALIGN)
     sub = int(min(SUB_ROWS_MAX, max(SUB_ROWS_MIN, sub)))
     if rows > sub:
         rows -= rows % sub  # whole sub-tiles
-    items = _k.n_blocks(rows, sub)
-    slots = items if items * K * d * itemsize <= SLOT_BYTES else 0
+    n_sub = _k.n_blocks(N, sub)
+    chains = int(min(CHAINS, n_sub, 1 + SLOT_BYTES // (K * d * itemsize)))
+    if chains < 2 and n_sub > 1:
+        chains = 0
     by_class = K >= d
     block = _round_up(-(-(K if by_class else d) // TILE_ITEMS), SUB_ROWS_ALIGN)
-    return _TilePlan(rows, sub, slots, int(max(COL_BLOCK_MIN, block)), by_class)
+    return _TilePlan(rows, sub, chains, int(max(COL_BLOCK_MIN, block)), by_class)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -556,20 +563,21 @@ def _round_up(n: int, m: int) -> int:
 
 def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
     """The BLAS path of the loss (`_k._linear_xent_tiled`): per sub-tile, Z = X_s W^T, the fused
-    row pass, dX_s = G_s W and G_s^T X_s into its slot (or dW += G^T X_t by blocks per tile), with
-    every GEMM single-threaded inside Numba's one parallel region."""
+    row pass, dX_s = G_s W and G_s^T X_s into its chain's partial (or dW += G^T X_t by blocks per
+    tile), with every GEMM single-threaded inside Numba's one parallel region."""
     N, d = X.shape
     K = W.shape[0]
     plan = _tile_plan(N, K, d, X.dtype.itemsize)
-    Z, db_parts, slots = plan.scratch(K, d, X.dtype)
+    workers = numba.get_num_threads()
+    Z, db_parts, slots = plan.scratch(K, d, X.dtype, workers, K)
     dW = np.zeros((K, d), dtype=X.dtype)
     db = np.zeros(K if b is not None else 0, dtype=np.float64)
     bias = b if b is not None else np.empty(0, X.dtype)
     with single_threaded_blas():
         bad = _k._linear_xent_tiled(
             plan.n_tasks(N), X, W, bias, y, w, eps, scale, losses, dW, db, dX, Z,
-            db_parts[:, :db.shape[0]], slots, plan.sub_rows, plan.col_block, plan.by_class,
-            numba.get_num_threads(),
+            db_parts[:, :db.shape[0]], slots, plan.chains, plan.rows, plan.sub_rows,
+            plan.col_block, plan.by_class, workers,
         )
     return dW, (None if b is None else db.astype(X.dtype)), bad
 
@@ -784,34 +792,15 @@ def _hvp_small_k(X, W, S, b, s_b, w, scale):
     return HS, (None if b is None else hsb_parts.sum(axis=0)), bad
 
 
-def _hvp_plan(N: int, K: int, d: int, itemsize: int) -> _TilePlan:
-    """The loss's plan for two logit arrays; with slots, tiles of up to HVP_TILE_ITEMS sub-tiles
-    (while the slots fit in HVP_SLOT_BYTES): the logits live in one block per thread, not per
-    tile, so a tile bounds only the slots, and fewer tiles mean fewer barriers where a thread
-    waits for the other's last item. HVP_SLOT_BYTES is below glibc's largest mmap threshold
-    (32 MB), so that a loop of products reuses the slots' pages instead of faulting in fresh ones
-    at every call."""
-    plan = _tile_plan(N, K, d, itemsize, n_logit_arrays=2)
-    items = min(HVP_TILE_ITEMS, HVP_SLOT_BYTES // (K * d * itemsize),
-                _k.n_blocks(N, plan.sub_rows))
-    if not plan.slots or items <= plan.slots:
-        return plan
-    rows = min(items * plan.sub_rows, N)
-    return _TilePlan(rows, plan.sub_rows, _k.n_blocks(rows, plan.sub_rows), plan.col_block,
-                     plan.by_class)
-
-
 def _hvp_tiled(X, W, S, b, s_b, w, scale):
     """The BLAS path of the product (`_k._linear_hvp_tiled`): per sub-tile, [Z | T] = X_s [W; S]^T
-    in one GEMM, the row pass turning T into R and R_s^T X_s into its slot (or HS += R^T X_t by
-    blocks per tile); the logit scratch holds at most TILE_BYTES (one block of sub-tile rows per
-    thread with slots)."""
+    in one GEMM, the row pass turning T into R and R_s^T X_s into its chain's partial (or
+    HS += R^T X_t by blocks per tile); the plan is the loss's for two logit arrays."""
     N, d = X.shape
     K = W.shape[0]
-    plan = _hvp_plan(N, K, d, X.dtype.itemsize)
-    hsb_parts, slots = plan.scratch(K, d, X.dtype, n_logit_arrays=0)
+    plan = _tile_plan(N, K, d, X.dtype.itemsize, n_logit_arrays=2)
     workers = numba.get_num_threads()
-    ZT = np.empty((workers * plan.sub_rows if plan.slots else plan.rows, 2 * K), dtype=X.dtype)
+    ZT, hsb_parts, slots = plan.scratch(K, d, X.dtype, workers, 2 * K)
     WS = np.concatenate([W, S])
     HS = np.zeros((K, d), dtype=X.dtype)
     hsb = np.zeros(K if b is not None else 0, dtype=np.float64)
@@ -819,7 +808,7 @@ def _hvp_tiled(X, W, S, b, s_b, w, scale):
     with single_threaded_blas():
         bad = _k._linear_hvp_tiled(
             plan.n_tasks(N), X, WS, none if b is None else b, none if b is None else s_b,
-            w, scale, HS, hsb, ZT, hsb_parts[:, :hsb.shape[0]], slots, plan.rows,
+            w, scale, HS, hsb, ZT, hsb_parts[:, :hsb.shape[0]], slots, plan.chains, plan.rows,
             plan.sub_rows, plan.col_block, plan.by_class, workers,
         )
     return HS, (None if b is None else hsb), bad
