@@ -1240,15 +1240,16 @@ def _linear_hvp_chunk(X, WS, b, s_b, sample_weight, scale, lo, hi, HS, hsb):
 # One pool owns the cores: Numba's threads each call a single-threaded GEMM on their own sub-tile
 # (the caller holds BLAS at one thread, `_threads.single_threaded_blas`), so no second pool spins
 # against them and no GEMM's bits depend on BLAS's thread count. The cut depends on the problem
-# size only: tiles of rows (the logits scratch Z), each cut into sub-tiles; an item is one
-# sub-tile: G_s from X_s W^T and the fused row pass, dX_s = G_s W, and G_s^T X_s while X_s is in
-# cache. Where K x d is small, sub-tile s of every tile accumulates G_s^T X_s into its own slot
-# (a K x d partial, tiles in order) and the slots are summed in slot order at the end; where it is
-# large, a second pass per tile cuts dW into blocks of classes or features, each with one writer.
-# (Cutting dW into blocks re-packs the shared GEMM operand once per block: 1.3-2x one GEMM at
-# 256 x 100; slots cost one K x d sum per slot per call.) Workers claim the next item from an
-# atomic counter: a thread slowed by a busy core takes fewer items instead of holding the others at
-# the barrier, and which thread computes an item never changes its bits.
+# size only: sub-tiles of rows, grouped into chains of consecutive sub-tiles. A chain is one item:
+# per sub-tile, Z_s = X_s W^T into the worker's own block of logits, the fused row pass turning it
+# into G_s, dX_s = G_s W, and G_s^T X_s added (GEMM beta = 1) to the chain's K x d partial while
+# X_s is in cache; chain 0's partial is dW itself, the others are added to it in chain order at
+# the end. Where K x d is too large for two partials, tiles of rows go through two passes instead:
+# the sub-tiles, then dW cut into blocks of classes or features, each with one writer. (Cutting dW
+# into blocks re-packs the shared GEMM operand once per block: 1.3-2x one GEMM at 256 x 100;
+# a chain costs one K x d sum per call.) Workers claim the next item from an atomic counter: a
+# thread slowed by a busy core takes fewer items instead of holding the others at a barrier, and
+# which thread computes an item never changes its bits.
 # ------------------------------------------------------------------------------------------------
 
 _GEMM_SIG = types.void(*([types.voidptr] * 13))

@@ -121,3 +121,22 @@ def test_blas_path_same_bits_for_any_blas_and_numba_threads(monkeypatch, dtype, 
             with threadpool_limits(n_blas, user_api="blas"), numba_threads(n_numba):
                 for got, want in zip(run(), expected, strict=True):
                     assert got.tobytes() == want.tobytes(), (n_blas, n_numba)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(20000, 512, 1000), (100000, 256, 100), (16395, 97, 133)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_blas_path_scratch_stays_below_the_mmap_threshold(dtype, shape):
+    """The BLAS path's scratch arrays (logits per worker, the chains' partials of dW, for the loss
+    and for the Hessian-vector product) each stay below glibc's largest mmap threshold (32 MB), so
+    that a loop of calls reuses their pages: a 64 MB slot array and a 64 MB logit tile per call
+    (float64, 20000 x 512 x 1000) cost 0.1-0.25x the two-GEMM floor in page faults. The chains
+    come from the problem size, at least two of them so that two threads share the work."""
+    N, d, K = shape
+    itemsize = np.dtype(dtype).itemsize
+    for n_logit_arrays in (1, 2):
+        plan = F._tile_plan(N, K, d, itemsize, n_logit_arrays)
+        assert plan.chains >= 2
+        for workers in (1, 2, 4):
+            for scratch in plan.scratch(K, d, dtype, workers, n_logit_arrays * K):
+                assert scratch.nbytes < 32 * 2**20, (workers, scratch.shape)
