@@ -1370,14 +1370,24 @@ def _sum_items(bads, parts, n, db):
 
 
 @_jit()
+def _tile_logits_block(X, W, lo, n, Z, c, class_block):
+    """Z[:n] columns of class block c := X_t W_c^T for the tile of n rows at lo (one item). Cut by
+    classes, the tile's GEMM packs W once in all; cut by rows it packed all of W per sub-tile
+    (4096 x 1024 x 32000 float32: sub-tiles of 80 rows took 1.27x one GEMM)."""
+    a, e = _col_range(c, class_block, W.shape[0], 0, True)
+    _gemm(False, True, 1.0, X[lo:lo + n], W[a:e], 0.0, Z[:n, a:e])
+
+
+@_jit()
 def _tile_grad_block(X, W, b, y, sample_weight, smoothing, scale, lo, a, e, Z, losses, db, dX,
-                     slot, beta):
-    """Sub-tile rows a..e of the tile at lo (samples lo+a..lo+e; one item): Z[a:e] := X_s W^T,
-    the fused row pass turning it into the gradient G_s (losses, db += its column sums),
-    dX_s := G_s W, and slot := G_s^T X_s + beta slot (slot (K, d), or (0, 0) for none). Returns
-    the number of bad rows."""
+                     slot, beta, logits):
+    """Sub-tile rows a..e of the tile at lo (samples lo+a..lo+e; one item): Z[a:e] := X_s W^T
+    (when `logits`; else Z[a:e] holds them), the fused row pass turning it into the gradient G_s
+    (losses, db += its column sums), dX_s := G_s W, and slot := G_s^T X_s + beta slot (slot
+    (K, d), or (0, 0) for none). Returns the number of bad rows."""
     Xs = X[lo + a:lo + e]
-    _gemm(False, True, 1.0, Xs, W, 0.0, Z[a:e])
+    if logits:
+        _gemm(False, True, 1.0, Xs, W, 0.0, Z[a:e])
     bad = _grad_block(Z, Z, b, False, y, sample_weight, smoothing, scale, a, e, lo, losses, db)
     if dX.shape[0] > 0:
         _gemm(False, False, 1.0, Z[a:e], W, 0.0, dX[lo + a:lo + e])
@@ -1403,13 +1413,14 @@ def _chain_grad(X, W, b, y, sample_weight, smoothing, scale, lo, hi, sub_rows, Z
     for a in range(lo, hi, sub_rows):
         bad += _tile_grad_block(X, W, b, y, sample_weight, smoothing, scale, a, 0,
                                 min(hi - a, sub_rows), Z, losses, db, dX, acc,
-                                0.0 if a == lo else 1.0)
+                                0.0 if a == lo else 1.0, True)
     return bad
 
 
 @_parallel_kernel
 def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, db, dX, Z,
-                       db_parts, slots, chains, rows, sub_rows, col_block, by_class, workers):
+                       db_parts, slots, chains, rows, sub_rows, col_block, by_class, class_block,
+                       workers):
     """Loss, dW, db and dX of the linear layer through BLAS tiles; returns the number of bad rows.
 
     X             IN    (N, d) data dtype, C-contiguous
@@ -1437,12 +1448,13 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
     sub_rows      IN    int: rows of a sub-tile
     col_block     IN    int: classes (by_class) or features per block of dW (without chains)
     by_class      IN    bool: dW cut into blocks of classes (else of features)
+    class_block   IN    int: classes per block of a tile's logits (without chains)
     workers       IN    int: prange iterations that claim items (Numba's thread count; the
                         results do not depend on it)
     """
     N = X.shape[0]
     K, d = dW.shape
-    counter = np.zeros(2, np.int64)
+    counter = np.zeros(3, np.int64)
     bads = np.zeros(db_parts.shape[0], np.int64)
     bad = 0
     if chains > 0:
@@ -1465,25 +1477,31 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
         return bad
     none = np.empty((0, 0), X.dtype)
     n_cols = _n_blocks(K if by_class else d, col_block)
+    n_classes = _n_blocks(K, class_block)
     for lo in range(0, N, rows):
         n = min(rows, N - lo)
         n_sub = _n_blocks(n, sub_rows)
         db_parts[:n_sub] = 0.0
         counter[:] = 0
-        for _ in prange(workers):
-            s = _claim(counter, 0)
+        for _ in prange(workers):  # the tile's logits by blocks of classes
+            c = _claim(counter, 0)
+            while c < n_classes:
+                _tile_logits_block(X, W, lo, n, Z, c, class_block)
+                c = _claim(counter, 0)
+        for _ in prange(workers):  # the row pass (and dX) by sub-tiles of rows
+            s = _claim(counter, 1)
             while s < n_sub:
                 a = s * sub_rows
                 bads[s] = _tile_grad_block(
                     X, W, b, y, sample_weight, smoothing, scale, lo, a, min(n, a + sub_rows), Z,
-                    losses, db_parts[s], dX, none, 0.0)
-                s = _claim(counter, 0)
+                    losses, db_parts[s], dX, none, 0.0, False)
+                s = _claim(counter, 1)
         bad += _sum_items(bads, db_parts, n_sub, db)
         for _ in prange(workers):
-            c = _claim(counter, 1)
+            c = _claim(counter, 2)
             while c < n_cols:
                 _tile_dW_block(X, Z, lo, n, dW, c, col_block, by_class)
-                c = _claim(counter, 1)
+                c = _claim(counter, 2)
     return bad
 
 

@@ -520,6 +520,7 @@ class _TilePlan(NamedTuple):
     # first one dW itself); 0: dW by blocks instead, per tile
     col_block: int  # without chains: classes or features of dW per parallel item
     by_class: bool  # without chains: dW cut into blocks of classes (K >= d) or of features
+    class_block: int  # without chains: classes per block of a tile's logits (the loss)
 
     def n_tasks(self, N: int) -> int:
         """Parallel items (of the first tile without chains; 1: the serial twin runs)."""
@@ -554,7 +555,9 @@ def _tile_plan(N: int, K: int, d: int, itemsize: int, n_logit_arrays: int = 1) -
         chains = 0
     by_class = K >= d
     block = _round_up(-(-(K if by_class else d) // TILE_ITEMS), SUB_ROWS_ALIGN)
-    return _TilePlan(rows, sub, chains, int(max(COL_BLOCK_MIN, block)), by_class)
+    class_block = _round_up(-(-K // TILE_ITEMS), SUB_ROWS_ALIGN)
+    return _TilePlan(rows, sub, chains, int(max(COL_BLOCK_MIN, block)), by_class,
+                     int(max(COL_BLOCK_MIN, class_block)))
 
 
 def _round_up(n: int, m: int) -> int:
@@ -577,7 +580,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
         bad = _k._linear_xent_tiled(
             plan.n_tasks(N), X, W, bias, y, w, eps, scale, losses, dW, db, dX, Z,
             db_parts[:, :db.shape[0]], slots, plan.chains, plan.rows, plan.sub_rows,
-            plan.col_block, plan.by_class, workers,
+            plan.col_block, plan.by_class, plan.class_block, workers,
         )
     return dW, (None if b is None else db.astype(X.dtype)), bad
 

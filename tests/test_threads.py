@@ -7,6 +7,7 @@ import numba
 import numpy as np
 import pytest
 from _reliability import blas_threads
+from conftest import assert_close
 from threadpoolctl import threadpool_limits
 
 import fastsoftmax as fs
@@ -140,3 +141,26 @@ def test_blas_path_scratch_stays_below_the_mmap_threshold(dtype, shape):
         for workers in (1, 2, 4):
             for scratch in plan.scratch(K, d, dtype, workers, n_logit_arrays * K):
                 assert scratch.nbytes < 32 * 2**20, (workers, scratch.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slot_bytes", [None, 0], ids=["chains", "blocks"])
+def test_blas_path_cuts_match_the_reference(rng, monkeypatch, dtype, slot_bytes):
+    """Both cuts of the BLAS path give the reference's loss, dW, db and dX: chains of sub-tiles,
+    and tiles whose logits are computed by blocks of classes (slot_bytes=0), over several tiles
+    with a short last one."""
+    import reference
+
+    if slot_bytes is not None:
+        monkeypatch.setattr(F, "SLOT_BYTES", slot_bytes)
+    N, d, K = 2 * F.TILE_ROWS_MAX + 11, 9, 75
+    X = rng.standard_normal((N, d)).astype(dtype)
+    W = (rng.standard_normal((K, d)) / 2).astype(dtype)
+    b, y = rng.standard_normal(K).astype(dtype), rng.integers(0, K, N)
+    w = rng.uniform(0.5, 2.0, N)
+    got = fs.linear_cross_entropy(X, W, b, y, sample_weight=w, label_smoothing=0.1,
+                                  return_dX=True)
+    want = reference.linear_cross_entropy(X, W, b, y, sample_weight=w, label_smoothing=0.1,
+                                          return_dX=True)
+    for g, r in zip(got, want, strict=True):
+        assert_close(g, r, dtype)
