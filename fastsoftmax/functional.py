@@ -550,7 +550,7 @@ def _tile_plan(N: int, K: int, d: int, itemsize: int, n_logit_arrays: int = 1) -
     if rows > sub:
         rows -= rows % sub  # whole sub-tiles
     n_sub = _k.n_blocks(N, sub)
-    chains = int(min(CHAINS, n_sub, 1 + SLOT_BYTES // (K * d * itemsize)))
+    chains = int(min(CHAINS, n_sub, 1 + SLOT_BYTES // max(1, K * d * itemsize)))
     if chains < 2 and n_sub > 1:
         chains = 0
     by_class = K >= d
