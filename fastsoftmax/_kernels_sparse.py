@@ -58,7 +58,8 @@ MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
 # Stored entries between the one whose workspace row is prefetched and the one being used: the
 # fused loss + gradient on one thread (CPU time, 200000 x 2^17 x 20 text-like float32) took 191 ms
 # without prefetching, 145 ms at 64 entries ahead, 148 at 128, 155 at 256; at 800000 x 47236 x 50
-# 1848 ms without, 1079, 1039 and 1038 ms (docs/design.md, "Sparse input").
+# 1848 ms without, 1079, 1039 and 1038 ms (docs/design.md, "Sparse input"). With the cheaper
+# prefetch of `_prefetch_rows4`, 32, 64, 128 and 256 entries ahead were within 5% of each other.
 PREFETCH_AHEAD = 128
 
 
@@ -115,16 +116,14 @@ def _prefetch_row(WT, indices, p, last):
 
 @_jit(inline=True)
 def _prefetch_rows4(WT, indices, p, last):
-    """`_prefetch_row` of stored entries p..p+3, with one bounds check for the four: a check and
-    the row's byte count per entry made the gather 1.7x slower (instructions, not memory: the
-    same with every row in L1)."""
+    """`_prefetch_row` of stored entries p..p+3, with one bounds check for the four, and none
+    when they are not all there (the last stored entries of X go without): a check and the row's
+    byte count per entry made the gather 1.8x slower, and so did a fallback branch to
+    `_prefetch_row` for the end (instructions, not memory: the same with every row in L1)."""
     if p + 3 < indices.shape[0]:
         nbytes = WT.shape[1] * WT.itemsize
         for q in range(4):
             _prefetch_lines(WT, _column(indices, p + q, last), nbytes)
-    else:
-        for q in range(4):
-            _prefetch_row(WT, indices, p + q, last)
 
 
 @_jit(inline=True)
@@ -175,8 +174,10 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
     K = G.shape[1].
 
     Two stored entries per pass share each load of G[0] (1.6x faster in float32 than one: the
-    loads of G could not be hoisted past the stores to dW^T, which might alias it). Duplicate
-    columns are two statements in order, so they still add up. Explicit fma: whether a multiply
+    loads of G could not be hoisted past the stores to dW^T, which might alias it). The two rows
+    go through 1-D slices, and a duplicate column (both entries in one row) through a branch of
+    its own: indexing the 2-D dW^T in the loop, the scatter took 2-2.4x as long (rows in L1, 20
+    and 50 classes); the bits are the same. Explicit fma: whether a multiply
     and add contract must not depend on the module (see `_csr_row_logits`)."""
     K = G.shape[1]
     last = np.uint64(dWT.shape[0] - 1)
@@ -184,10 +185,16 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
     while p + 1 < hi:
         c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
         v0, v1 = data[p], data[p + 1]
-        for k in range(K):
-            g = G[0, k]
-            dWT[c0, off + k] = _fma(v0, g, dWT[c0, off + k])
-            dWT[c1, off + k] = _fma(v1, g, dWT[c1, off + k])
+        if c0 != c1:
+            r0, r1 = dWT[c0, off:off + K], dWT[c1, off:off + K]
+            for k in range(K):
+                g = G[0, k]
+                r0[k] = _fma(v0, g, r0[k])
+                r1[k] = _fma(v1, g, r1[k])
+        else:  # a duplicate column: the two updates in order, as two passes would make them
+            for k in range(K):
+                g = G[0, k]
+                dWT[c0, off + k] = _fma(v1, g, _fma(v0, g, dWT[c0, off + k]))
         p += 2
     if p < hi:
         c0, v0 = _column(indices, p, last), data[p]
