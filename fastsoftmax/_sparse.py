@@ -66,9 +66,11 @@ def linear_cross_entropy(X, W, b, y, sample_weight, label_smoothing, alpha, redu
     return linear_cross_entropy_checked(Xc, W, b, y, w, eps, alpha, denom)
 
 
-def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom):
+def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=None):
     """The sparse `linear_cross_entropy` on validated arguments (as `check_sparse_linear`,
-    `check_labels` and `check_weights` return them): (loss, dW, db)."""
+    `check_labels` and `check_weights` return them): (loss, dW, db). ``dW``, when given, is a
+    C-contiguous writable (n_classes, n_features) array of W's dtype that receives the gradient
+    (the lbfgs solver passes a view of its float64 gradient vector: no copy per evaluation)."""
     N, d = X.shape
     K = W.shape[0]
     dtype = W.dtype
@@ -81,7 +83,8 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom):
         C, X.indptr, X.indices, X.data, W, bias, y, w, eps, 1.0 / denom, loss_parts, work,
         db_parts,
     )
-    dW = np.empty((K, d), dtype=dtype)
+    if dW is None:
+        dW = np.empty((K, d), dtype=dtype)
     _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, dW)
     del work
     total = float(loss_parts.sum())
