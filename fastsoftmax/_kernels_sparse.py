@@ -7,7 +7,8 @@ Design
   entry then reads K contiguous weights (a column of the (K, d) W would be K loads d apart), and its
   gradient goes back to K contiguous entries of a partial dW^T.
 * Rows are cut into C chunks fixed by the caller from the problem size (never the thread count);
-  chunk c owns rows [c N / C, (c+1) N / C), its own workspace (d, 2K) whose row j is
+  chunk c owns rows [c N / C, (c+1) N / C), its own workspace (d, 2K), filled from W^T (made
+  once by the caller), whose row j is
   [W^T[j], partial dW^T[j]] in the data dtype (weights and gradient of a feature in adjacent cache
   lines), its partial db (K,) float64 and loss sum (float64). Per row, in a (1, K) buffer: the
   logits from the non-zeros, then the shared dense row pass (`_row_grad` of _kernels: max, exp,
@@ -203,15 +204,15 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
 
 
 @_parallel_kernel
-def _csr_linear_xent(indptr, indices, data, W, b, y, sample_weight, smoothing, scale, loss_parts,
+def _csr_linear_xent(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, loss_parts,
                      work, db_parts):
     """Fused loss and gradients of softmax(X W^T + b) for CSR X, chunked over rows; returns the
     number of bad rows.
 
-    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = W.shape[1])
+    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = WT.shape[0])
     indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
     data          IN  (nnz,) data dtype: value of every stored entry
-    W             IN  (K, d) data dtype, C-contiguous
+    WT            IN  (d, K) data dtype, C-contiguous: W transposed
     b             IN  (K,) data dtype; size 0: no bias
     y             IN  (N,) intp: labels in [0, K)
     sample_weight IN  (N,) float64; size 0: all ones
@@ -226,31 +227,32 @@ def _csr_linear_xent(indptr, indices, data, W, b, y, sample_weight, smoothing, s
     n_chunks = work.shape[0]
     bad = 0
     for c in prange(n_chunks):
-        bad += _csr_xent_chunk(indptr, indices, data, W, b, y, sample_weight, smoothing, scale,
+        bad += _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale,
                                c * N // n_chunks, (c + 1) * N // n_chunks, c, loss_parts,
                                work[c], db_parts[c])
     return bad
 
 
 @_jit()
-def _init_work(W, work):
+def _init_work(WT, work):
     """work[j] := [W^T[j], zeros]: each stored entry then reads its K weights and adds its K
     gradient entries within one 2K-wide row (adjacent cache lines, one page): the fused row pass
-    was 1.4x faster than with W^T and the partial dW^T in two arrays."""
-    K, d = W.shape
+    was 1.4x faster than with W^T and the partial dW^T in two arrays. Copied from W^T made once
+    by the caller: transposing W in every chunk took twice as long (4 chunks, float32)."""
+    d, K = WT.shape
     for j in range(d):
         for k in range(K):
-            work[j, k] = W[k, j]
+            work[j, k] = WT[j, k]
             work[j, K + k] = 0
 
 
 @_jit()
-def _csr_xent_chunk(indptr, indices, data, W, b, y, sample_weight, smoothing, scale, lo, hi, c,
+def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, lo, hi, c,
                     loss_parts, work, db):
     """Rows lo..hi of `_csr_linear_xent` into chunk c's loss_parts[c], workspace (d, 2K) and db
     (K,) or (0,) (one prange iteration, shared by both twins)."""
-    K = W.shape[0]
-    _init_work(W, work)
+    K = WT.shape[1]
+    _init_work(WT, work)
     g = np.empty((1, K), dtype=work.dtype)
     db[:] = 0.0
     bad = 0

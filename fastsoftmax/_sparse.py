@@ -80,8 +80,8 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else np.empty(0, dtype)
     bad = _ks._csr_linear_xent(
-        C, X.indptr, X.indices, X.data, W, bias, y, w, eps, 1.0 / denom, loss_parts, work,
-        db_parts,
+        C, X.indptr, X.indices, X.data, np.ascontiguousarray(W.T), bias, y, w, eps, 1.0 / denom,
+        loss_parts, work, db_parts,
     )
     if dW is None:
         dW = np.empty((K, d), dtype=dtype)
