@@ -7,7 +7,8 @@ Design
   entry then reads K contiguous weights (a column of the (K, d) W would be K loads d apart), and its
   gradient goes back to K contiguous entries of a partial dW^T.
 * Rows are cut into C chunks fixed by the caller from the problem size (never the thread count);
-  chunk c owns rows [c N / C, (c+1) N / C), its own workspace (d, 2K) whose row j is
+  chunk c owns rows [c N / C, (c+1) N / C), its own workspace (d, 2K), filled from W^T (made
+  once by the caller), whose row j is
   [W^T[j], partial dW^T[j]] in the data dtype (weights and gradient of a feature in adjacent cache
   lines), its partial db (K,) float64 and loss sum (float64). Per row, in a (1, K) buffer: the
   logits from the non-zeros, then the shared dense row pass (`_row_grad` of _kernels: max, exp,
@@ -58,7 +59,8 @@ MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
 # Stored entries between the one whose workspace row is prefetched and the one being used: the
 # fused loss + gradient on one thread (CPU time, 200000 x 2^17 x 20 text-like float32) took 191 ms
 # without prefetching, 145 ms at 64 entries ahead, 148 at 128, 155 at 256; at 800000 x 47236 x 50
-# 1848 ms without, 1079, 1039 and 1038 ms (docs/design.md, "Sparse input").
+# 1848 ms without, 1079, 1039 and 1038 ms (docs/design.md, "Sparse input"). With the cheaper
+# prefetch of `_prefetch_rows4`, 32, 64, 128 and 256 entries ahead were within 5% of each other.
 PREFETCH_AHEAD = 128
 
 
@@ -110,11 +112,27 @@ def _prefetch_row(WT, indices, p, last):
     """Prefetch the row of WT (all of it: 2K or 3K columns for a workspace) of stored entry p, if
     there is one: the lines holding its first byte, every 64 bytes after, and its last byte."""
     if p < indices.shape[0]:
-        j = _column(indices, p, last)
+        _prefetch_lines(WT, _column(indices, p, last), WT.shape[1] * WT.itemsize)
+
+
+@_jit(inline=True)
+def _prefetch_rows4(WT, indices, p, last):
+    """`_prefetch_row` of stored entries p..p+3, with one bounds check for the four, and none
+    when they are not all there (the last stored entries of X go without): a check and the row's
+    byte count per entry made the gather 1.8x slower, and so did a fallback branch to
+    `_prefetch_row` for the end (instructions, not memory: the same with every row in L1)."""
+    if p + 3 < indices.shape[0]:
         nbytes = WT.shape[1] * WT.itemsize
-        for off in range(0, nbytes, 64):
-            _prefetch(WT, j, off)
-        _prefetch(WT, j, nbytes - 1)
+        for q in range(4):
+            _prefetch_lines(WT, _column(indices, p + q, last), nbytes)
+
+
+@_jit(inline=True)
+def _prefetch_lines(WT, j, nbytes):
+    """Prefetch the lines of row j of WT: its first byte, every 64 bytes after, its last byte."""
+    for off in range(0, nbytes, 64):
+        _prefetch(WT, j, off)
+    _prefetch(WT, j, nbytes - 1)
 
 
 @_jit(inline=True)
@@ -134,8 +152,7 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
         A[r, k] = 0
     p, hi = indptr[i], indptr[i + 1]
     while p + 3 < hi:
-        for q in range(4):
-            _prefetch_row(WT, indices, p + PREFETCH_AHEAD + q, last)
+        _prefetch_rows4(WT, indices, p + PREFETCH_AHEAD, last)
         c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
         c2, c3 = _column(indices, p + 2, last), _column(indices, p + 3, last)
         v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
@@ -158,8 +175,10 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
     K = G.shape[1].
 
     Two stored entries per pass share each load of G[0] (1.6x faster in float32 than one: the
-    loads of G could not be hoisted past the stores to dW^T, which might alias it). Duplicate
-    columns are two statements in order, so they still add up. Explicit fma: whether a multiply
+    loads of G could not be hoisted past the stores to dW^T, which might alias it). The two rows
+    go through 1-D slices, and a duplicate column (both entries in one row) through a branch of
+    its own: indexing the 2-D dW^T in the loop, the scatter took 2-2.4x as long (rows in L1, 20
+    and 50 classes); the bits are the same. Explicit fma: whether a multiply
     and add contract must not depend on the module (see `_csr_row_logits`)."""
     K = G.shape[1]
     last = np.uint64(dWT.shape[0] - 1)
@@ -167,10 +186,16 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
     while p + 1 < hi:
         c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
         v0, v1 = data[p], data[p + 1]
-        for k in range(K):
-            g = G[0, k]
-            dWT[c0, off + k] = _fma(v0, g, dWT[c0, off + k])
-            dWT[c1, off + k] = _fma(v1, g, dWT[c1, off + k])
+        if c0 != c1:
+            r0, r1 = dWT[c0, off:off + K], dWT[c1, off:off + K]
+            for k in range(K):
+                g = G[0, k]
+                r0[k] = _fma(v0, g, r0[k])
+                r1[k] = _fma(v1, g, r1[k])
+        else:  # a duplicate column: the two updates in order, as two passes would make them
+            for k in range(K):
+                g = G[0, k]
+                dWT[c0, off + k] = _fma(v1, g, _fma(v0, g, dWT[c0, off + k]))
         p += 2
     if p < hi:
         c0, v0 = _column(indices, p, last), data[p]
@@ -179,15 +204,15 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
 
 
 @_parallel_kernel
-def _csr_linear_xent(indptr, indices, data, W, b, y, sample_weight, smoothing, scale, loss_parts,
+def _csr_linear_xent(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, loss_parts,
                      work, db_parts):
     """Fused loss and gradients of softmax(X W^T + b) for CSR X, chunked over rows; returns the
     number of bad rows.
 
-    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = W.shape[1])
+    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = WT.shape[0])
     indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
     data          IN  (nnz,) data dtype: value of every stored entry
-    W             IN  (K, d) data dtype, C-contiguous
+    WT            IN  (d, K) data dtype, C-contiguous: W transposed
     b             IN  (K,) data dtype; size 0: no bias
     y             IN  (N,) intp: labels in [0, K)
     sample_weight IN  (N,) float64; size 0: all ones
@@ -202,31 +227,32 @@ def _csr_linear_xent(indptr, indices, data, W, b, y, sample_weight, smoothing, s
     n_chunks = work.shape[0]
     bad = 0
     for c in prange(n_chunks):
-        bad += _csr_xent_chunk(indptr, indices, data, W, b, y, sample_weight, smoothing, scale,
+        bad += _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale,
                                c * N // n_chunks, (c + 1) * N // n_chunks, c, loss_parts,
                                work[c], db_parts[c])
     return bad
 
 
 @_jit()
-def _init_work(W, work):
+def _init_work(WT, work):
     """work[j] := [W^T[j], zeros]: each stored entry then reads its K weights and adds its K
     gradient entries within one 2K-wide row (adjacent cache lines, one page): the fused row pass
-    was 1.4x faster than with W^T and the partial dW^T in two arrays."""
-    K, d = W.shape
+    was 1.4x faster than with W^T and the partial dW^T in two arrays. Copied from W^T made once
+    by the caller: transposing W in every chunk took twice as long (4 chunks, float32)."""
+    d, K = WT.shape
     for j in range(d):
         for k in range(K):
-            work[j, k] = W[k, j]
+            work[j, k] = WT[j, k]
             work[j, K + k] = 0
 
 
 @_jit()
-def _csr_xent_chunk(indptr, indices, data, W, b, y, sample_weight, smoothing, scale, lo, hi, c,
+def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, lo, hi, c,
                     loss_parts, work, db):
     """Rows lo..hi of `_csr_linear_xent` into chunk c's loss_parts[c], workspace (d, 2K) and db
     (K,) or (0,) (one prange iteration, shared by both twins)."""
-    K = W.shape[0]
-    _init_work(W, work)
+    K = WT.shape[1]
+    _init_work(WT, work)
     g = np.empty((1, K), dtype=work.dtype)
     db[:] = 0.0
     bad = 0

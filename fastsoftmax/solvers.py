@@ -312,21 +312,43 @@ class _PackedObjective(_Packing):
     def __init__(self, X, y, sample_weight, W, b, alpha, label_smoothing):
         super().__init__(W, b, W.dtype)
         self.data = (X, y, sample_weight, alpha, label_smoothing)
+        self.sparse = None
+        if is_sparse(X):  # validated once: per evaluation, the checks scanned X's indices
+            Xc, _, _, dtype = check_sparse_linear(X, W, b)
+            w, denom = check_weights(sample_weight, X.shape[0], "mean")
+            self.sparse = (Xc, check_labels(y, X.shape[0], W.shape[0]), w, denom)
+            self.dtype = dtype
         self.x0 = self.pack(W, b)
         self.last_x, self.last_loss, self.first_loss, self.stop_x = None, np.nan, None, None
 
     def __call__(self, x):
         X, y, sample_weight, alpha, label_smoothing = self.data
         W_x, b_x = self.unpack(x)
-        loss, dW, db = _loss_grad(X, W_x, b_x, y, sample_weight, alpha, label_smoothing)
         grad = np.empty_like(x)
-        grad[: self.n_coef] = dW.ravel()
+        if self.sparse is None:
+            loss, dW, db = _loss_grad(X, W_x, b_x, y, sample_weight, alpha, label_smoothing)
+            grad[: self.n_coef] = dW.ravel()
+        else:
+            loss, db = self._sparse_loss_grad(W_x, b_x, grad)
         if self.has_bias:
             grad[self.n_coef :] = db
         self.last_x, self.last_loss = x.copy(), loss
         if self.first_loss is None:
             self.first_loss = loss
         return loss, grad
+
+    def _sparse_loss_grad(self, W_x, b_x, grad):
+        """The checked sparse call, dW into ``grad[:n_coef]`` (in float64 written there directly);
+        returns (loss, db)."""
+        X, y, w, denom = self.sparse
+        alpha, label_smoothing = self.data[3:]
+        out = grad[: self.n_coef].reshape(self.shape) if self.dtype == np.float64 else None
+        loss, dW, db = _sparse.linear_cross_entropy_checked(
+            X, W_x, b_x, y, w, label_smoothing, alpha, denom, dW=out
+        )
+        if out is None:
+            grad[: self.n_coef] = dW.ravel()
+        return loss, db
 
     def loss_at(self, x) -> float:
         """The objective at x, from the cache when x was the last point evaluated."""

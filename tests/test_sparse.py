@@ -195,8 +195,8 @@ def _kernel_args(rng, dtype):
     C = _sparse.sparse_chunks(3000, Xc.data.shape[0], 9, 40, W.dtype.itemsize)
     assert C >= 4  # several chunks, so that the merge order matters
     w = rng.uniform(0.5, 2.0, size=3000)
-    return (Xc.indptr, Xc.indices, Xc.data, W, b, y.astype(np.intp), w, 0.1, 1.0 / 3000,
-            np.empty(C), np.empty((C, 40, 18), dtype), np.empty((C, 9)))
+    return (Xc.indptr, Xc.indices, Xc.data, np.ascontiguousarray(W.T), b, y.astype(np.intp), w,
+            0.1, 1.0 / 3000, np.empty(C), np.empty((C, 40, 18), dtype), np.empty((C, 9)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

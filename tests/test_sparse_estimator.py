@@ -99,3 +99,26 @@ def test_newton_cg_reaches_the_lbfgs_optimum(rng, dtype):
     tol = 1e-6 if dtype == np.float64 else 1e-3
     np.testing.assert_allclose(newton.coef_, lbfgs.coef_, atol=tol)
     assert newton.loss_curve_[-1] <= lbfgs.loss_curve_[-1] + tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_lbfgs_objective_on_sparse_x_matches_the_public_call(rng, dtype, bias):
+    """lbfgs's objective validates sparse X once and (float64) lets the merge write dW into its
+    gradient vector: loss and gradient are the bits of the public call at the same point."""
+    import fastsoftmax as fs
+
+    X, labels = make_problem(rng, dtype)
+    y = np.unique(labels, return_inverse=True)[1]
+    W = rng.normal(size=(4, X.shape[1])).astype(dtype)
+    b = rng.normal(size=4).astype(dtype) if bias else None
+    w = rng.uniform(0.5, 2.0, size=X.shape[0])
+    objective = solvers._PackedObjective(X, y, w, W, b, 0.01, 0.1)
+    x = objective.pack(W, b) + rng.normal(size=objective.x0.shape) * 0.1
+    W_x, b_x = objective.unpack(x)
+    loss, grad = objective(x)
+    want = fs.linear_cross_entropy(X, W_x, b_x, y, sample_weight=w, label_smoothing=0.1,
+                                   alpha=0.01)
+    assert loss == want[0]
+    np.testing.assert_array_equal(grad, objective.pack(want[1], want[2]))
+    assert objective.loss_at(x) == loss
