@@ -1604,14 +1604,16 @@ def _linear_softmax_tiled(X, W, b, out, sub_rows, workers):
 
 
 @_jit()
-def _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, lo, a, e, ZT, z0, hsb, slot, beta):
+def _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, lo, a, e, ZT, z0, hsb, slot, beta,
+                    logits):
     """Sub-tile rows a..e of the tile at lo (one item), in rows z0..z0+e-a of ZT (2K columns):
-    [Z | T] := X_s [W; S]^T in one GEMM (X_s packed once), the row pass turning T into R, and
-    slot := R_s^T X_s + beta slot (as `_tile_grad_block`)."""
+    [Z | T] := X_s [W; S]^T in one GEMM (X_s packed once; when `logits`, else ZT holds them), the
+    row pass turning T into R, and slot := R_s^T X_s + beta slot (as `_tile_grad_block`)."""
     K = WS.shape[0] // 2
     Xs = X[lo + a:lo + e]
     n = e - a
-    _gemm(False, True, 1.0, Xs, WS, 0.0, ZT[z0:z0 + n])
+    if logits:
+        _gemm(False, True, 1.0, Xs, WS, 0.0, ZT[z0:z0 + n])
     bad = _hvp_block(ZT, K, b, s_b, sample_weight, scale, z0, z0 + n, lo + a - z0, hsb)
     if slot.shape[0] > 0:
         _gemm(True, False, 1.0, ZT[z0:z0 + n, K:], Xs, beta, slot)
@@ -1626,13 +1628,13 @@ def _chain_hvp(X, WS, b, s_b, sample_weight, scale, lo, hi, sub_rows, ZT, hsb, a
     bad = 0
     for a in range(lo, hi, sub_rows):
         bad += _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, a, 0, min(hi - a, sub_rows),
-                               ZT, 0, hsb, acc, 0.0 if a == lo else 1.0)
+                               ZT, 0, hsb, acc, 0.0 if a == lo else 1.0, True)
     return bad
 
 
 @_parallel_kernel
 def _linear_hvp_tiled(X, WS, b, s_b, sample_weight, scale, HS, hsb, ZT, hsb_parts, slots,
-                      chains, rows, sub_rows, col_block, by_class, workers):
+                      chains, rows, sub_rows, col_block, by_class, class_block, workers):
     """Hessian-vector product of the linear layer through BLAS tiles; returns the number of bad
     rows. Arguments as `_linear_hvp_small` and `_linear_xent_tiled`, and:
 
@@ -1643,10 +1645,12 @@ def _linear_hvp_tiled(X, WS, b, s_b, sample_weight, scale, HS, hsb, ZT, hsb_part
                     scratch [Z | T], used as `_linear_xent_tiled` uses Z
     hsb_parts OUT   (chains, or sub-tiles of a tile; K or 0) float64: scratch
     slots     OUT   (chains - 1, K, d) data dtype, or (0, K, d): as `_linear_xent_tiled`
+    class_block IN  int: rows of [W; S] per block of a tile's [Z | T] (without chains; [W; S]
+                    packed once a tile, not once a sub-tile)
     """
     N = X.shape[0]
     K, d = HS.shape
-    counter = np.zeros(2, np.int64)
+    counter = np.zeros(3, np.int64)
     bads = np.zeros(hsb_parts.shape[0], np.int64)
     bad = 0
     if chains > 0:
@@ -1668,18 +1672,24 @@ def _linear_hvp_tiled(X, WS, b, s_b, sample_weight, scale, HS, hsb, ZT, hsb_part
         return bad
     none = np.empty((0, 0), X.dtype)
     n_cols = _n_blocks(K if by_class else d, col_block)
+    n_classes = _n_blocks(2 * K, class_block)
     for lo in range(0, N, rows):
         n = min(rows, N - lo)
         n_sub = _n_blocks(n, sub_rows)
         hsb_parts[:n_sub] = 0.0
         counter[:] = 0
+        for _ in prange(workers):  # the tile's [Z | T] by blocks of rows of [W; S]
+            c = _claim(counter, 2)
+            while c < n_classes:
+                _tile_logits_block(X, WS, lo, n, ZT, c, class_block)
+                c = _claim(counter, 2)
         for _ in prange(workers):
             s = _claim(counter, 0)
             while s < n_sub:
                 a = s * sub_rows
                 bads[s] = _tile_hvp_block(
                     X, WS, b, s_b, sample_weight, scale, lo, a, min(n, a + sub_rows), ZT, a,
-                    hsb_parts[s], none, 0.0)
+                    hsb_parts[s], none, 0.0, False)
                 s = _claim(counter, 0)
         bad += _sum_items(bads, hsb_parts, n_sub, hsb)
         for _ in prange(workers):

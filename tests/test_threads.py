@@ -164,9 +164,10 @@ def test_blas_path_scratch_stays_below_the_mmap_threshold(dtype, shape):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cut", list(CUTS))
 def test_blas_path_cuts_match_the_reference(rng, monkeypatch, dtype, cut):
-    """Both cuts of the BLAS path give the reference's loss, dW, db and dX: chains of sub-tiles,
-    and tiles whose logits are computed by blocks of classes and dX by blocks of features
-    (SLOT_BYTES = 0), over several tiles with a short last one."""
+    """Both cuts of the BLAS path give the reference's loss, dW, db and dX, and Hessian-vector
+    product: chains of sub-tiles, and tiles whose logits (or [Z | T]) are computed by blocks of
+    classes and dX by blocks of features (SLOT_BYTES = 0), over several tiles with a short last
+    one."""
     import reference
 
     N, d, K = _use_cut(monkeypatch, cut)
@@ -178,5 +179,10 @@ def test_blas_path_cuts_match_the_reference(rng, monkeypatch, dtype, cut):
                                   return_dX=True)
     want = reference.linear_cross_entropy(X, W, b, y, sample_weight=w, label_smoothing=0.1,
                                           return_dX=True)
+    for g, r in zip(got, want, strict=True):
+        assert_close(g, r, dtype)
+    S, s_b = rng.standard_normal((K, d)).astype(dtype), rng.standard_normal(K).astype(dtype)
+    got = fs.linear_cross_entropy_hvp(X, W, b, y, S, s_b, sample_weight=w)
+    want = reference.linear_cross_entropy_hvp(X, W, b, y, S, s_b, sample_weight=w)
     for g, r in zip(got, want, strict=True):
         assert_close(g, r, dtype)
