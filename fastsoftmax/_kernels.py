@@ -1244,12 +1244,13 @@ def _linear_hvp_chunk(X, WS, b, s_b, sample_weight, scale, lo, hi, HS, hsb):
 # per sub-tile, Z_s = X_s W^T into the worker's own block of logits, the fused row pass turning it
 # into G_s, dX_s = G_s W, and G_s^T X_s added (GEMM beta = 1) to the chain's K x d partial while
 # X_s is in cache; chain 0's partial is dW itself, the others are added to it in chain order at
-# the end. Where K x d is too large for two partials, tiles of rows go through two passes instead:
-# the sub-tiles, then dW cut into blocks of classes or features, each with one writer. (Cutting dW
-# into blocks re-packs the shared GEMM operand once per block: 1.3-2x one GEMM at 256 x 100;
-# a chain costs one K x d sum per call.) Workers claim the next item from an atomic counter: a
-# thread slowed by a busy core takes fewer items instead of holding the others at a barrier, and
-# which thread computes an item never changes its bits.
+# the end. Where K x d is too large for two partials, tiles of rows go through three passes instead:
+# the tile's logits by blocks of classes, the row pass by sub-tiles, then dX cut into blocks of
+# features and dW into blocks of classes or features, each entry with one writer (W is packed once
+# a tile, not once a sub-tile). (Cutting dW into blocks re-packs the shared GEMM operand once per
+# block: 1.3-2x one GEMM at 256 x 100; a chain costs one K x d sum per call.) Workers claim the
+# next item from an atomic counter: a thread slowed by a busy core takes fewer items instead of
+# holding the others at a barrier, and which thread computes an item never changes its bits.
 # ------------------------------------------------------------------------------------------------
 
 _GEMM_SIG = types.void(*([types.voidptr] * 13))
@@ -1369,6 +1370,33 @@ def _sum_items(bads, parts, n, db):
     return bad
 
 
+# Features per block of a tile's dX = G_t W without chains (the count from d only): each block packs
+# its columns of W once a tile and G_t once (one 480 x 32000 x 1024 float32 tile, one thread: blocks
+# of 512 features 1.01x one GEMM, of 256 1.04x; 80-row sub-tiles, which re-packed all of W each,
+# 1.15x).
+DX_COLS = 512
+
+
+@_jit()
+def _tile_dX_block(W, G, lo, n, dX, c, dx_block):
+    """Features of block c of dX[lo:lo+n] := G W for the tile of n rows at lo (G = its first n
+    rows; one item, the only writer of those entries)."""
+    a, e = _col_range(c, dx_block, 0, W.shape[1], False)
+    _gemm(False, False, 1.0, G[:n], W[:, a:e], 0.0, dX[lo:lo + n, a:e])
+
+
+@_jit(inline=True)
+def _dX_blocks(dX):
+    """(blocks, features per block) of a tile's dX: about DX_COLS features each, aligned to 16
+    (64-byte column starts in float32); (0, 1) when dX is not computed."""
+    d = dX.shape[1]
+    if dX.shape[0] == 0 or d == 0:
+        return 0, 1
+    n_dx = _n_blocks(d, DX_COLS)
+    block = ((d + n_dx - 1) // n_dx + 15) // 16 * 16
+    return _n_blocks(d, block), block
+
+
 @_jit()
 def _tile_logits_block(X, W, lo, n, Z, c, class_block):
     """Z[:n] columns of class block c := X_t W_c^T for the tile of n rows at lo (one item). Cut by
@@ -1433,7 +1461,8 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
     losses        OUT   (N,) float64: weighted per-sample losses (not scaled)
     dW            INOUT (K, d) data dtype, C-contiguous: zeros on entry (read without chains); G^T X
     db            INOUT (K,) float64: zeros on entry; += column sums of G; size 0: no bias
-    dX            OUT   (N, d) data dtype, C-contiguous: G W; size 0: not computed
+    dX            OUT   (N, d) data dtype, C-contiguous: G W (by sub-tiles with chains, else by
+                        blocks of features per tile, `_dX_blocks`); size 0: not computed
     Z             OUT   (workers x sub_rows with chains, else rows; K) data dtype, C-contiguous:
                         scratch logits; with chains prange iteration w runs its items in rows
                         [w sub_rows, (w + 1) sub_rows) (which block an item uses does not change
@@ -1478,6 +1507,7 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
     none = np.empty((0, 0), X.dtype)
     n_cols = _n_blocks(K if by_class else d, col_block)
     n_classes = _n_blocks(K, class_block)
+    n_dx, dx_block = _dX_blocks(dX)
     for lo in range(0, N, rows):
         n = min(rows, N - lo)
         n_sub = _n_blocks(n, sub_rows)
@@ -1488,19 +1518,22 @@ def _linear_xent_tiled(X, W, b, y, sample_weight, smoothing, scale, losses, dW, 
             while c < n_classes:
                 _tile_logits_block(X, W, lo, n, Z, c, class_block)
                 c = _claim(counter, 0)
-        for _ in prange(workers):  # the row pass (and dX) by sub-tiles of rows
+        for _ in prange(workers):  # the row pass by sub-tiles of rows
             s = _claim(counter, 1)
             while s < n_sub:
                 a = s * sub_rows
                 bads[s] = _tile_grad_block(
                     X, W, b, y, sample_weight, smoothing, scale, lo, a, min(n, a + sub_rows), Z,
-                    losses, db_parts[s], dX, none, 0.0, False)
+                    losses, db_parts[s], none, none, 0.0, False)
                 s = _claim(counter, 1)
         bad += _sum_items(bads, db_parts, n_sub, db)
-        for _ in prange(workers):
+        for _ in prange(workers):  # dX by blocks of features (the larger items first), dW
             c = _claim(counter, 2)
-            while c < n_cols:
-                _tile_dW_block(X, Z, lo, n, dW, c, col_block, by_class)
+            while c < n_dx + n_cols:
+                if c < n_dx:
+                    _tile_dX_block(W, Z, lo, n, dX, c, dx_block)
+                else:
+                    _tile_dW_block(X, Z, lo, n, dW, c - n_dx, col_block, by_class)
                 c = _claim(counter, 2)
     return bad
 
@@ -1571,14 +1604,16 @@ def _linear_softmax_tiled(X, W, b, out, sub_rows, workers):
 
 
 @_jit()
-def _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, lo, a, e, ZT, z0, hsb, slot, beta):
+def _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, lo, a, e, ZT, z0, hsb, slot, beta,
+                    logits):
     """Sub-tile rows a..e of the tile at lo (one item), in rows z0..z0+e-a of ZT (2K columns):
-    [Z | T] := X_s [W; S]^T in one GEMM (X_s packed once), the row pass turning T into R, and
-    slot := R_s^T X_s + beta slot (as `_tile_grad_block`)."""
+    [Z | T] := X_s [W; S]^T in one GEMM (X_s packed once; when `logits`, else ZT holds them), the
+    row pass turning T into R, and slot := R_s^T X_s + beta slot (as `_tile_grad_block`)."""
     K = WS.shape[0] // 2
     Xs = X[lo + a:lo + e]
     n = e - a
-    _gemm(False, True, 1.0, Xs, WS, 0.0, ZT[z0:z0 + n])
+    if logits:
+        _gemm(False, True, 1.0, Xs, WS, 0.0, ZT[z0:z0 + n])
     bad = _hvp_block(ZT, K, b, s_b, sample_weight, scale, z0, z0 + n, lo + a - z0, hsb)
     if slot.shape[0] > 0:
         _gemm(True, False, 1.0, ZT[z0:z0 + n, K:], Xs, beta, slot)
@@ -1593,13 +1628,13 @@ def _chain_hvp(X, WS, b, s_b, sample_weight, scale, lo, hi, sub_rows, ZT, hsb, a
     bad = 0
     for a in range(lo, hi, sub_rows):
         bad += _tile_hvp_block(X, WS, b, s_b, sample_weight, scale, a, 0, min(hi - a, sub_rows),
-                               ZT, 0, hsb, acc, 0.0 if a == lo else 1.0)
+                               ZT, 0, hsb, acc, 0.0 if a == lo else 1.0, True)
     return bad
 
 
 @_parallel_kernel
 def _linear_hvp_tiled(X, WS, b, s_b, sample_weight, scale, HS, hsb, ZT, hsb_parts, slots,
-                      chains, rows, sub_rows, col_block, by_class, workers):
+                      chains, rows, sub_rows, col_block, by_class, class_block, workers):
     """Hessian-vector product of the linear layer through BLAS tiles; returns the number of bad
     rows. Arguments as `_linear_hvp_small` and `_linear_xent_tiled`, and:
 
@@ -1610,10 +1645,12 @@ def _linear_hvp_tiled(X, WS, b, s_b, sample_weight, scale, HS, hsb, ZT, hsb_part
                     scratch [Z | T], used as `_linear_xent_tiled` uses Z
     hsb_parts OUT   (chains, or sub-tiles of a tile; K or 0) float64: scratch
     slots     OUT   (chains - 1, K, d) data dtype, or (0, K, d): as `_linear_xent_tiled`
+    class_block IN  int: rows of [W; S] per block of a tile's [Z | T] (without chains; [W; S]
+                    packed once a tile, not once a sub-tile)
     """
     N = X.shape[0]
     K, d = HS.shape
-    counter = np.zeros(2, np.int64)
+    counter = np.zeros(3, np.int64)
     bads = np.zeros(hsb_parts.shape[0], np.int64)
     bad = 0
     if chains > 0:
@@ -1635,18 +1672,24 @@ def _linear_hvp_tiled(X, WS, b, s_b, sample_weight, scale, HS, hsb, ZT, hsb_part
         return bad
     none = np.empty((0, 0), X.dtype)
     n_cols = _n_blocks(K if by_class else d, col_block)
+    n_classes = _n_blocks(2 * K, class_block)
     for lo in range(0, N, rows):
         n = min(rows, N - lo)
         n_sub = _n_blocks(n, sub_rows)
         hsb_parts[:n_sub] = 0.0
         counter[:] = 0
+        for _ in prange(workers):  # the tile's [Z | T] by blocks of rows of [W; S]
+            c = _claim(counter, 2)
+            while c < n_classes:
+                _tile_logits_block(X, WS, lo, n, ZT, c, class_block)
+                c = _claim(counter, 2)
         for _ in prange(workers):
             s = _claim(counter, 0)
             while s < n_sub:
                 a = s * sub_rows
                 bads[s] = _tile_hvp_block(
                     X, WS, b, s_b, sample_weight, scale, lo, a, min(n, a + sub_rows), ZT, a,
-                    hsb_parts[s], none, 0.0)
+                    hsb_parts[s], none, 0.0, False)
                 s = _claim(counter, 0)
         bad += _sum_items(bads, hsb_parts, n_sub, hsb)
         for _ in prange(workers):

@@ -812,6 +812,6 @@ def _hvp_tiled(X, W, S, b, s_b, w, scale):
         bad = _k._linear_hvp_tiled(
             plan.n_tasks(N), X, WS, none if b is None else b, none if b is None else s_b,
             w, scale, HS, hsb, ZT, hsb_parts[:, :hsb.shape[0]], slots, plan.chains, plan.rows,
-            plan.sub_rows, plan.col_block, plan.by_class, workers,
+            plan.sub_rows, plan.col_block, plan.by_class, plan.class_block, workers,
         )
     return HS, (None if b is None else hsb), bad

@@ -11,6 +11,7 @@ from conftest import assert_close
 from threadpoolctl import threadpool_limits
 
 import fastsoftmax as fs
+from fastsoftmax import _kernels as _k
 from fastsoftmax import functional as F
 from fastsoftmax._threads import (
     blas_limits,
@@ -96,16 +97,33 @@ def test_single_threaded_blas_from_many_threads_restores():
     assert blas_threads() == before
 
 
+# Cuts of the BLAS path: (SLOT_BYTES, TILE_BYTES or None, N, d, K). "blocks-wide" has small tiles
+# (several of them, the last one short) and dX cut into three blocks of features.
+CUTS = {
+    "slots": (None, None, 2 * F.TILE_ROWS_MAX + 11, 97, 133),
+    "blocks": (0, None, 2 * F.TILE_ROWS_MAX + 11, 97, 133),
+    "blocks-wide": (0, 256 * 133 * 4, 1011, 2 * _k.DX_COLS + 76, 133),
+}
+
+
+def _use_cut(monkeypatch, cut):
+    """Patch the plan's constants for `CUTS[cut]`; returns (N, d, K)."""
+    slot_bytes, tile_bytes, *shape = CUTS[cut]
+    if slot_bytes is not None:
+        monkeypatch.setattr(F, "SLOT_BYTES", slot_bytes)
+    if tile_bytes is not None:
+        monkeypatch.setattr(F, "TILE_BYTES", tile_bytes)
+    return shape
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("slot_bytes", [None, 0], ids=["slots", "blocks"])
-def test_blas_path_same_bits_for_any_blas_and_numba_threads(monkeypatch, dtype, slot_bytes):
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_blas_path_same_bits_for_any_blas_and_numba_threads(monkeypatch, dtype, cut):
     """The BLAS path (K > SMALL_K_MAX) over several tiles gives the same bits whatever the BLAS
     and Numba thread counts: its GEMMs run single-threaded on a cut fixed by the problem size.
     (dW used to change in the last bits between OPENBLAS_NUM_THREADS=1 and 2.)"""
-    if slot_bytes is not None:
-        monkeypatch.setattr(F, "SLOT_BYTES", slot_bytes)
     rng = np.random.default_rng(0)
-    N, d, K = 2 * F.TILE_ROWS_MAX + 11, 97, 133
+    N, d, K = _use_cut(monkeypatch, cut)
     X = rng.standard_normal((N, d)).astype(dtype)
     W = (rng.standard_normal((K, d)) / 4).astype(dtype)
     b, S = rng.standard_normal(K).astype(dtype), rng.standard_normal((K, d)).astype(dtype)
@@ -144,16 +162,15 @@ def test_blas_path_scratch_stays_below_the_mmap_threshold(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("slot_bytes", [None, 0], ids=["chains", "blocks"])
-def test_blas_path_cuts_match_the_reference(rng, monkeypatch, dtype, slot_bytes):
-    """Both cuts of the BLAS path give the reference's loss, dW, db and dX: chains of sub-tiles,
-    and tiles whose logits are computed by blocks of classes (slot_bytes=0), over several tiles
-    with a short last one."""
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_blas_path_cuts_match_the_reference(rng, monkeypatch, dtype, cut):
+    """Both cuts of the BLAS path give the reference's loss, dW, db and dX, and Hessian-vector
+    product: chains of sub-tiles, and tiles whose logits (or [Z | T]) are computed by blocks of
+    classes and dX by blocks of features (SLOT_BYTES = 0), over several tiles with a short last
+    one."""
     import reference
 
-    if slot_bytes is not None:
-        monkeypatch.setattr(F, "SLOT_BYTES", slot_bytes)
-    N, d, K = 2 * F.TILE_ROWS_MAX + 11, 9, 75
+    N, d, K = _use_cut(monkeypatch, cut)
     X = rng.standard_normal((N, d)).astype(dtype)
     W = (rng.standard_normal((K, d)) / 2).astype(dtype)
     b, y = rng.standard_normal(K).astype(dtype), rng.integers(0, K, N)
@@ -162,5 +179,10 @@ def test_blas_path_cuts_match_the_reference(rng, monkeypatch, dtype, slot_bytes)
                                   return_dX=True)
     want = reference.linear_cross_entropy(X, W, b, y, sample_weight=w, label_smoothing=0.1,
                                           return_dX=True)
+    for g, r in zip(got, want, strict=True):
+        assert_close(g, r, dtype)
+    S, s_b = rng.standard_normal((K, d)).astype(dtype), rng.standard_normal(K).astype(dtype)
+    got = fs.linear_cross_entropy_hvp(X, W, b, y, S, s_b, sample_weight=w)
+    want = reference.linear_cross_entropy_hvp(X, W, b, y, S, s_b, sample_weight=w)
     for g, r in zip(got, want, strict=True):
         assert_close(g, r, dtype)
