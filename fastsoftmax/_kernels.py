@@ -29,7 +29,9 @@ Design
   exponentials are strict too (``_row_sum``: eight lanes in a fixed order), so that re-optimizing a
   block function in another module cannot change its bits; the max uses ``llvm.maxnum`` because LLVM
   does not vectorize a compare-and-select max without ``nnan``, which we never allow (inputs hold
-  -inf on purpose). Up to FLAT_K_MAX classes the exps run over a block's rows as one flat array.
+  -inf on purpose). Up to FLAT_K_MAX classes the exps run over a block's rows as one flat array:
+  each row kernel comes in both variants (``_softmax_rows_flat``, ...), kernels of their own
+  picked by the functional layer by K, so that a call compiles only the one it runs.
 * A row whose sum of exponentials is not >= 1 or whose raw sum is NaN held NaN or +inf (or was all
   -inf); kernels count such rows and the functional layer turns a non-zero count into a ValueError.
 * The small-K linear kernel (``_linear_xent_small``) skips BLAS: it reads each block of 4 rows of X
@@ -570,44 +572,98 @@ def _row_grad(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
 
 
 @_parallel_kernel
-def _softmax_rows(Z, out, b, copy, log):
-    """out := softmax(Z + b) (or log-softmax) row by row; returns the number of bad rows.
+def _softmax_rows(Z, out, b, copy):
+    """out := softmax(Z + b) row by row; returns the number of bad rows. For more than FLAT_K_MAX
+    classes: `_softmax_rows_flat` below, `_log_softmax_rows` and `_log_softmax_rows_flat` for the
+    log-softmax. Either variant computes any K (functional picks by K, as the single kernel that
+    held both did); all four are kernels of their own so that a call compiles only the one it
+    runs (cold compilation is most of a short job's time).
 
     Z    IN    (N, K) data dtype, C-contiguous: logits; read only when `copy` (else out holds them)
     out  INOUT (N, K) data dtype, C-contiguous: the result; the logits on entry when not `copy`
     b    IN    (K,) data dtype: bias added to every row; size 0: no bias
     copy IN    bool: start from Z (False: work in place on out)
-    log  IN    bool: log-softmax instead of softmax
     """
     N = out.shape[0]
     bad = 0
     for blk in prange(_n_blocks(N, ROW_BLOCK)):
         lo = blk * ROW_BLOCK
-        bad += _softmax_block(Z, out, b, copy, log, lo, min(N, lo + ROW_BLOCK))
+        bad += _softmax_block_rows(Z, out, b, copy, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_parallel_kernel
+def _softmax_rows_flat(Z, out, b, copy):
+    """`_softmax_rows` up to FLAT_K_MAX classes (`_softmax_block_flat`); the same arguments."""
+    N = out.shape[0]
+    bad = 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _softmax_block_flat(Z, out, b, copy, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_parallel_kernel
+def _log_softmax_rows(Z, out, b, copy):
+    """out := log-softmax(Z + b) row by row, for more than FLAT_K_MAX classes; as `_softmax_rows`."""
+    N = out.shape[0]
+    bad = 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _log_softmax_block_rows(Z, out, b, copy, lo, min(N, lo + ROW_BLOCK))
+    return bad
+
+
+@_parallel_kernel
+def _log_softmax_rows_flat(Z, out, b, copy):
+    """`_log_softmax_rows` up to FLAT_K_MAX classes (`_log_softmax_block_flat`)."""
+    N = out.shape[0]
+    bad = 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _log_softmax_block_flat(Z, out, b, copy, lo, min(N, lo + ROW_BLOCK))
     return bad
 
 
 @_jit()
 def _softmax_block(Z, out, b, copy, log, lo, hi):
-    """Rows lo..hi of `_softmax_rows` (one prange iteration, shared by both twins).
-
-    The branches on the flags stay in this function, around leaf helpers: inside an inlined row
-    helper they made Numba keep reference-count updates of `out` in the row loop (1.5x slower at
-    7 classes)."""
+    """Rows lo..hi of a softmax (log: log-softmax) for any number of classes, by the block
+    function of the row kernels for that width (for callers of any width)."""
     if out.shape[1] <= FLAT_K_MAX:
         if log:
-            return _flat_log_softmax(Z, out, b, copy, lo, hi)
-        return _flat_softmax(Z, out, b, copy, lo, hi)
+            return _log_softmax_block_flat(Z, out, b, copy, lo, hi)
+        return _softmax_block_flat(Z, out, b, copy, lo, hi)
+    if log:
+        return _log_softmax_block_rows(Z, out, b, copy, lo, hi)
+    return _softmax_block_rows(Z, out, b, copy, lo, hi)
+
+
+@_jit()
+def _softmax_block_rows(Z, out, b, copy, lo, hi):
+    """Rows lo..hi of `_softmax_rows` (one prange iteration, shared by both twins), row by row.
+
+    Branches on flags (copy; b given) stay in the block functions, around leaf helpers: inside an
+    inlined row helper they made Numba keep reference-count updates of `out` in the row loop
+    (1.5x slower at 7 classes)."""
     bad = 0
     for i in range(lo, hi):
         _row_load(out, i, Z, i, b, copy)
         m, t = _row_max_sum(out, i)
-        if log:
-            s = _row_sum_exp(out, i, m)
-            _row_sub_inplace(out, i, m, out.dtype.type(_log_pos(s)))
-        else:
-            s = _row_exp_inplace(out, i, m)
-            _row_scale_inplace(out, i, out.dtype.type(1.0 / s))
+        s = _row_exp_inplace(out, i, m)
+        _row_scale_inplace(out, i, out.dtype.type(1.0 / s))
+        bad += 1 if _row_is_bad(m, t, s) else 0
+    return bad
+
+
+@_jit()
+def _log_softmax_block_rows(Z, out, b, copy, lo, hi):
+    """Rows lo..hi of `_log_softmax_rows`, row by row: (z - max) - log s in this order."""
+    bad = 0
+    for i in range(lo, hi):
+        _row_load(out, i, Z, i, b, copy)
+        m, t = _row_max_sum(out, i)
+        s = _row_sum_exp(out, i, m)
+        _row_sub_inplace(out, i, m, out.dtype.type(_log_pos(s)))
         bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
 
@@ -625,10 +681,10 @@ def _shift_rows(Z, out, b, copy, lo, hi, stats):
             out[i, k] = out[i, k] - m
 
 
-@_jit(inline=True)
-def _flat_softmax(Z, out, b, copy, lo, hi):
-    """`_softmax_block` (softmax) up to FLAT_K_MAX classes: exps in one flat loop over the block
-    (see `_flat_grad_rows`), the same values as row by row."""
+@_jit()
+def _softmax_block_flat(Z, out, b, copy, lo, hi):
+    """Rows lo..hi of `_softmax_rows_flat`: exps in one flat loop over the block (see
+    `_flat_grad_rows`), the same values as row by row."""
     K = out.shape[1]
     stats = np.empty((2, hi - lo))
     _shift_rows(Z, out, b, copy, lo, hi, stats)
@@ -643,11 +699,11 @@ def _flat_softmax(Z, out, b, copy, lo, hi):
     return bad
 
 
-@_jit(inline=True)
-def _flat_log_softmax(Z, out, b, copy, lo, hi):
-    """`_softmax_block` (log-softmax) up to FLAT_K_MAX classes: out holds the rows minus their max,
-    their exps go to a block-sized scratch array in one flat loop, the logs of the sums run across
-    rows; out[i] - log s rounds as `_sub_then_sub` does (out[i] is already x - m, rounded)."""
+@_jit()
+def _log_softmax_block_flat(Z, out, b, copy, lo, hi):
+    """Rows lo..hi of `_log_softmax_rows_flat`: out holds the rows minus their max, their exps go
+    to a block-sized scratch array in one flat loop, the logs of the sums run across rows;
+    out[i] - log s rounds as `_sub_then_sub` does (out[i] is already x - m, rounded)."""
     n, K = hi - lo, out.shape[1]
     stats = np.empty((2, n))
     _shift_rows(Z, out, b, copy, lo, hi, stats)
@@ -711,11 +767,21 @@ def _xent_rows(Z, y, sample_weight, smoothing, losses):
     return bad
 
 
+@_parallel_kernel
+def _xent_rows_flat(Z, y, sample_weight, smoothing, losses):
+    """`_xent_rows` up to FLAT_K_MAX classes (`_xent_block_flat`); the same arguments."""
+    N = Z.shape[0]
+    bad = 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _xent_block_flat(Z, y, sample_weight, smoothing, losses, lo,
+                                min(N, lo + ROW_BLOCK))
+    return bad
+
+
 @_jit()
 def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
-    """Rows lo..hi of `_xent_rows` (one prange iteration, shared by both twins)."""
-    if Z.shape[1] <= FLAT_K_MAX:
-        return _flat_losses(Z, y, sample_weight, smoothing, losses, lo, hi)
+    """Rows lo..hi of `_xent_rows` (one prange iteration, shared by both twins), row by row."""
     bad = 0
     for i in range(lo, hi):
         m, t = _row_max_sum(Z, i)
@@ -727,9 +793,9 @@ def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
     return bad
 
 
-@_jit(inline=True)
-def _flat_losses(Z, y, sample_weight, smoothing, losses, lo, hi):
-    """`_xent_block` up to FLAT_K_MAX classes, as `_xent_grad_block`: the rows minus their max in
+@_jit()
+def _xent_block_flat(Z, y, sample_weight, smoothing, losses, lo, hi):
+    """Rows lo..hi of `_xent_rows_flat`, as `_xent_grad_block_flat`: the rows minus their max in
     a block-sized scratch array, their exps in one flat loop, sums in the order of `_row_sum`
     (the same bits as `_row_sum_exp`), then the logs across rows and the losses."""
     n, K = hi - lo, Z.shape[1]
@@ -762,7 +828,10 @@ def _grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, off
     for r in range(lo, hi):
         i = off + r
         wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-        losses[i], row_bad = _row_grad(out, r, Z, r, b, copy, y[i], wi, smoothing, scale)
+        # `_row_grad` written out: each level of inlining copies the inlined body again (0.7 s
+        # of the small-K chunk's cold compilation per level, load 4 on 2 cores)
+        s, m, zy, ms, row_bad = _row_grad_stats(out, r, Z, r, b, copy, y[i], wi, smoothing, scale)
+        losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, zy, smoothing)
         bad += row_bad
         if db.shape[0] > 0:
             for k in range(out.shape[1]):
@@ -796,37 +865,65 @@ def _xent_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, losses,
     return bad
 
 
+@_parallel_kernel
+def _xent_grad_rows_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, losses, db_parts):
+    """`_xent_grad_rows` up to FLAT_K_MAX classes (`_xent_grad_block_flat`); the same
+    arguments."""
+    N = out.shape[0]
+    bad = 0
+    for blk in prange(_n_blocks(N, ROW_BLOCK)):
+        lo = blk * ROW_BLOCK
+        bad += _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, lo,
+                                     min(N, lo + ROW_BLOCK), losses, db_parts[blk])
+    return bad
+
+
 @_jit()
 def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, losses, db):
     """Rows lo..hi of `_xent_grad_rows` (one prange iteration, shared by both twins).
 
     The gradient rows first, keeping each row's sum of exps, max, label logit and mean in `stats`;
-    then the logs of the sums in one loop (`_log_pos` vectorizes across rows, where a scalar log
-    per row cost as much as the rest of a row of 10 classes) and the losses. Up to FLAT_K_MAX
-    classes the exps run over the block as one flat array (`_flat_grad_rows`)."""
+    then the logs of the sums in one loop and the losses (`_grad_block_losses`)."""
     n = hi - lo
     stats = np.empty((4, n))  # sum of exps (then its log), max, label logit, mean of row - max
-    if out.shape[1] <= FLAT_K_MAX:
-        bad = _flat_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, stats)
-    else:
-        bad = 0
-        for r in range(n):
-            i = lo + r
-            wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-            stats[0, r], stats[1, r], stats[2, r], stats[3, r], row_bad = _row_grad_stats(
-                out, i, Z, i, b, copy, y[i], wi, smoothing, scale)
-            bad += row_bad
+    bad = 0
+    for r in range(n):
+        i = lo + r
+        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
+        stats[0, r], stats[1, r], stats[2, r], stats[3, r], row_bad = _row_grad_stats(
+            out, i, Z, i, b, copy, y[i], wi, smoothing, scale)
+        bad += row_bad
+    _grad_block_losses(out, sample_weight, smoothing, lo, hi, losses, db, stats)
+    return bad
+
+
+@_jit()
+def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, losses,
+                          db):
+    """Rows lo..hi of `_xent_grad_rows_flat`: `_xent_grad_block` with the exps over the block as
+    one flat array (`_flat_grad_rows`)."""
+    stats = np.empty((4, hi - lo))  # as in `_xent_grad_block`
+    bad = _flat_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, stats)
+    _grad_block_losses(out, sample_weight, smoothing, lo, hi, losses, db, stats)
+    return bad
+
+
+@_jit(inline=True)
+def _grad_block_losses(out, sample_weight, smoothing, lo, hi, losses, db, stats):
+    """db += the column sums of gradient rows lo..hi of out (db size 0: not); losses[lo:hi] from
+    `stats` (per row: sum of exps, max, label logit, mean of row - max), the logs of the sums in
+    one loop (`_log_pos` vectorizes across rows, where a scalar log per row cost as much as the
+    rest of a row of 10 classes)."""
     if db.shape[0] > 0:
         for i in range(lo, hi):
             for k in range(out.shape[1]):
                 db[k] += out[i, k]
-    for r in range(n):
+    for r in range(hi - lo):
         stats[0, r] = _log_pos(stats[0, r])
-    for r in range(n):
+    for r in range(hi - lo):
         wi = sample_weight[lo + r] if sample_weight.shape[0] > 0 else 1.0
         losses[lo + r] = 0.0 if wi == 0.0 else wi * _xent_from_log(
             stats[0, r], stats[1, r], stats[3, r], stats[2, r], smoothing)
-    return bad
 
 
 @_jit(inline=True)
@@ -1023,15 +1120,12 @@ def _linear_xent_chunk(X, rows, W, b, y, sample_weight, smoothing, scale, lo, hi
         n = min(SMALL_K_GROUP, hi - i)
         if gather:
             _gather_group(X, rows, i, n, xb)
-            _logits_group(xb, 0, n, W, zb)
-        else:
-            _logits_group(X, i, n, W, zb)
+        # One call site per inlined helper (each site is compiled anew: two took twice as long).
+        src, at = (xb, 0) if gather else (X, i)
+        _logits_group(src, at, n, W, zb)
         bad += _grad_block(zb, zb, b, False, y, sample_weight, smoothing, scale, 0, n, i, losses,
                            db)
-        if gather:
-            _accumulate_dW_group(xb, 0, n, zb, dW)
-        else:
-            _accumulate_dW_group(X, i, n, zb, dW)
+        _accumulate_dW_group(src, at, n, zb, dW)
         if dX.shape[0] > 0:
             _dX_group(W, i, n, zb, dX)
     return bad
@@ -1062,7 +1156,7 @@ def _linear_softmax_block(X, W, b, out, lo, hi):
     for i in range(lo, hi, SMALL_K_GROUP):
         n = min(SMALL_K_GROUP, hi - i)
         _logits_group(X, i, n, W, out[i:i + n])
-    return _softmax_block(out, out, b, False, False, lo, hi)
+    return _softmax_block_flat(out, out, b, False, lo, hi)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1576,7 +1670,7 @@ def _feature_curvature_small(X, W, b, sample_weight, scale, D_parts, q_parts):
 def _tile_softmax_block(X, W, b, out, lo, hi):
     """Rows lo..hi of `_linear_softmax_tiled` (one item): logits by GEMM, softmax in place."""
     _gemm(False, True, 1.0, X[lo:hi], W, 0.0, out[lo:hi])
-    return _softmax_block(out, out, b, False, False, lo, hi)
+    return _softmax_block_rows(out, out, b, False, lo, hi)
 
 
 @_parallel_kernel
@@ -1713,7 +1807,7 @@ def _feature_curvature_chunk(X, W, b, sample_weight, scale, lo, hi, D, q_sum):
     for i in range(lo, hi, SMALL_K_GROUP):
         n = min(SMALL_K_GROUP, hi - i)
         _logits_group(X, i, n, W, zb)
-        bad += _softmax_block(zb, zb, b, False, False, 0, n)
+        bad += _softmax_block_flat(zb, zb, b, False, 0, n)
         for r in range(n):
             v = 0.0
             for k in range(K):

@@ -100,6 +100,13 @@ def _row_blocks(n_rows: int) -> int:
     return _k.n_blocks(n_rows, _k.ROW_BLOCK)
 
 
+def _by_width(n_classes: int, flat, rows):
+    """The row kernel pair for n_classes: `flat` (exps over a block's rows as one flat array) up
+    to FLAT_K_MAX classes, else `rows` (the split of the one kernel that held both). Kernels of
+    their own, so that a call compiles only the one it runs."""
+    return flat if n_classes <= _k.FLAT_K_MAX else rows
+
+
 # ------------------------------------------------------------------------------------------------
 # Row functions on given logits
 # ------------------------------------------------------------------------------------------------
@@ -186,7 +193,11 @@ def log_softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
 def _row_softmax(Z, out, log: bool) -> np.ndarray:
     Zc = check_logits(Z)
     target, copy = check_out(out, Zc.shape, Zc.dtype, Zc)
-    bad = _k._softmax_rows(_row_blocks(Zc.shape[0]), Zc, target, np.empty(0, Zc.dtype), copy, log)
+    if log:
+        kernel = _by_width(Zc.shape[1], _k._log_softmax_rows_flat, _k._log_softmax_rows)
+    else:
+        kernel = _by_width(Zc.shape[1], _k._softmax_rows_flat, _k._softmax_rows)
+    bad = kernel(_row_blocks(Zc.shape[0]), Zc, target, np.empty(0, Zc.dtype), copy)
     raise_bad_logits(bad)
     return finish_out(target, out)
 
@@ -257,7 +268,8 @@ def cross_entropy(
     reduction = check_reduction(reduction)
     w, denom = check_weights(sample_weight, Zc.shape[0], reduction)
     losses = np.empty(Zc.shape[0], dtype=np.float64)
-    raise_bad_logits(_k._xent_rows(_row_blocks(len(y)), Zc, y, w, eps, losses))
+    kernel = _by_width(Zc.shape[1], _k._xent_rows_flat, _k._xent_rows)
+    raise_bad_logits(kernel(_row_blocks(len(y)), Zc, y, w, eps, losses))
     if reduction == "none":
         return check_per_sample(losses, denom, Zc.dtype, sample_weight is not None)
     return check_total(float(losses.sum()), denom)
@@ -342,7 +354,8 @@ def cross_entropy_grad(
     first = reduction == "sum" and denom < 1.0
     loss = _checked_loss_before_writing(Zc, y, w, eps, denom, losses) if first else None
     no_db = np.empty((_row_blocks(N), 0), dtype=np.float64)
-    bad = _k._xent_grad_rows(
+    kernel = _by_width(Zc.shape[1], _k._xent_grad_rows_flat, _k._xent_grad_rows)
+    bad = kernel(
         no_db.shape[0], Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses,
         no_db,
     )
@@ -355,7 +368,8 @@ def cross_entropy_grad(
 def _checked_loss_before_writing(Zc, y, w, eps, denom, losses) -> float:
     """The reduced loss of `cross_entropy` (per-sample losses in `losses`), or its ValueError
     (NaN rows, overflow of the weighted sum), before anything is written."""
-    raise_bad_logits(_k._xent_rows(_row_blocks(len(y)), Zc, y, w, eps, losses))
+    kernel = _by_width(Zc.shape[1], _k._xent_rows_flat, _k._xent_rows)
+    raise_bad_logits(kernel(_row_blocks(len(y)), Zc, y, w, eps, losses))
     return check_total(float(losses.sum()), denom)
 
 
@@ -459,6 +473,12 @@ def linear_cross_entropy(
 _ALL_ROWS = readonly(np.empty(0, dtype=np.intp))
 
 
+def _no_bias(dtype) -> np.ndarray:
+    """The kernels' empty bias: read-only as a given (validated) b is, so that calls with and
+    without b share one compiled specialization per dtype."""
+    return readonly(np.empty(0, dtype))
+
+
 def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=False, rows=_ALL_ROWS):
     """`linear_cross_entropy` on arguments already validated and converted (as the solvers hold
     them: read-only C-contiguous views, intp labels, float64 weights or an empty array), for the
@@ -498,7 +518,7 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows):
     C = _small_k_chunks(N, K, d, X.dtype.itemsize)
     dW_parts = np.empty((C, K, d), dtype=X.dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
-    bias = b if b is not None else np.empty(0, X.dtype)
+    bias = b if b is not None else _no_bias(X.dtype)
     tasks = C if N * K * d >= SMALL_K_PARALLEL_MIN_WORK else 1
     bad = _k._linear_xent_small(
         tasks, X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX
@@ -575,7 +595,7 @@ def _linear_tiled(X, W, b, y, w, eps, scale, losses, dX):
     Z, db_parts, slots = plan.scratch(K, d, X.dtype, workers, K)
     dW = np.zeros((K, d), dtype=X.dtype)
     db = np.zeros(K if b is not None else 0, dtype=np.float64)
-    bias = b if b is not None else np.empty(0, X.dtype)
+    bias = b if b is not None else _no_bias(X.dtype)
     with single_threaded_blas():
         bad = _k._linear_xent_tiled(
             plan.n_tasks(N), X, W, bias, y, w, eps, scale, losses, dW, db, dX, Z,
@@ -631,7 +651,7 @@ def linear_softmax(X, W, b) -> np.ndarray:
     N = X.shape[0]
     K = W.shape[0]
     out = np.empty((N, K), dtype=dtype)
-    bias = b if b is not None else np.empty(0, dtype)
+    bias = b if b is not None else _no_bias(dtype)
     if K <= SMALL_K_MAX:
         bad = _k._linear_softmax_small(_row_blocks(N), X, W, bias, out)
     else:

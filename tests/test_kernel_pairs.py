@@ -60,7 +60,9 @@ def _assert_bitwise(a, b, what):
 
 
 @pytest.mark.parametrize("module, expected", [
-    (k, {"_softmax_rows", "_xent_rows", "_xent_grad_rows", "_linear_xent_small",
+    (k, {"_softmax_rows", "_softmax_rows_flat", "_log_softmax_rows", "_log_softmax_rows_flat",
+         "_xent_rows", "_xent_rows_flat", "_xent_grad_rows", "_xent_grad_rows_flat",
+         "_linear_xent_small",
          "_linear_softmax_small", "_linear_hvp_small", "_linear_xent_tiled",
          "_linear_softmax_tiled", "_linear_hvp_tiled", "_feature_curvature_small"}),
     (ks, {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax", "_csr_linear_hvp"}),
@@ -79,32 +81,52 @@ def test_every_parallel_kernel_is_a_pair(module, expected):
             assert not obj.targetoptions.get("parallel"), f"{name}: a parallel kernel without twin"
 
 
+# Each row kernel in its two variants: exps row by row, and over a block's rows as one flat array
+# (which functional runs up to FLAT_K_MAX classes). Both compute every K: the twins of each are
+# compared at every K. (The variants themselves differ in the last bits of the gradient with
+# label smoothing, float64 at 7 classes: two functions, optimized apart.)
+ROW_KERNELS = {"softmax": (k._softmax_rows, k._softmax_rows_flat),
+               "log_softmax": (k._log_softmax_rows, k._log_softmax_rows_flat),
+               "xent": (k._xent_rows, k._xent_rows_flat),
+               "xent_grad": (k._xent_grad_rows, k._xent_grad_rows_flat)}
+
+
+def _run_variants(name, n_outputs, make_args, what):
+    """Both twins of both variants of a row kernel agree."""
+    for pair in ROW_KERNELS[name]:
+        _assert_bitwise(*_run_both(pair, n_outputs, make_args), f"{what} {pair.__name__}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", CLASSES)
 def test_row_kernel_twins_are_bitwise_equal(K, dtype):
     Z, y, w, _, _, b = _problem(K, dtype)
-    no_b = np.empty(0, dtype)
+    # Argument types as functional passes them (an empty writable bias, read-only weights): the
+    # twins compiled for the public functions (or loaded from the cache), not more of them.
+    no_b, b = np.empty(0, dtype), b.copy()
     for bias in (no_b, b):
-        for log in (False, True):
-            got = _run_both(k._softmax_rows, 1,
-                            lambda bias=bias, log=log: (Z, np.empty_like(Z), bias, True, log))
-            _assert_bitwise(*got, f"softmax_rows bias={bias.size} log={log}")
-    for weights in (np.empty(0), w):
+        for name in ("softmax", "log_softmax"):
+            _run_variants(name, 1, lambda bias=bias: (Z, np.empty_like(Z), bias, True),
+                          f"{name} bias={bias.size}")
+    for weights in (_readonly(np.empty(0)), w):
         for smoothing in (0.0, 0.1, 1.0):
-            got = _run_both(k._xent_rows, 1, lambda weights=weights, smoothing=smoothing:
-                            (Z, y, weights, smoothing, np.empty(N)))
-            _assert_bitwise(*got, f"xent_rows weights={weights.size} smoothing={smoothing}")
-            got = _run_both(k._xent_grad_rows, 3, lambda weights=weights, smoothing=smoothing: (
+            what = f"weights={weights.size} smoothing={smoothing}"
+            _run_variants("xent", 1, lambda weights=weights, smoothing=smoothing:
+                          (Z, y, weights, smoothing, np.empty(N)), "xent_rows " + what)
+            _run_variants("xent_grad", 3, lambda weights=weights, smoothing=smoothing: (
                 Z, np.empty_like(Z), b, True, y, weights, smoothing, 1 / N, np.empty(N),
-                np.zeros((k.n_blocks(N, k.ROW_BLOCK), K))))
-            _assert_bitwise(*got, f"xent_grad_rows weights={weights.size} smoothing={smoothing}")
+                np.zeros((k.n_blocks(N, k.ROW_BLOCK), K))), "xent_grad_rows " + what)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", [K for K in CLASSES if K <= F.SMALL_K_MAX])
 def test_small_k_linear_twins_are_bitwise_equal(K, dtype):
     _, y, w, X, W, b = _problem(K, dtype)
-    rows = _readonly(np.random.default_rng(K).permutation(N)[:150].astype(np.intp))
+    # One set of argument types (writable) for every case: one specialization per twin and dtype,
+    # not one per combination of empty and given arrays (each compiles for seconds). Not those of
+    # the public functions (read-only): both twins are compiled here, never loaded from the cache.
+    rows = np.random.default_rng(K).permutation(N)[:150].astype(np.intp)
+    X, W, b, y, w = (a.copy() for a in (X, W, b, y, w))
     C = 3
     for bias in (np.empty(0, dtype), b):
         for sub in (np.empty(0, np.intp), rows):
@@ -192,9 +214,12 @@ def test_first_rows_do_not_depend_on_the_rest(K, dtype):
         _assert_bitwise([big[:n]], [small], f"call {i}")
 
 
+# Both scripts let 200 rows run the small-K kernel's parallel twin (below its work threshold a
+# call runs the serial twin, and the comparison was serial against serial).
 _WARM_PARALLEL = """
 import numpy as np
 import fastsoftmax as fs
+fs.functional.SMALL_K_PARALLEL_MIN_WORK = 0
 rng = np.random.default_rng(1)
 for K in (7, 40):
     X = rng.normal(size=(200, 6)); W = rng.normal(size=(K, 6)) / 2
@@ -206,6 +231,7 @@ _COMPARE_TWINS = """
 import numpy as np
 import fastsoftmax as fs
 from fastsoftmax import _parallel
+fs.functional.SMALL_K_PARALLEL_MIN_WORK = 0
 rng = np.random.default_rng(1)
 for K in (7, 40):
     X = rng.normal(size=(200, 6)); W = rng.normal(size=(K, 6)) / 2

@@ -270,7 +270,8 @@ with warnings.catch_warnings(record=True) as caught:
     loss = fs.cross_entropy(Z[:10], y[:10])  # one block: a serial twin
 assert_close(P, ref.softmax(Z))
 assert_close(loss, ref.cross_entropy(Z[:10], y[:10]))
-stats = [_kernels._softmax_rows.parallel.stats, _kernels._xent_rows.serial.stats]
+stats = [_kernels._softmax_rows_flat.parallel.stats,
+         _kernels._xent_rows_flat.serial.stats]
 print(json.dumps({"warnings": [str(w.message) for w in caught],
                   "misses": sum(sum(s.cache_misses.values()) for s in stats)}))
 """
