@@ -81,10 +81,9 @@ def test_every_parallel_kernel_is_a_pair(module, expected):
             assert not obj.targetoptions.get("parallel"), f"{name}: a parallel kernel without twin"
 
 
-# Each row kernel in its two variants: exps row by row, and over a block's rows as one flat array
-# (which functional runs up to FLAT_K_MAX classes). Both compute every K: the twins of each are
-# compared at every K. (The variants themselves differ in the last bits of the gradient with
-# label smoothing, float64 at 7 classes: two functions, optimized apart.)
+# Each row kernel in its two variants: exps over a block's rows as one flat array (which functional
+# runs up to FLAT_K_MAX classes), and row by row (above; its blocks pass shorter rows to the flat
+# ones). Both compute every K: the twins of each are compared at every K.
 ROW_KERNELS = {"softmax": (k._softmax_rows, k._softmax_rows_flat),
                "log_softmax": (k._log_softmax_rows, k._log_softmax_rows_flat),
                "xent": (k._xent_rows, k._xent_rows_flat),
