@@ -222,6 +222,22 @@ def test_every_sparse_parallel_kernel_is_a_pair():
             assert not obj.targetoptions.get("parallel"), f"{name}: a parallel kernel without twin"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_calls_with_and_without_bias_share_one_specialization(rng, dtype):
+    """The kernels receive a validated bias read-only; an absent one must be read-only too, or
+    every call without an intercept compiles (seconds, cold) a second specialization."""
+    X = sp.random(40, 12, density=0.3, format="csr", random_state=1, dtype=dtype)
+    y = rng.integers(0, 3, 40)
+    W, b = rng.normal(size=(3, 12)).astype(dtype), rng.normal(size=3).astype(dtype)
+    for bias in (b, None):
+        fs.linear_cross_entropy(X, W, bias, y)
+        fs.linear_softmax(X, W, bias)
+    for pair in (_ks._csr_linear_xent, _ks._csr_linear_softmax):
+        biases = {sig[4] for twin in (pair.parallel, pair.serial) for sig in twin.signatures
+                  if getattr(sig[4], "dtype", None) == numba.from_dtype(dtype)}
+        assert biases and all(not t.mutable for t in biases), (pair, biases)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_and_merge_twins_are_bitwise_equal(rng, dtype):
     X, W, b, _ = make_sparse(rng, 700, 600, 9, dtype, density=0.05)
