@@ -52,7 +52,7 @@ from fastsoftmax._kernels import (
     _parallel_kernel,
     _row_grad,
     _row_hvp,
-    _softmax_block,
+    _softmax_block_rows,
 )
 
 MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
@@ -329,7 +329,7 @@ def _csr_softmax_block(indptr, indices, data, WT, b, out, lo, hi):
     logits of the block, then the dense softmax rows in place while the block is in cache."""
     for i in range(lo, hi):
         _csr_row_logits(indptr, indices, data, WT, i, out, i)
-    return _softmax_block(out, out, b, False, False, lo, hi)
+    return _softmax_block_rows(out, out, b, False, lo, hi)
 
 
 @_parallel_kernel
