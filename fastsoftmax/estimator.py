@@ -17,12 +17,18 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from fastsoftmax import functional as F
 from fastsoftmax import solvers
-from fastsoftmax._threads import thread_limits
+from fastsoftmax._threads import single_threaded_blas, thread_limits
 
 __all__ = ["SOLVERS", "SoftmaxRegression"]
 
 #: The solver names, in the order the documentation lists them (the command line offers these).
 SOLVERS = ("lbfgs", "newton-cg", "sgd", "gd")
+# Logits of at most this many multiply-adds (n_samples x n_features x n_classes) are computed with
+# BLAS on one thread. A small product on BLAS's pool pays its start and barrier, and on a busy
+# machine waits for a descheduled thread: 1437 x 64 x 10 (float64) took 2.7-15.7 ms on two
+# threads and 0.16-0.51 ms on one, with the other core busy (docs/design.md, "Threading and
+# determinism").
+SMALL_LOGITS_WORK = 2**23
 _FLOAT_DTYPES = [np.float64, np.float32]
 
 
@@ -568,7 +574,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         return validate_data(self, X, accept_sparse="csr", dtype=_FLOAT_DTYPES, reset=False)
 
     def _logits(self, X):
-        Z = X @ self.coef_.T
+        if X.shape[0] * X.shape[1] * self.coef_.shape[0] <= SMALL_LOGITS_WORK:
+            with single_threaded_blas():
+                Z = X @ self.coef_.T
+        else:
+            Z = X @ self.coef_.T
         Z += self.intercept_
         return Z
 

@@ -1,5 +1,6 @@
 """SoftmaxRegression: the textbook recipe, scikit-learn's optimum, the API, the contracts."""
 
+import contextlib
 import pickle
 import warnings
 
@@ -280,6 +281,33 @@ def test_predictions_match_reference(rng):
     assert_close(est.predict_log_proba(X), reference.log_softmax(Z))
     np.testing.assert_array_equal(est.predict(X), est.classes_[P.argmax(axis=1)])
     assert est.score(X, y) == np.mean(est.predict(X) == y)
+
+
+def test_small_predictions_run_blas_on_one_thread(monkeypatch):
+    """The logits of a small X are one BLAS thread's work (a pool's barrier costs more than the
+    product, and on a busy machine waits for a descheduled thread); a large X keeps BLAS's pool."""
+    import fastsoftmax.estimator as E
+
+    X, y = standardized("wine")
+    est = SoftmaxRegression().fit(X, y)
+    expected = est.decision_function(X)
+    seen = []
+    real = E.single_threaded_blas
+
+    @contextlib.contextmanager
+    def recording():
+        with real():
+            seen.append({n for api, _, n in blas_threads() if api == "openblas"})
+            yield
+
+    monkeypatch.setattr(E, "single_threaded_blas", recording)
+    for method in (est.predict, est.decision_function, est.predict_log_proba):
+        method(X)
+    assert seen == [{1}] * 3
+    monkeypatch.setattr(E, "SMALL_LOGITS_WORK", X.size * 3 - 1)  # wine has 3 classes
+    seen.clear()
+    np.testing.assert_array_equal(est.decision_function(X), expected)
+    assert seen == []
 
 
 def test_predict_log_proba_is_finite_where_proba_underflows():
