@@ -22,7 +22,6 @@ How the work is split:
 This module imports torch; ``import fastsoftmax`` never imports it.
 """
 
-import contextlib
 import math
 import numbers
 
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 
 import fastsoftmax as _fs
+from fastsoftmax.functional import _linear_cross_entropy_checked  # see _unvalidated_call
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
 
@@ -45,6 +45,9 @@ TILE_BYTES = 16 * 2**20
 SERIAL_MAX_WORK = 256 * 2**20
 _REDUCTIONS = ("mean", "sum", "none")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The per-row weights of an unweighted call (read-only, as the functional layer's own), made once.
+_NO_WEIGHTS = np.empty(0)
+_NO_WEIGHTS.flags.writeable = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,35 +55,47 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # ------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _threads(work: int):
-    """Numba threads for one call: as many as PyTorch's intra-op pool, one for small problems.
-    ``numba.set_num_threads`` is thread-local and restored afterwards."""
-    wanted = 1 if work < SERIAL_MAX_WORK else torch.get_num_threads()
-    previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+class _threads:
+    """Numba threads for one call (a context manager): as many as PyTorch's intra-op pool, one for
+    small problems. ``numba.set_num_threads`` is thread-local and restored afterwards; a class, not
+    a generator, and no call when the count already matches: this runs at every training step."""
+
+    __slots__ = ("wanted", "previous")
+
+    def __init__(self, work: int):
+        wanted = 1 if work < SERIAL_MAX_WORK else torch.get_num_threads()
+        self.wanted = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+
+    def __enter__(self) -> None:
+        self.previous = numba.get_num_threads()
+        if self.wanted != self.previous:
+            numba.set_num_threads(self.wanted)
+
+    def __exit__(self, *exc) -> None:
+        if self.wanted != self.previous:
+            numba.set_num_threads(self.previous)
 
 
 def _codes_and_weights(target: Tensor, weight: Tensor | None, ignore_index: int, n_classes: int):
     """Class codes (ignored rows mapped to 0), per-row weights float64 (None: all ones) and whether
-    each row counts, as NumPy arrays. Raises ValueError for a class index out of range."""
+    each row counts (None when ``weight`` is None and every row does), as NumPy arrays. Raises
+    ValueError for a class index out of range."""
     y = target.numpy()
-    valid = y != ignore_index
-    all_valid = bool(valid.all())
-    codes = y if all_valid else np.where(valid, y, 0)
-    if codes.size:
-        lo, hi = codes.min(), codes.max()
-        if lo < 0 or hi >= n_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"target holds class index {bad}, outside [0, {n_classes}) and not ignore_index "
-                f"({ignore_index})"
-            )
-    codes = np.ascontiguousarray(codes, dtype=np.intp)
+    lo, hi = (y.min(), y.max()) if y.size else (0, 0)
+    valid, all_valid = None, True
+    if weight is not None or lo <= ignore_index <= hi:  # else no row is ignored: no mask to build
+        valid = y != ignore_index
+        all_valid = bool(valid.all())
+        if not all_valid:
+            y = np.where(valid, y, 0)
+            lo, hi = y.min(), y.max()
+    if lo < 0 or hi >= n_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"target holds class index {bad}, outside [0, {n_classes}) and not ignore_index "
+            f"({ignore_index})"
+        )
+    codes = np.ascontiguousarray(y, dtype=np.intp)
     if weight is None:
         rows = None if all_valid else valid.astype(np.float64)
     else:
@@ -123,20 +138,19 @@ def _unvalidated_call(X, W, b, codes, eps, need_dX, reduction):
     module has checked every argument (it saves about 8% of a 256 x 784 x 10 step). Arguments:
     read-only C-contiguous X, W, b of one dtype, intp codes in range, float64 weights (empty: all
     ones), the normalizer of the reduction. Adapt here if that entry point changes."""
-    from fastsoftmax.functional import _linear_cross_entropy_checked
-
-    def frozen(a):
-        a = np.ascontiguousarray(a)
-        view = a.view()
-        view.flags.writeable = False
-        return view
-
     denom = float(X.shape[0]) if reduction == "mean" else 1.0
     loss, dW, db, *dX = _linear_cross_entropy_checked(
-        frozen(X), frozen(W), None if b is None else frozen(b), frozen(codes),
-        frozen(np.empty(0)), eps, 0.0, denom, need_dX,
+        _frozen(X), _frozen(W), None if b is None else _frozen(b), _frozen(codes), _NO_WEIGHTS,
+        eps, 0.0, denom, need_dX,
     )
     return loss, (dX[0] if need_dX else None), dW, db
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only C-contiguous view of ``a`` (a copy first only when ``a`` is not C-contiguous)."""
+    view = np.ascontiguousarray(a).view()
+    view.flags.writeable = False
+    return view
 
 
 def _tile_rows(n_classes: int, itemsize: int) -> int:
@@ -240,7 +254,7 @@ def _as_tensor(a, like: Tensor) -> Tensor:
 
 
 def _scalar(value: float, dtype) -> Tensor:
-    return torch.full((), value, dtype=dtype)
+    return torch.scalar_tensor(value, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,7 +414,7 @@ def _check_tensors(input, linear_weight, target, linear_bias, weight):
             continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
+        if not t.is_cpu:
             raise ValueError(
                 f"{name} is on device {t.device}: fastsoftmax computes on the CPU only; use "
                 "torch.nn.functional.linear_cross_entropy for other devices"
@@ -518,14 +532,15 @@ def linear_cross_entropy(
     ignore_index, eps = _check_options(reduction, ignore_index, label_smoothing)
     compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
     d, C, P = input.shape[-1], linear_weight.shape[0], math.prod(out)
-    X = input.to(compute)
+    X, W, b = input, linear_weight, linear_bias
+    if compute != input.dtype:  # a no-op .to() still costs a microsecond a call
+        X, W, b = X.to(compute), W.to(compute), None if b is None else b.to(compute)
     X = X if X.dim() == 2 else X.reshape(-1, d)
-    W, b = linear_weight.to(compute), None if linear_bias is None else linear_bias.to(compute)
     if P == 1 and not out:
-        result = _one_problem(X, W, target.reshape(-1), b, weight, reduction, ignore_index, eps,
-                              reduction == "mean")
+        result = _one_problem(X, W, target if target.dim() == 1 else target.reshape(-1), b,
+                              weight, reduction, ignore_index, eps, reduction == "mean")
         result = result.reshape(batch) if reduction == "none" else result[0]
-        return result.to(input.dtype)
+        return result if result.dtype == input.dtype else result.to(input.dtype)
     # The K-dimensional loss is P problems, one per output position, sharing input.
     y, W = target.reshape(X.shape[0], P), W.reshape(C, P, d)
     b = None if b is None else b.reshape(C, P)
