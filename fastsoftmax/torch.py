@@ -58,8 +58,8 @@ _NO_WEIGHTS.flags.writeable = False
 
 class _threads:
     """Numba threads for one call (a context manager): as many as PyTorch's intra-op pool, one for
-    small problems. ``numba.set_num_threads`` is thread-local and restored afterwards; a class, not
-    a generator, and no call when the count already matches: this runs at every training step."""
+    small problems. ``numba.set_num_threads`` is thread-local and restored afterwards; not set when
+    the count already matches (each call takes a process-wide lock)."""
 
     __slots__ = ("wanted", "previous")
 
