@@ -528,8 +528,9 @@ def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows, serial=False):
     if C == 1:
         dW = dW_parts[0]
     elif C == 2:
-        # Sum of two float32 values rounded through float64, then to float32, equals their float32
-        # sum (double rounding is innocuous for 53 >= 2 * 24 + 2 bits), a fifth of the time.
+        # The same bits as the float64 sum below: two float32 values added in float64, then
+        # rounded to float32, give their float32 sum (53 >= 2 * 24 + 2 bits make the double
+        # rounding innocuous); float64 data is one addition either way. A fifth of the time.
         dW = np.add(dW_parts[0], dW_parts[1])
     else:
         dW = np.add.reduce(dW_parts, axis=0, dtype=np.float64).astype(X.dtype)
