@@ -479,11 +479,13 @@ def _no_bias(dtype) -> np.ndarray:
     return readonly(np.empty(0, dtype))
 
 
-def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=False, rows=_ALL_ROWS):
+def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=False, rows=_ALL_ROWS,
+                                  serial=False):
     """`linear_cross_entropy` on arguments already validated and converted (as the solvers hold
     them: read-only C-contiguous views, intp labels, float64 weights or an empty array), for the
     problem made of the rows `rows` of X (a mini-batch; empty for all of X) with labels and weights
-    given per row of that problem. Small K reads the rows in place; larger K gathers them first."""
+    given per row of that problem. Small K reads the rows in place; larger K gathers them first.
+    `serial` runs the small-K kernel's serial twin (same bits) whatever Numba's thread count."""
     if rows.shape[0] and W.shape[0] > SMALL_K_MAX:
         X, rows = readonly(np.take(X, rows, axis=0)), _ALL_ROWS
     N = rows.shape[0] if rows.shape[0] else X.shape[0]
@@ -491,7 +493,7 @@ def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=Fa
     losses = np.empty(N, dtype=np.float64)
     args = (X, W, b, y, w, eps, 1.0 / denom, losses, dX)
     if W.shape[0] <= SMALL_K_MAX:
-        dW, db, bad = _linear_small_k(*args, rows)
+        dW, db, bad = _linear_small_k(*args, rows, serial)
     else:
         dW, db, bad = _linear_tiled(*args)
     total = float(losses.sum())
@@ -512,19 +514,24 @@ def _small_k_chunks(N: int, K: int, d: int, itemsize: int) -> int:
     return max(1, min(SMALL_K_CHUNKS, by_rows, by_memory))
 
 
-def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows):
+def _linear_small_k(X, W, b, y, w, eps, scale, losses, dX, rows, serial=False):
     N = losses.shape[0]
     K, d = W.shape
     C = _small_k_chunks(N, K, d, X.dtype.itemsize)
     dW_parts = np.empty((C, K, d), dtype=X.dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     bias = b if b is not None else _no_bias(X.dtype)
-    tasks = C if N * K * d >= SMALL_K_PARALLEL_MIN_WORK else 1
+    tasks = C if N * K * d >= SMALL_K_PARALLEL_MIN_WORK and not serial else 1
     bad = _k._linear_xent_small(
         tasks, X, rows, W, bias, y, w, eps, scale, losses, dW_parts, db_parts, dX
     )
     if C == 1:
         dW = dW_parts[0]
+    elif C == 2:
+        # The same bits as the float64 sum below: two float32 values added in float64, then
+        # rounded to float32, give their float32 sum (53 >= 2 * 24 + 2 bits make the double
+        # rounding innocuous); float64 data is one addition either way. A fifth of the time.
+        dW = np.add(dW_parts[0], dW_parts[1])
     else:
         dW = np.add.reduce(dW_parts, axis=0, dtype=np.float64).astype(X.dtype)
     db = None if b is None else db_parts.sum(axis=0).astype(X.dtype)

@@ -22,7 +22,6 @@ How the work is split:
 This module imports torch; ``import fastsoftmax`` never imports it.
 """
 
-import contextlib
 import math
 import numbers
 
@@ -32,6 +31,8 @@ import torch
 from torch import Tensor
 
 import fastsoftmax as _fs
+from fastsoftmax.functional import SMALL_K_MAX as _SMALL_K_MAX
+from fastsoftmax.functional import _linear_cross_entropy_checked  # see _unvalidated_call
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
 
@@ -45,6 +46,9 @@ TILE_BYTES = 16 * 2**20
 SERIAL_MAX_WORK = 256 * 2**20
 _REDUCTIONS = ("mean", "sum", "none")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The per-row weights of an unweighted call (read-only, as the functional layer's own), made once.
+_NO_WEIGHTS = np.empty(0)
+_NO_WEIGHTS.flags.writeable = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,35 +56,47 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # ------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _threads(work: int):
-    """Numba threads for one call: as many as PyTorch's intra-op pool, one for small problems.
-    ``numba.set_num_threads`` is thread-local and restored afterwards."""
-    wanted = 1 if work < SERIAL_MAX_WORK else torch.get_num_threads()
-    previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+class _threads:
+    """Numba threads for one call (a context manager): as many as PyTorch's intra-op pool, one for
+    small problems. ``numba.set_num_threads`` is thread-local and restored afterwards; not set when
+    the count already matches (each call takes a process-wide lock)."""
+
+    __slots__ = ("wanted", "previous")
+
+    def __init__(self, work: int):
+        wanted = 1 if work < SERIAL_MAX_WORK else torch.get_num_threads()
+        self.wanted = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+
+    def __enter__(self) -> None:
+        self.previous = numba.get_num_threads()
+        if self.wanted != self.previous:
+            numba.set_num_threads(self.wanted)
+
+    def __exit__(self, *exc) -> None:
+        if self.wanted != self.previous:
+            numba.set_num_threads(self.previous)
 
 
 def _codes_and_weights(target: Tensor, weight: Tensor | None, ignore_index: int, n_classes: int):
     """Class codes (ignored rows mapped to 0), per-row weights float64 (None: all ones) and whether
-    each row counts, as NumPy arrays. Raises ValueError for a class index out of range."""
+    each row counts (None when ``weight`` is None and every row does), as NumPy arrays. Raises
+    ValueError for a class index out of range."""
     y = target.numpy()
-    valid = y != ignore_index
-    all_valid = bool(valid.all())
-    codes = y if all_valid else np.where(valid, y, 0)
-    if codes.size:
-        lo, hi = codes.min(), codes.max()
-        if lo < 0 or hi >= n_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"target holds class index {bad}, outside [0, {n_classes}) and not ignore_index "
-                f"({ignore_index})"
-            )
-    codes = np.ascontiguousarray(codes, dtype=np.intp)
+    lo, hi = (y.min(), y.max()) if y.size else (0, 0)
+    valid, all_valid = None, True
+    if weight is not None or lo <= ignore_index <= hi:  # else no row is ignored: no mask to build
+        valid = y != ignore_index
+        all_valid = bool(valid.all())
+        if not all_valid:
+            y = np.where(valid, y, 0)
+            lo, hi = y.min(), y.max()
+    if lo < 0 or hi >= n_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"target holds class index {bad}, outside [0, {n_classes}) and not ignore_index "
+            f"({ignore_index})"
+        )
+    codes = np.ascontiguousarray(y, dtype=np.intp)
     if weight is None:
         rows = None if all_valid else valid.astype(np.float64)
     else:
@@ -107,36 +123,54 @@ def _weighted_linear_xent(X, W, b, codes, rows, eps: float, need_dX: bool, mean:
 
 
 def _public_call(X, W, b, codes, rows, eps, need_dX, reduction):
-    """(loss, dX or None, dW, db) of :func:`fastsoftmax.linear_cross_entropy`."""
-    if rows is None:
-        return _unvalidated_call(X, W, b, codes, eps, need_dX, reduction)
-    loss, dW, db, *dX = _fs.linear_cross_entropy(
-        X, W, b, codes, sample_weight=rows, label_smoothing=eps, reduction=reduction,
-        return_dX=need_dX,
-    )
+    """(loss, dX or None, dW, db) of :func:`fastsoftmax.linear_cross_entropy`, on the threads
+    :class:`_threads` gives."""
+    work = X.shape[0] * X.shape[1] * W.shape[0]
+    if rows is None and work < SERIAL_MAX_WORK and W.shape[0] <= _SMALL_K_MAX:
+        # One thread without setting Numba's count (three calls, each through a process-wide
+        # lock): the small-class kernel's serial twin, same bits.
+        return _unvalidated_call(X, W, b, codes, eps, need_dX, reduction, serial=True)
+    with _threads(work):
+        if rows is None:
+            return _unvalidated_call(X, W, b, codes, eps, need_dX, reduction)
+        loss, dW, db, *dX = _fs.linear_cross_entropy(
+            X, W, b, codes, sample_weight=rows, label_smoothing=eps, reduction=reduction,
+            return_dX=need_dX,
+        )
     return loss, (dX[0] if need_dX else None), dW, db
 
 
-def _unvalidated_call(X, W, b, codes, eps, need_dX, reduction):
+def _unvalidated_call(X, W, b, codes, eps, need_dX, reduction, serial=False):
     """The one use of fastsoftmax's internals in this module: without per-row weights (the common
     training step), the functional layer's entry point that skips re-validation, since this
     module has checked every argument (it saves about 8% of a 256 x 784 x 10 step). Arguments:
     read-only C-contiguous X, W, b of one dtype, intp codes in range, float64 weights (empty: all
-    ones), the normalizer of the reduction. Adapt here if that entry point changes."""
-    from fastsoftmax.functional import _linear_cross_entropy_checked
-
-    def frozen(a):
-        a = np.ascontiguousarray(a)
-        view = a.view()
-        view.flags.writeable = False
-        return view
-
+    ones), the normalizer of the reduction; ``serial`` runs the small-class kernel's serial twin.
+    Adapt here if that entry point changes."""
     denom = float(X.shape[0]) if reduction == "mean" else 1.0
     loss, dW, db, *dX = _linear_cross_entropy_checked(
-        frozen(X), frozen(W), None if b is None else frozen(b), frozen(codes),
-        frozen(np.empty(0)), eps, 0.0, denom, need_dX,
+        _frozen(X), _frozen(W), None if b is None else _frozen(b), _frozen(codes), _NO_WEIGHTS,
+        eps, 0.0, denom, need_dX, serial=serial,
     )
     return loss, (dX[0] if need_dX else None), dW, db
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` if read-only and C-contiguous, else such a view of it (of a C-contiguous copy if
+    need be)."""
+    if not a.flags.writeable and a.flags.c_contiguous:
+        return a
+    view = np.ascontiguousarray(a).view()
+    view.flags.writeable = False
+    return view
+
+
+def _readonly_numpy(t: Tensor) -> np.ndarray:
+    """A read-only NumPy array of ``t``'s data: ``.numpy()`` makes a new array object each call,
+    so flagging it (cheaper than a view) changes nothing anyone else holds."""
+    a = t.detach().numpy()
+    a.flags.writeable = False
+    return a
 
 
 def _tile_rows(n_classes: int, itemsize: int) -> int:
@@ -164,6 +198,7 @@ def _losses_fastsoftmax(X: Tensor, W: Tensor, b, codes, rows, eps: float) -> Ten
     return torch.from_numpy(losses)
 
 
+@torch.no_grad()  # eager calls run it outside the autograd Function (_fused_eager)
 def _class_smoothing_tiles(X, W, b, codes, valid, weight, eps, row_scale, grads, need_dX):
     """Class weights with label smoothing, tile by tile in PyTorch ops (PyTorch's formula):
     ``loss_i = (1 - eps) w[y_i] nll_i + eps / C * sum_c w_c (-log p_ic)`` for rows that count.
@@ -220,11 +255,9 @@ def _sum_and_grads(X, W, b, target, weight, ignore_index, eps, need_dX, mean=Fal
         if row_scale is not None:
             scale = row_scale.detach().to(torch.float64).numpy()
             rows = scale if rows is None else rows * scale
-        Xn, Wn = X.detach().numpy(), W.detach().numpy()
-        bn = None if b is None else b.detach().numpy()
-        with _threads(X.shape[0] * X.shape[1] * W.shape[0]):
-            (loss, *grads), scaled = _weighted_linear_xent(Xn, Wn, bn, codes, rows, eps, need_dX,
-                                                           mean)
+        Xn, Wn, bn = _readonly_numpy(X), _readonly_numpy(W), b if b is None else _readonly_numpy(b)
+        (loss, *grads), scaled = _weighted_linear_xent(Xn, Wn, bn, codes, rows, eps, need_dX,
+                                                       mean)
     if mean and not scaled:
         loss = loss / total if total else math.nan
         grads = [None if g is None else g * (1.0 / total if total else 0.0) for g in grads]
@@ -240,7 +273,7 @@ def _as_tensor(a, like: Tensor) -> Tensor:
 
 
 def _scalar(value: float, dtype) -> Tensor:
-    return torch.full((), value, dtype=dtype)
+    return torch.scalar_tensor(value, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,23 +332,33 @@ def _fused_backward(ctx, grad_loss, *unused):
 _fused.register_autograd(_fused_backward, setup_context=_fused_setup)
 
 
+def _fused_eager(X, W, y, b, weight, ignore_index: int, eps: float, mean: bool):
+    """(loss, total) of :func:`_fused_impl` in eager mode, without the operator dispatch (tens of
+    microseconds, as much as the whole kernel on a 256 x 784 x 10 batch): the computation runs
+    first, then :class:`_FusedFunction` only ties the loss to X, W and b."""
+    need_dX = X.requires_grad
+    loss, total, (dX, dW, db) = _sum_and_grads(X, W, b, y, weight, ignore_index, eps, need_dX,
+                                               mean)
+    grads = tuple(None if g is None else _as_tensor(g, X) for g in (dX, dW, db))
+    loss = _FusedFunction.apply(X, W, b, (_scalar(loss, X.dtype), *grads))
+    return loss, _scalar(total, torch.float64)
+
+
 class _FusedFunction(torch.autograd.Function):
-    """The same computation in eager mode without the operator dispatch (tens of microseconds,
-    as much as the whole kernel on a 256 x 784 x 10 batch)."""
+    """The loss, computed with its gradients beforehand (:func:`_fused_eager`), as a function of
+    X, W and b. Few arguments and one output: each costs time at every call and its backward."""
 
     @staticmethod
-    def forward(ctx, X, W, y, b, weight, ignore_index, eps, need_dX, mean):
-        loss, total, dX, dW, db = _fused_impl(X, W, y, b, weight, ignore_index, eps, need_dX,
-                                              mean)
+    def forward(ctx, X, W, b, computed):
+        loss, dX, dW, db = computed
         ctx.save_for_backward(dX, dW, db)
-        ctx.need_dX, ctx.has_bias = need_dX, b is not None
-        ctx.mark_non_differentiable(total)
-        return loss, total
+        ctx.need_dX, ctx.has_bias = dX is not None, db is not None
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_loss, unused):
+    def backward(ctx, grad_loss):
         dX, dW, db = _scaled_grads(grad_loss, *ctx.saved_tensors, ctx.need_dX, ctx.has_bias)
-        return dX, dW, None, db, None, None, None, None, None
+        return dX, dW, db, None
 
 
 def _rows_impl(X, W, y, b, weight, ignore_index: int, eps: float):
@@ -400,7 +443,7 @@ def _check_tensors(input, linear_weight, target, linear_bias, weight):
             continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
+        if not t.is_cpu:
             raise ValueError(
                 f"{name} is on device {t.device}: fastsoftmax computes on the CPU only; use "
                 "torch.nn.functional.linear_cross_entropy for other devices"
@@ -465,10 +508,9 @@ def _one_problem(X, W, y, b, weight, reduction, ignore_index, eps, mean):
     if torch.is_grad_enabled() and (
         X.requires_grad or W.requires_grad or (b is not None and b.requires_grad)
     ):
-        args = (X, W, y, b, weight, ignore_index, eps, X.requires_grad, mean)
         if compiling:
-            return _fused(*args)[:2]
-        return _FusedFunction.apply(*args)
+            return _fused(X, W, y, b, weight, ignore_index, eps, X.requires_grad, mean)[:2]
+        return _fused_eager(X, W, y, b, weight, ignore_index, eps, mean)
     losses, total = (_rows if compiling else _rows_impl)(X, W, y, b, weight, ignore_index, eps)
     return (losses.sum() / total if mean else losses.sum()), total
 
@@ -518,14 +560,15 @@ def linear_cross_entropy(
     ignore_index, eps = _check_options(reduction, ignore_index, label_smoothing)
     compute = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
     d, C, P = input.shape[-1], linear_weight.shape[0], math.prod(out)
-    X = input.to(compute)
+    X, W, b = input, linear_weight, linear_bias
+    if compute != input.dtype:  # a no-op .to() still costs a microsecond a call
+        X, W, b = X.to(compute), W.to(compute), None if b is None else b.to(compute)
     X = X if X.dim() == 2 else X.reshape(-1, d)
-    W, b = linear_weight.to(compute), None if linear_bias is None else linear_bias.to(compute)
     if P == 1 and not out:
-        result = _one_problem(X, W, target.reshape(-1), b, weight, reduction, ignore_index, eps,
-                              reduction == "mean")
+        result = _one_problem(X, W, target if target.dim() == 1 else target.reshape(-1), b,
+                              weight, reduction, ignore_index, eps, reduction == "mean")
         result = result.reshape(batch) if reduction == "none" else result[0]
-        return result.to(input.dtype)
+        return result if result.dtype == input.dtype else result.to(input.dtype)
     # The K-dimensional loss is P problems, one per output position, sharing input.
     y, W = target.reshape(X.shape[0], P), W.reshape(C, P, d)
     b = None if b is None else b.reshape(C, P)

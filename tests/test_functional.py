@@ -8,6 +8,7 @@ from conftest import FD_RTOL, FD_STEP, assert_close, assert_unchanged, frozen, r
 
 import fastsoftmax as fs
 import reference as ref
+from fastsoftmax import _kernels as _k
 from fastsoftmax import _validation as V
 from fastsoftmax import functional as F
 from fastsoftmax.datasets import make_synthetic
@@ -318,6 +319,55 @@ def test_linear_rows_are_the_gathered_batch(rng, threads, weighted, bias, k, dty
         else:
             np.testing.assert_array_equal(g, v)
     assert_unchanged([X, W, b], copies)
+
+
+def _spy_twins(monkeypatch, pair) -> list:
+    """The names of the twins of kernel pair ``pair`` ("parallel", "serial") in call order."""
+    twins = []
+
+    def spy(name):
+        real = getattr(pair, name)
+        return lambda *args: twins.append(name) or real(*args)
+
+    for name in ("parallel", "serial"):
+        monkeypatch.setattr(pair, name, spy(name))
+    return twins
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_serial_twin_on_request(rng, monkeypatch, dtype):
+    """``serial=True`` (fastsoftmax.torch's small problems) runs the small-K kernel's serial twin
+    where the problem size picks the parallel one (256 x 784 x 10: two row chunks), with the same
+    bits as the public function."""
+    X, W, b, y = make_linear(rng, 256, 784, 10, dtype)
+    want = fs.linear_cross_entropy(X, W, b, y, return_dX=True)
+    twins = _spy_twins(monkeypatch, _k._linear_xent_small)
+    got = F._linear_cross_entropy_checked(
+        V.as_float("X", X, X.dtype), V.readonly(W), V.readonly(b), V.readonly(y.astype(np.intp)),
+        V.readonly(np.empty(0)), 0.0, 0.0, 256.0, return_dX=True, serial=True,
+    )
+    assert twins == ["serial"]
+    assert got[0] == want[0]
+    for g, v in zip(got[1:], want[1:], strict=True):
+        np.testing.assert_array_equal(g, v)
+
+
+def test_two_float32_partials_sum_as_through_float64(rng):
+    """The small-K path adds two float32 partials of dW in float32: the same bits as their sum in
+    float64 rounded to float32 (53 >= 2 * 24 + 2 bits make the double rounding innocuous), over
+    every exponent, subnormals and overflow to infinity included."""
+    bits = rng.integers(0, 2**32, size=(2, 2_000_000), dtype=np.uint64).astype(np.uint32)
+    a, b = bits.view(np.float32)
+    a = a[np.isfinite(a)]
+    with np.errstate(over="ignore"):  # cancellation, and exponents equal or one apart
+        close = (a * rng.uniform(-2, 2, a.size)).astype(np.float32)
+    for other in (b[: a.size], close):
+        keep = np.isfinite(other)
+        with np.errstate(over="ignore"):
+            direct = np.add(a[keep], other[keep])
+            wide = np.add.reduce(np.stack([a[keep], other[keep]]), axis=0,
+                                 dtype=np.float64).astype(np.float32)
+        np.testing.assert_array_equal(direct.view(np.uint32), wide.view(np.uint32))
 
 
 # ------------------------------------------------------------------------------------------------

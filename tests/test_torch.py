@@ -299,25 +299,132 @@ def test_import_fastsoftmax_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("ignore", [None, -100], ids=["every-row", "ignored-rows"])
 @pytest.mark.parametrize(("work", "expected"), [(0, 1), (ft.SERIAL_MAX_WORK, None)],
                          ids=["small", "large"])
-def test_numba_threads_follow_pytorch(rng, monkeypatch, work, expected):
+def test_numba_threads_follow_pytorch(rng, monkeypatch, work, expected, ignore):
     """Small problems run on one Numba thread (its pool stays asleep), larger ones on as many as
-    PyTorch's intra-op pool; the caller's setting is restored."""
+    PyTorch's intra-op pool; the caller's setting is restored. With every row counted (the
+    unweighted route), a small problem asks for the small-class kernel's serial twin instead of
+    setting the thread count; with ignored rows (the weighted route) the count is set."""
     import numba
 
     seen = []
-    real = ft._weighted_linear_xent
+    real_checked, real_public = ft._linear_cross_entropy_checked, ft._fs.linear_cross_entropy
 
-    def spy(*args, **kwargs):
+    def checked(*args, serial=False, **kwargs):
+        seen.append(1 if serial else numba.get_num_threads())
+        return real_checked(*args, serial=serial, **kwargs)
+
+    def public(*args, **kwargs):
         seen.append(numba.get_num_threads())
-        return real(*args, **kwargs)
+        return real_public(*args, **kwargs)
 
-    monkeypatch.setattr(ft, "_weighted_linear_xent", spy)
+    monkeypatch.setattr(ft, "_linear_cross_entropy_checked", checked)
+    monkeypatch.setattr(ft._fs, "linear_cross_entropy", public)
     monkeypatch.setattr(ft, "SERIAL_MAX_WORK", ft.SERIAL_MAX_WORK - work)
     before = numba.get_num_threads()
-    X, W, y, b = _problem(rng)
+    X, W, y, b = _problem(rng, ignore=ignore)
     ft.linear_cross_entropy(X, W, y, linear_bias=b).backward()
     pytorch = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     assert seen == [expected or pytorch]
     assert numba.get_num_threads() == before
+
+
+def _spy_twins(monkeypatch, pair) -> list:
+    """The names of the twins of kernel pair ``pair`` ("parallel", "serial") in call order."""
+    twins = []
+
+    def spy(name):
+        real = getattr(pair, name)
+        return lambda *args: twins.append(name) or real(*args)
+
+    for name in ("parallel", "serial"):
+        monkeypatch.setattr(pair, name, spy(name))
+    return twins
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("need_dX", [False, True], ids=["W,b", "X,W,b"])
+def test_training_step_is_the_public_function_bitwise(rng, monkeypatch, dtype, bias, need_dX):
+    """The textbook step's route (every target counted, 10 classes, 256 x 784: two row chunks,
+    past the size where the functional layer picks the parallel kernel) runs the serial kernel
+    and gives the public function's bits: loss, dW, db and dX."""
+    import fastsoftmax as fs
+    from fastsoftmax import _kernels
+
+    X, W, y, b = _problem(rng, N=256, d=784, C=10, dtype=DTYPES[dtype], bias=bias, ignore=None)
+    X.requires_grad_(need_dX)
+    want = fs.linear_cross_entropy(X.detach().numpy(), W.detach().numpy(),
+                                   None if b is None else b.detach().numpy(), y.numpy(),
+                                   return_dX=need_dX)
+    twins = _spy_twins(monkeypatch, _kernels._linear_xent_small)
+    loss = ft.linear_cross_entropy(X, W, y, linear_bias=b)
+    loss.backward()
+    assert twins == ["serial"]
+    assert loss.item() == np.asarray(want[0], dtype=W.detach().numpy().dtype).item()
+    got = [W.grad, None if b is None else b.grad] + ([X.grad] if need_dX else [])
+    for g, v in zip(got, want[1:], strict=True):
+        if v is None:
+            assert g is None
+        else:
+            np.testing.assert_array_equal(g.numpy(), v)
+
+
+@pytest.mark.parametrize(("targets", "ignore_index", "match"), [
+    ([0, 1, 3, 4, 1], 2, None),  # ignore_index within the targets' range, absent
+    ([0, 1, 2, 4, 2], 2, None),  # present
+    ([0, 7, 1, 7, 3], 7, None),  # outside [0, C) but ignore_index: ignored
+    ([0, -1, 4, 2, 1], -1, None),
+    ([0, 5, 1, 2, 1], -100, "target holds class index 5"),
+    ([0, -3, 9, 2, 1], 9, "target holds class index -3, outside"),  # 9 ignored, -3 still named
+    ([0, 9, 6, 2, 1], 9, "target holds class index 6, outside"),
+])
+def test_targets_and_ignore_index(rng, targets, ignore_index, match):
+    """Targets are checked against [0, C) after ignore_index is set aside, wherever it lies
+    (the check skips building a mask when ignore_index is outside the targets' range)."""
+    X, W, _, b = _problem(rng, N=5, C=5)
+    y = torch.tensor(targets)
+    if match is not None:
+        with pytest.raises(ValueError, match=match):
+            ft.linear_cross_entropy(X, W, y, linear_bias=b, ignore_index=ignore_index)
+        return
+    kwargs = dict(ignore_index=ignore_index)
+    ours = _loss_and_grads(ft.linear_cross_entropy, X, W, y, b, torch.tensor(1.0), **kwargs)
+    theirs = _loss_and_grads(F.linear_cross_entropy, X, W, y, b, torch.tensor(1.0), **kwargs)
+    _assert_same(ours, theirs, torch.float64)
+
+
+@pytest.mark.parametrize(("where", "value", "match"), [
+    ("input", float("nan"), "X contains NaN or infinity: 1 NaN entry"),
+    ("linear_weight", float("inf"), "W contains NaN or infinity: 1 infinite entry"),
+    ("linear_bias", float("inf"), "b contains NaN or infinity"),
+])
+def test_nonfinite_input_named_on_the_training_step(rng, where, value, match):
+    """The training step's route (no re-validation of X, W, b) still names a NaN or infinite
+    argument, from the kernel's count of bad rows."""
+    args = dict(zip(("input", "linear_weight", "target", "linear_bias"),
+                    _problem(rng, N=256, d=20, C=10, dtype=torch.float32, ignore=None),
+                    strict=True))
+    with torch.no_grad():
+        args[where].view(-1)[3] = value
+    with pytest.raises(ValueError, match=match):
+        ft.linear_cross_entropy(**args)
+
+
+def test_overflow_caught_on_the_training_step():
+    """Finite inputs whose logits or gradients overflow float32 raise ValueError on the training
+    step's route: the logits; dW within one row chunk; dW only when the two chunks' partials
+    are added (after NumPy's overflow warning)."""
+    y = torch.zeros(256, dtype=torch.long)
+    huge = torch.full((256, 4), 1e30)
+    with pytest.raises(ValueError, match="X W\\^T \\+ b overflowed to infinity in float32"):
+        ft.linear_cross_entropy(huge, torch.full((10, 4), 1e30, requires_grad=True), y)
+    W = torch.zeros(10, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="the gradient dW = G\\^T X overflowed float32"):
+        ft.linear_cross_entropy(torch.full((256, 4), 1e38), W, y, reduction="sum")
+    # Each 128-row chunk sums to -0.9 * 128 * 2.5e36 = -2.9e38, finite; both together overflow.
+    with (pytest.warns(RuntimeWarning, match="overflow"),
+          pytest.raises(ValueError, match="the gradient dW = G\\^T X overflowed float32")):
+        ft.linear_cross_entropy(torch.full((256, 4), 2.5e36), W, y, reduction="sum")
