@@ -179,13 +179,16 @@ def _fma(typingctx, a, b, c):
     return sig, codegen
 
 
-def _strict_binary(op, doc):
-    """An intrinsic `f(a, b)` emitting the IR instruction `op` with no fast-math flags: its
-    rounding is never changed by reassociation or contraction, wherever LLVM inlines it."""
+def _strict_binary(op, doc, flags=()):
+    """An intrinsic `f(a, b)` emitting the IR instruction `op` with the fast-math flags `flags`.
+
+    Numba gives every floating-point instruction without flags the flags of the function it is
+    lowered into (`fastmath=`), so a flagless instruction here carries its caller's flags;
+    `_div` is given `nsz` (the sign of a zero only) so that it keeps no `arcp` (see `_div`)."""
 
     def typer(typingctx, a, b):
         def codegen(context, builder, signature, args):
-            return getattr(builder, op)(args[0], args[1])
+            return getattr(builder, op)(args[0], args[1], flags=flags)
 
         return a(a, b), codegen
 
@@ -193,12 +196,17 @@ def _strict_binary(op, doc):
     return intrinsic(typer)
 
 
-_add = _strict_binary("fadd", "a + b, strict (see `_row_sum`).")
-_sub = _strict_binary("fsub", "a - b, strict.")
-_div = _strict_binary("fdiv", "a / b, strict (never turned into a * (1 / b)).")
+_add = _strict_binary("fadd", "a + b (see `_row_sum`).")
+_sub = _strict_binary("fsub", "a - b.")
+# With the caller's arcp, LLVM's code generator turned two divisions by the same K in one basic
+# block into multiplications by 1 / K, and whether they shared a block differed between a block
+# function compiled in the process and its copy re-optimized inside a cached caller: float64
+# gradients with label smoothing 1 ulp apart between a cold and a warm cache
+# (tests/test_determinism.py).
+_div = _strict_binary("fdiv", "a / b, correctly rounded (never a * (1 / b)).", flags=("nsz",))
 _mul = _strict_binary(
-    "fmul", "a * b, strict: (p * 2**n1) * 2**n2 must not become p * (2**n1 * 2**n2), which "
-    "rounds twice in the subnormal range.")
+    "fmul", "a * b: (p * 2**n1) * 2**n2 must not become p * (2**n1 * 2**n2), which rounds "
+    "twice in the subnormal range.")
 
 
 @intrinsic
@@ -541,15 +549,17 @@ def _row_scale_grad(A, i, yi, s, weight, smoothing, scale):
     K = A.shape[1]
     # (p - target) * weight, written so that p == target gives exactly 0 (K = 1, a certain row).
     inv = A.dtype.type(1.0 / s)
-    u = A.dtype.type(smoothing / K)
+    # Divisions through `_div`: under arcp, smoothing / K became smoothing * (1 / K) in some
+    # modules only, and ey / s could become ey * inv.
+    u_64 = _div(smoothing, np.float64(K))
+    u = A.dtype.type(u_64)
     ws = A.dtype.type(weight * scale)
     ey = A[i, yi]
     for k in range(K):
         A[i, k] = (A[i, k] * inv - u) * ws
     # The label's entry p_y - (1 - smoothing) cancels when p_y is near 1: take it in float64, from
     # the float64 sum s (in float32, p_y - 1 = -3.4e-4 came out 4e-5 off).
-    A[i, yi] = A.dtype.type((np.float64(ey) / s - smoothing / K - (1.0 - smoothing))
-                            * (weight * scale))
+    A[i, yi] = A.dtype.type((_div(np.float64(ey), s) - u_64 - (1.0 - smoothing)) * (weight * scale))
 
 
 @_jit(inline=True)

@@ -201,3 +201,55 @@ def test_small_problems_run_the_serial_twin(monkeypatch):
     forced = _kernels._linear_xent_small.parallel
     monkeypatch.setattr(_kernels._linear_xent_small, "serial", forced)  # both twins: parallel
     assert _digest(fs.linear_cross_entropy(X, W, b, y)) == _digest(small)
+
+
+# The kernels a call compiles in a process with an empty cache, and the same kernels loaded from
+# the cache by the next process, must give the same bits. Per case: dtype, K and d; every call
+# has sample weights and label smoothing (with smoothing the float64 gradients divide by K).
+_COLD_WARM_BITS = """
+import hashlib
+import numpy as np
+import scipy.sparse as sp
+import fastsoftmax as fs
+
+def digest(result):
+    return hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in result)).hexdigest()[:16]
+
+for dtype, K, d in [("float32", 7, 3), ("float64", 7, 3), ("float64", 10, 17), ("float64", 40, 6)]:
+    rng = np.random.default_rng(K * 1000 + d)
+    X = rng.normal(size=(200, d)).astype(dtype)
+    W, b = (rng.normal(size=(K, d)) / 2).astype(dtype), rng.normal(size=K).astype(dtype)
+    y, w = rng.integers(0, K, 200), rng.uniform(0, 2, 200)
+    Z = (4 * rng.normal(size=(200, K))).astype(dtype)
+    kw = dict(sample_weight=w, label_smoothing=0.1)
+    calls = {
+        "cross_entropy_grad": lambda: fs.cross_entropy_grad(Z, y, **kw),
+        "sparse linear_cross_entropy":
+            lambda: fs.linear_cross_entropy(sp.csr_matrix(X), W, b, y, alpha=0.1, **kw),
+    }
+    if K <= fs.functional.SMALL_K_MAX:
+        calls["linear_cross_entropy"] = lambda: fs.linear_cross_entropy(
+            X, W, b, y, alpha=0.1, return_dX=True, **kw)
+        calls["linear_cross_entropy_hvp"] = lambda: fs.linear_cross_entropy_hvp(
+            X, W, b, y, W[::-1].copy(), b[::-1].copy(), sample_weight=w)
+    for name, call in calls.items():
+        print(f"{name} {dtype} K={K} d={d}:{digest(call())}")
+"""
+
+
+def test_same_bits_from_a_cold_and_a_warm_cache(tmp_path):
+    """The small-K and sparse loss and gradients (sample weights, label smoothing; float32 and
+    float64), the row gradient and the Hessian-vector product give the same bits compiled in the
+    process (empty cache) and loaded from the cache. (Before, the float64 gradients of the
+    small-K and sparse kernels with label smoothing were 1 ulp apart: smoothing / K was a
+    multiplication by 1 / K in the block function compiled in the process and a division in its
+    copy inside the cached kernel; docs/design.md, "Threading and determinism".)"""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    cold = run_python(_COLD_WARM_BITS, env=env, timeout=900)
+    warm = run_python(_COLD_WARM_BITS, env=env, timeout=900)
+    assert cold.returncode == 0 and warm.returncode == 0, cold.explain() + warm.explain()
+    cold_bits = dict(line.split(":") for line in cold.stdout.split("\n") if line)
+    warm_bits = dict(line.split(":") for line in warm.stdout.split("\n") if line)
+    assert len(cold_bits) == 14 and cold_bits.keys() == warm_bits.keys(), cold.explain()
+    differ = sorted(case for case in cold_bits if cold_bits[case] != warm_bits[case])
+    assert not differ, "cold and warm cache differ: " + ", ".join(differ)
