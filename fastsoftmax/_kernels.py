@@ -29,9 +29,12 @@ Design
   exponentials are strict too (``_row_sum``: eight lanes in a fixed order), so that re-optimizing a
   block function in another module cannot change its bits; the max uses ``llvm.maxnum`` because LLVM
   does not vectorize a compare-and-select max without ``nnan``, which we never allow (inputs hold
-  -inf on purpose). Up to FLAT_K_MAX classes the exps run over a block's rows as one flat array:
-  each row kernel comes in both variants (``_softmax_rows_flat``, ...), kernels of their own
-  picked by the functional layer by K, so that a call compiles only the one it runs.
+  -inf on purpose). Up to FLAT_K_MAX classes the exps run over a block's rows as one flat array
+  (the gradient block transposes the block instead, so that every step runs across rows, and is
+  compiled without fast-math flags: inlined into a ``reassoc`` function, the "strict" intrinsics
+  take its flags, see ``_xent_grad_block_flat``): each row kernel comes in both variants
+  (``_softmax_rows_flat``, ...), kernels of their own picked by the functional layer by K, so that
+  a call compiles only the one it runs.
 * A row whose sum of exponentials is not >= 1 or whose raw sum is NaN held NaN or +inf (or was all
   -inf); kernels count such rows and the functional layer turns a non-zero count into a ValueError.
 * The small-K linear kernel (``_linear_xent_small``) skips BLAS: it reads each block of 4 rows of X
@@ -988,9 +991,10 @@ def _grad_block_losses(out, sample_weight, smoothing, lo, hi, losses, db, stats)
 @_jit(inline=True)
 def _transpose_in(A, lo, n, T):
     """T[k, r] := A[lo + r, k] for r < ROW_BLOCK, k < K: rows lo..lo + n as columns, the
-    columns from n on repeating row lo + n - 1."""
-    for k in range(A.shape[1]):
-        for r in range(ROW_BLOCK):
+    columns from n on repeating row lo + n - 1. Row by row (contiguous reads of the block, in
+    L1 after the copy): 8% faster than class by class at 1e6 x 10 float64."""
+    for r in range(ROW_BLOCK):
+        for k in range(A.shape[1]):
             T[k, r] = A[lo + min(r, n - 1), k]
 
 
