@@ -96,6 +96,68 @@ def test_log_special_values(dtype):
     assert got[6] == 0.0
 
 
+@njit(cache=False)
+def _kernel_math(e, g, inv, u, s):
+    """e := exp(e); g := fma(g, inv[row], -u); s := log(s), with the kernels' own functions."""
+    for i in range(e.shape[0]):
+        for j in range(e.shape[1]):
+            e[i, j] = k._exp_nonpos(e[i, j])
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            g[i, j] = k._fma(g[i, j], inv[i], -u)
+        s[i] = k._log_pos(s[i])
+
+
+def flat_grad_model(Z, y, w, smoothing, scale):
+    """The arithmetic the flat gradient block promises, in NumPy: exp(z - max) in the data
+    dtype, the float64 sum in `_row_sum`'s order (eight lanes, pairwise, then the rest),
+    (e * (1 / s) - smoothing / K) * w * scale with one FMA, the label's entry in float64; the
+    unsmoothed loss w * (log s - (z_y - max))."""
+    N, K = Z.shape
+    dtype = Z.dtype.type
+    m = Z.max(axis=1)
+    e = Z - m[:, None]
+    _kernel_math(e, np.zeros_like(e), np.zeros(N, Z.dtype), dtype(0), np.ones(N))
+    e64 = e.astype(np.float64)
+    lanes = np.zeros((8, N))
+    for j in range(K - K % 8):
+        lanes[j % 8] = lanes[j % 8] + e64[:, j]
+    s = (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])))
+    for j in range(K - K % 8, K):
+        s = s + e64[:, j]
+    grad, log_s = e.copy(), s.copy()
+    _kernel_math(np.zeros((0, 0), Z.dtype), grad, (1.0 / s).astype(Z.dtype),
+                 dtype(smoothing / K), log_s)
+    grad *= (w * scale).astype(Z.dtype)[:, None]
+    rows = np.arange(N)
+    grad[rows, y] = (e64[rows, y] / s - smoothing / K - (1.0 - smoothing)) * (w * scale)
+    return grad, w * (log_s - (Z[rows, y].astype(np.float64) - m))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("K", [2, 3, 8, 10, 17, 32])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_flat_gradient_block_follows_the_documented_arithmetic(rng, dtype, K, smoothing):
+    """Bitwise: the float64 sums of exponentials in `_row_sum`'s order (compiled with reassoc,
+    LLVM re-ordered them and float64 results moved by an ulp of the sum), the FMA of the scaling,
+    the label's entry. 150 rows: two full blocks and a short one."""
+    N = 150
+    Z = (rng.standard_normal((N, K)) * 3).astype(dtype)
+    y = rng.integers(0, K, N)
+    w = rng.uniform(0.5, 2.0, N)
+    scale = 1.0 / w.sum()
+    out, losses = np.empty_like(Z), np.empty(N)
+    blocks = k.n_blocks(N, k.ROW_BLOCK)
+    bad = k._xent_grad_rows_flat.serial(Z, out, np.empty(0, dtype), True, y, w, smoothing, scale,
+                                        losses, np.empty((blocks, 0)))
+    want, want_losses = flat_grad_model(Z, y, w, smoothing, scale)
+    assert bad == 0
+    np.testing.assert_array_equal(out, want)
+    if smoothing == 0.0:
+        np.testing.assert_array_equal(losses, want_losses)
+
+
 # Run by a fresh interpreter with NUMBA_DISABLE_JIT=1: every public function on both paths (small K
 # and tiled), both dtypes, against reference/. 70 rows make two row blocks, so the pairs' parallel
 # branch runs too (as plain Python).
