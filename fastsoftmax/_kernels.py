@@ -272,8 +272,10 @@ def _exp_nonpos_f32(x):
     p = _fma(p, r, np.float32(0.5))
     p = _fma(p, r, np.float32(1.0))
     p = _fma(p, r, np.float32(1.0))
-    # Numba promotes int32 arithmetic to int64: cast back so the bit pattern is a float32's.
-    ni = np.int64(n)
+    # n is in [-159, 0]: an int32 conversion (AVX2 converts 8 float32 to int32 at once, not to
+    # int64). Numba promotes int32 arithmetic to int64: cast back so the bit pattern is a
+    # float32's (LLVM then keeps the arithmetic in int32 lanes).
+    ni = np.int32(n)
     n1 = ni >> 1
     f1 = _bits_to_float(np.int32((n1 + 127) << 23))
     f2 = _bits_to_float(np.int32((ni - n1 + 127) << 23))
