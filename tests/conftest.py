@@ -81,3 +81,16 @@ def threads(request):
     """The test body runs on 1 and on 2 Numba threads (fewer if the machine has fewer)."""
     with numba_threads(min(request.param, numba.config.NUMBA_NUM_THREADS)):
         yield request.param
+
+
+def spy_twins(monkeypatch, pair) -> list:
+    """The names of the twins of kernel pair ``pair`` ("parallel", "serial") in call order."""
+    twins = []
+
+    def spy(name):
+        real = getattr(pair, name)
+        return lambda *args: twins.append(name) or real(*args)
+
+    for name in ("parallel", "serial"):
+        monkeypatch.setattr(pair, name, spy(name))
+    return twins

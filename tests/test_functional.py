@@ -4,7 +4,15 @@ differences."""
 
 import numpy as np
 import pytest
-from conftest import FD_RTOL, FD_STEP, assert_close, assert_unchanged, frozen, rtol_for
+from conftest import (
+    FD_RTOL,
+    FD_STEP,
+    assert_close,
+    assert_unchanged,
+    frozen,
+    rtol_for,
+    spy_twins,
+)
 
 import fastsoftmax as fs
 import reference as ref
@@ -321,19 +329,6 @@ def test_linear_rows_are_the_gathered_batch(rng, threads, weighted, bias, k, dty
     assert_unchanged([X, W, b], copies)
 
 
-def _spy_twins(monkeypatch, pair) -> list:
-    """The names of the twins of kernel pair ``pair`` ("parallel", "serial") in call order."""
-    twins = []
-
-    def spy(name):
-        real = getattr(pair, name)
-        return lambda *args: twins.append(name) or real(*args)
-
-    for name in ("parallel", "serial"):
-        monkeypatch.setattr(pair, name, spy(name))
-    return twins
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_serial_twin_on_request(rng, monkeypatch, dtype):
     """``serial=True`` (fastsoftmax.torch's small problems) runs the small-K kernel's serial twin
@@ -341,7 +336,7 @@ def test_linear_serial_twin_on_request(rng, monkeypatch, dtype):
     bits as the public function."""
     X, W, b, y = make_linear(rng, 256, 784, 10, dtype)
     want = fs.linear_cross_entropy(X, W, b, y, return_dX=True)
-    twins = _spy_twins(monkeypatch, _k._linear_xent_small)
+    twins = spy_twins(monkeypatch, _k._linear_xent_small)
     got = F._linear_cross_entropy_checked(
         V.as_float("X", X, X.dtype), V.readonly(W), V.readonly(b), V.readonly(y.astype(np.intp)),
         V.readonly(np.empty(0)), 0.0, 0.0, 256.0, return_dX=True, serial=True,

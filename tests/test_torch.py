@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import F64_ROUNDING, assert_close
+from conftest import F64_ROUNDING, assert_close, spy_twins
 
 import fastsoftmax.torch as ft
 
@@ -331,19 +331,6 @@ def test_numba_threads_follow_pytorch(rng, monkeypatch, work, expected, ignore):
     assert numba.get_num_threads() == before
 
 
-def _spy_twins(monkeypatch, pair) -> list:
-    """The names of the twins of kernel pair ``pair`` ("parallel", "serial") in call order."""
-    twins = []
-
-    def spy(name):
-        real = getattr(pair, name)
-        return lambda *args: twins.append(name) or real(*args)
-
-    for name in ("parallel", "serial"):
-        monkeypatch.setattr(pair, name, spy(name))
-    return twins
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("need_dX", [False, True], ids=["W,b", "X,W,b"])
@@ -359,7 +346,7 @@ def test_training_step_is_the_public_function_bitwise(rng, monkeypatch, dtype, b
     want = fs.linear_cross_entropy(X.detach().numpy(), W.detach().numpy(),
                                    None if b is None else b.detach().numpy(), y.numpy(),
                                    return_dX=need_dX)
-    twins = _spy_twins(monkeypatch, _kernels._linear_xent_small)
+    twins = spy_twins(monkeypatch, _kernels._linear_xent_small)
     loss = ft.linear_cross_entropy(X, W, y, linear_bias=b)
     loss.backward()
     assert twins == ["serial"]
