@@ -90,7 +90,8 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     loss_parts = np.empty(C, dtype=np.float64)
     work = aligned_workspace((C, d, 2 * K), dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
-    bias = b if b is not None else readonly(np.empty(0, dtype))  # as a validated b: one specialization
+    # Read-only whoever calls (a solver's iterate may be writable): one specialization per dtype.
+    bias = readonly(b if b is not None else np.empty(0, dtype))
     bad = _ks._csr_linear_xent(
         C, X.indptr, X.indices, X.data, np.ascontiguousarray(W.T), bias, y, w, eps, 1.0 / denom,
         loss_parts, work, db_parts,
@@ -121,7 +122,7 @@ def linear_softmax_checked(X: CsrInput, W, b) -> np.ndarray:
     N = X.shape[0]
     dtype = W.dtype
     out = np.empty((N, W.shape[0]), dtype=dtype)
-    bias = b if b is not None else readonly(np.empty(0, dtype))
+    bias = readonly(b if b is not None else np.empty(0, dtype))  # see linear_cross_entropy_checked
     WT = np.ascontiguousarray(W.T)
     bad = _ks._csr_linear_softmax(
         _k.n_blocks(N, _k.ROW_BLOCK), X.indptr, X.indices, X.data, WT, bias, out

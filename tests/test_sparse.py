@@ -14,7 +14,7 @@ import fastsoftmax as fs
 import reference as ref
 from fastsoftmax import _kernels as _k
 from fastsoftmax import _kernels_sparse as _ks
-from fastsoftmax import _sparse
+from fastsoftmax import _sparse, solvers
 from fastsoftmax._parallel import KernelPair
 from fastsoftmax._validation import check_sparse_linear
 
@@ -224,14 +224,16 @@ def test_every_sparse_parallel_kernel_is_a_pair():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_calls_with_and_without_bias_share_one_specialization(rng, dtype):
-    """The kernels receive a validated bias read-only; an absent one must be read-only too, or
-    every call without an intercept compiles (seconds, cold) a second specialization."""
+    """The kernels receive the bias read-only whoever calls (the public functions, internal callers
+    with writable arrays) and an absent one too, or each kind of call compiles (seconds,
+    cold) a specialization of its own."""
     X = sp.random(40, 12, density=0.3, format="csr", random_state=1, dtype=dtype)
     y = rng.integers(0, 3, 40)
     W, b = rng.normal(size=(3, 12)).astype(dtype), rng.normal(size=3).astype(dtype)
     for bias in (b, None):
         fs.linear_cross_entropy(X, W, bias, y)
         fs.linear_softmax(X, W, bias)
+    solvers.feature_curvature(X, W, b, np.empty(0), 40.0)  # an internal caller, b writable
     for pair in (_ks._csr_linear_xent, _ks._csr_linear_softmax):
         biases = {sig[4] for twin in (pair.parallel, pair.serial) for sig in twin.signatures
                   if getattr(sig[4], "dtype", None) == numba.from_dtype(dtype)}
