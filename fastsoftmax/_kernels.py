@@ -12,7 +12,7 @@ Design
   ``prange`` kernel and its serial twin, compiled from one function; ``pair(n_tasks, *args)`` runs
   the serial twin for a single task, in forked children of an OpenMP process and in workqueue threads
   that find the pool busy. Determinism rule: the body of a ``prange`` iteration is one call to a
-  block function (``_softmax_block``, ...), not inlined, called by both twins: its loops are
+  block function (``_softmax_block_rows``, ...), not inlined, called by both twins: its loops are
   vectorized and contracted once, when it is compiled, and the twins differ only in how blocks are
   handed out (each twin's module re-optimizes its linked copy, which left the floating-point code
   unchanged; tests/test_kernel_pairs.py checks the bits). Inlined into each twin, the same loops
@@ -638,15 +638,6 @@ def _log_softmax_rows_flat(Z, out, b, copy):
         lo = blk * ROW_BLOCK
         bad += _log_softmax_block_flat(Z, out, b, copy, lo, min(N, lo + ROW_BLOCK))
     return bad
-
-
-@_jit()
-def _softmax_block(Z, out, b, copy, log, lo, hi):
-    """Rows lo..hi of a softmax (log: log-softmax) for any number of classes (the row blocks pass
-    short rows to the flat ones)."""
-    if log:
-        return _log_softmax_block_rows(Z, out, b, copy, lo, hi)
-    return _softmax_block_rows(Z, out, b, copy, lo, hi)
 
 
 @_jit()
