@@ -31,10 +31,9 @@ Design
   does not vectorize a compare-and-select max without ``nnan``, which we never allow (inputs hold
   -inf on purpose). Up to FLAT_K_MAX classes the exps run over a block's rows as one flat array
   (the gradient block transposes the block instead, so that every step runs across rows, and is
-  compiled without fast-math flags: inlined into a ``reassoc`` function, the "strict" intrinsics
-  take its flags, see ``_xent_grad_block_flat``): each row kernel comes in both variants
-  (``_softmax_rows_flat``, ...), kernels of their own picked by the functional layer by K, so that
-  a call compiles only the one it runs.
+  compiled without fast-math flags, see ``_xent_grad_block_flat``): each row kernel comes in both
+  variants (``_softmax_rows_flat``, ...), kernels of their own picked by the functional layer by
+  K, so that a call compiles only the one it runs.
 * A row whose sum of exponentials is not >= 1 or whose raw sum is NaN held NaN or +inf (or was all
   -inf); kernels count such rows and the functional layer turns a non-zero count into a ValueError.
 * The small-K linear kernel (``_linear_xent_small``) skips BLAS: it reads each block of 4 rows of X
@@ -53,6 +52,7 @@ import numpy as np
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import config, njit, prange, types
+from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic, overload
 
 from fastsoftmax import _cache
@@ -63,6 +63,8 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 # The exp polynomial must keep its evaluation order: no reassoc.
 FASTMATH_EXP = {"contract", "nsz", "arcp", "afn"}
 
+# Unsigned lane offsets of the eight-lane sums (`_row_sum_n`): uint64 + int64 is float64 in Numba.
+_U1, _U2, _U3, _U4, _U5, _U6, _U7 = (np.uint64(j) for j in range(1, 8))
 ROW_BLOCK = 64  # rows per prange iteration of the row kernels
 FLAT_K_MAX = 32  # up to this many classes the cross-entropy blocks take exps over the whole block
 SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernels (divides ROW_BLOCK)
@@ -170,24 +172,36 @@ def _bits_to_float(typingctx, bits):
 
 @intrinsic
 def _fma(typingctx, a, b, c):
-    """llvm.fma: a * b + c rounded once, with no fast-math flags (never reassociated, even inlined
-    into a function compiled with reassoc); vectorizes to vfmadd."""
+    """llvm.fma: a * b + c rounded once, with no fast-math flags (never reassociated or split,
+    even inlined into a function compiled with reassoc); vectorizes to vfmadd.
+
+    Numba's fast-math pass gives its function's flags to every call that returns a scalar float,
+    whatever flags the call has: a scalar llvm.fma inlined into a `FASTMATH` block carried
+    reassoc and contract, and LLVM reassociated the sums built from it. The call is therefore
+    made on one-element vectors, which the pass does not touch; LLVM turns it back into the
+    scalar intrinsic, without flags, before vectorizing."""
     sig = a(a, b, c)
 
     def codegen(context, builder, signature, args):
         ty = args[0].type
-        fn = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty] * 3))
-        return builder.call(fn, args)
+        vty = ir.VectorType(ty, 1)
+        name = "llvm.fma.v1" + ("f64" if isinstance(ty, ir.DoubleType) else "f32")
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
+        zero = ir.Constant(ir.IntType(32), 0)
+        vec = [builder.insert_element(ir.Constant(vty, ir.Undefined), x, zero) for x in args]
+        return builder.extract_element(builder.call(fn, vec), zero)
 
     return sig, codegen
 
 
-def _strict_binary(op, doc, flags=()):
+def _strict_binary(op, doc, flags=("afn",)):
     """An intrinsic `f(a, b)` emitting the IR instruction `op` with the fast-math flags `flags`.
 
-    Numba gives every floating-point instruction without flags the flags of the function it is
-    lowered into (`fastmath=`), so a flagless instruction here carries its caller's flags;
-    `_div` is given `nsz` (the sign of a zero only) so that it keeps no `arcp` (see `_div`)."""
+    Numba's fast-math pass gives the flags of the function an instruction is lowered into
+    (`fastmath=`) to every floating-point instruction that has none, so a flagless instruction
+    here would carry its caller's reassoc and contract. Hence one flag that changes nothing:
+    `afn` (approximate functions) has no meaning for `fadd`, `fsub` and `fmul`. `_div` is given
+    `nsz` (the sign of a zero only) so that it keeps no `arcp` (see `_div`)."""
 
     def typer(typingctx, a, b):
         def codegen(context, builder, signature, args):
@@ -412,26 +426,31 @@ def _row_sum(A, i):
     fit, and Numba re-optimizes each block function in every module that links it, so a kernel
     loaded from the cache and its twin compiled in the process summed the same exponentials in
     different orders (float64 softmax 1 ulp apart from 40 classes up; tests/test_kernel_pairs.py).
-    The eight lanes are independent: the SLP vectorizer still makes them one vector add."""
+    The lanes run as eight independent scalar adds: half a cycle an entry, little beside the exps."""
     return _row_sum_n(A, i, 0, A.shape[1])
 
 
 @_jit(inline=True)
 def _row_sum_n(A, i, lo, n):
-    """`_row_sum` of A[i, lo:lo + n]: float64, eight strict lanes, the same order."""
+    """`_row_sum` of A[i, lo:lo + n]: float64, eight strict lanes, the same order.
+
+    Unsigned column indices: with Numba's wraparound of a possibly negative signed index (a
+    compare and select per load) the strict lanes made softmax at 100000 x 100 float64 take 1.22x
+    the time of the reassociated sum; unsigned, 0.73x (docs/design.md, "Numerics")."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     for k in range(lo, lo + n - 7, 8):
-        s0 = _add(s0, np.float64(A[i, k]))
-        s1 = _add(s1, np.float64(A[i, k + 1]))
-        s2 = _add(s2, np.float64(A[i, k + 2]))
-        s3 = _add(s3, np.float64(A[i, k + 3]))
-        s4 = _add(s4, np.float64(A[i, k + 4]))
-        s5 = _add(s5, np.float64(A[i, k + 5]))
-        s6 = _add(s6, np.float64(A[i, k + 6]))
-        s7 = _add(s7, np.float64(A[i, k + 7]))
+        u = np.uint64(k)
+        s0 = _add(s0, np.float64(A[i, u]))
+        s1 = _add(s1, np.float64(A[i, u + _U1]))
+        s2 = _add(s2, np.float64(A[i, u + _U2]))
+        s3 = _add(s3, np.float64(A[i, u + _U3]))
+        s4 = _add(s4, np.float64(A[i, u + _U4]))
+        s5 = _add(s5, np.float64(A[i, u + _U5]))
+        s6 = _add(s6, np.float64(A[i, u + _U6]))
+        s7 = _add(s7, np.float64(A[i, u + _U7]))
     s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
     for k in range(lo + n - n % 8, lo + n):
-        s = _add(s, np.float64(A[i, k]))
+        s = _add(s, np.float64(A[i, np.uint64(k)]))
     return s
 
 
@@ -439,21 +458,25 @@ def _row_sum_n(A, i, lo, n):
 def _row_dot(A, i, lo_a, B, j, lo_b, n):
     """float64 sum over k < n of A[i, lo_a + k] * B[j, lo_b + k], in the order of `_row_sum` and
     as strictly (products through `_mul`: with contraction, an FMA here in one module and not in
-    another would change the last bits between a cached twin and one compiled in the process)."""
+    another would change the last bits between a cached twin and one compiled in the process).
+    Unsigned indices as in `_row_sum_n`."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    d = lo_b - lo_a
+    d = np.uint64(lo_b - lo_a)
     for k in range(lo_a, lo_a + n - 7, 8):
-        s0 = _add(s0, _mul(np.float64(A[i, k]), np.float64(B[j, d + k])))
-        s1 = _add(s1, _mul(np.float64(A[i, k + 1]), np.float64(B[j, d + k + 1])))
-        s2 = _add(s2, _mul(np.float64(A[i, k + 2]), np.float64(B[j, d + k + 2])))
-        s3 = _add(s3, _mul(np.float64(A[i, k + 3]), np.float64(B[j, d + k + 3])))
-        s4 = _add(s4, _mul(np.float64(A[i, k + 4]), np.float64(B[j, d + k + 4])))
-        s5 = _add(s5, _mul(np.float64(A[i, k + 5]), np.float64(B[j, d + k + 5])))
-        s6 = _add(s6, _mul(np.float64(A[i, k + 6]), np.float64(B[j, d + k + 6])))
-        s7 = _add(s7, _mul(np.float64(A[i, k + 7]), np.float64(B[j, d + k + 7])))
+        u = np.uint64(k)
+        v = u + d
+        s0 = _add(s0, _mul(np.float64(A[i, u]), np.float64(B[j, v])))
+        s1 = _add(s1, _mul(np.float64(A[i, u + _U1]), np.float64(B[j, v + _U1])))
+        s2 = _add(s2, _mul(np.float64(A[i, u + _U2]), np.float64(B[j, v + _U2])))
+        s3 = _add(s3, _mul(np.float64(A[i, u + _U3]), np.float64(B[j, v + _U3])))
+        s4 = _add(s4, _mul(np.float64(A[i, u + _U4]), np.float64(B[j, v + _U4])))
+        s5 = _add(s5, _mul(np.float64(A[i, u + _U5]), np.float64(B[j, v + _U5])))
+        s6 = _add(s6, _mul(np.float64(A[i, u + _U6]), np.float64(B[j, v + _U6])))
+        s7 = _add(s7, _mul(np.float64(A[i, u + _U7]), np.float64(B[j, v + _U7])))
     s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
     for k in range(lo_a + n - n % 8, lo_a + n):
-        s = _add(s, _mul(np.float64(A[i, k]), np.float64(B[j, d + k])))
+        u = np.uint64(k)
+        s = _add(s, _mul(np.float64(A[i, u]), np.float64(B[j, u + d])))
     return s
 
 
@@ -466,23 +489,15 @@ def _row_exp_inplace(A, i, m):
 
 
 @_jit(inline=True)
-def _row_sum_exp(A, i, m):
-    """float64 sum of exp(A[i] - m), A unchanged, in the order of `_row_sum`."""
+def _row_sum_exp(A, i, m, E):
+    """float64 sum of exp(A[i] - m), A unchanged, in the order of `_row_sum`: the exps go into
+    row 0 of the scratch E (1, K or more) of A's dtype, then `_row_sum_n` sums them. Summed as
+    they were made, eight exps a pass into eight strict lanes, the exps did not vectorize
+    (log-softmax and cross-entropy 1.2-2.3x as long at 100 and 300 classes)."""
     K = A.shape[1]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    for k in range(0, K - 7, 8):
-        s0 = _add(s0, np.float64(_exp_nonpos(A[i, k] - m)))
-        s1 = _add(s1, np.float64(_exp_nonpos(A[i, k + 1] - m)))
-        s2 = _add(s2, np.float64(_exp_nonpos(A[i, k + 2] - m)))
-        s3 = _add(s3, np.float64(_exp_nonpos(A[i, k + 3] - m)))
-        s4 = _add(s4, np.float64(_exp_nonpos(A[i, k + 4] - m)))
-        s5 = _add(s5, np.float64(_exp_nonpos(A[i, k + 5] - m)))
-        s6 = _add(s6, np.float64(_exp_nonpos(A[i, k + 6] - m)))
-        s7 = _add(s7, np.float64(_exp_nonpos(A[i, k + 7] - m)))
-    s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
-    for k in range(K - K % 8, K):
-        s = _add(s, np.float64(_exp_nonpos(A[i, k] - m)))
-    return s
+    for k in range(K):
+        E[0, k] = _exp_nonpos(A[i, k] - m)
+    return _row_sum_n(E, 0, 0, K)
 
 
 @_jit(fastmath=FASTMATH_EXP)
@@ -670,10 +685,11 @@ def _log_softmax_block_rows(Z, out, b, copy, lo, hi):
     if out.shape[1] <= FLAT_K_MAX:
         return _log_softmax_block_flat(Z, out, b, copy, lo, hi)
     bad = 0
+    E = np.empty((1, out.shape[1]), dtype=out.dtype)
     for i in range(lo, hi):
         _row_load(out, i, Z, i, b, copy)
         m, t = _row_max_sum(out, i)
-        s = _row_sum_exp(out, i, m)
+        s = _row_sum_exp(out, i, m, E)
         _row_sub_inplace(out, i, m, out.dtype.type(_log_pos(s)))
         bad += 1 if _row_is_bad(m, t, s) else 0
     return bad
@@ -797,9 +813,10 @@ def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
     if Z.shape[1] <= FLAT_K_MAX:
         return _xent_block_flat(Z, y, sample_weight, smoothing, losses, lo, hi)
     bad = 0
+    E = np.empty((1, Z.shape[1]), dtype=Z.dtype)
     for i in range(lo, hi):
         m, t = _row_max_sum(Z, i)
-        s = _row_sum_exp(Z, i, m)
+        s = _row_sum_exp(Z, i, m, E)
         wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
         ms = _row_mean_shifted(Z, i, m) if smoothing != 0.0 and wi != 0.0 else 0.0
         losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], smoothing)
@@ -929,8 +946,7 @@ def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, l
     in the order of `_row_sum`, then `_row_scale_grad`'s formulas (the exps times 1 / sum minus
     smoothing / K as one FMA). Compiled without fast-math flags: nothing here needs
     reassociation to vectorize (every loop runs across rows), and without it the order above is
-    the one computed whatever module the block is compiled in (with `reassoc`, the strict adds
-    of `_row_sum` inlined here took the caller's flags and LLVM re-ordered float64 sums)."""
+    the one computed whatever module the block is compiled in."""
     n, K = hi - lo, out.shape[1]
     # T rows 0..K-1: the block transposed; K: row max; K + 1: label entry; K + 2: 1 / sum; K + 3:
     # weight * scale. F (float64) rows 0..7: the eight lanes of the sums; 8: sum of the row - max

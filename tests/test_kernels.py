@@ -1,11 +1,14 @@
 """Kernel building blocks that the functional tests cannot pin down precisely (the polynomial exp
 and log), and the kernels run as plain Python (NUMBA_DISABLE_JIT)."""
 
+import re
+
 import numpy as np
 import pytest
 from _reliability import run_python
 from numba import njit
 
+import fastsoftmax as fs
 from fastsoftmax import _kernels as k
 
 
@@ -108,6 +111,20 @@ def _kernel_math(e, g, inv, u, s):
         s[i] = k._log_pos(s[i])
 
 
+def lane_sum_model(e64):
+    """float64 row sums in `_row_sum`'s order: eight lanes (lane j adds the entries j mod 8),
+    combined pairwise, then the rest in order."""
+    N, K = e64.shape
+    lanes = np.zeros((8, N))
+    for j in range(K - K % 8):
+        lanes[j % 8] = lanes[j % 8] + e64[:, j]
+    s = (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])))
+    for j in range(K - K % 8, K):
+        s = s + e64[:, j]
+    return s
+
+
 def flat_grad_model(Z, y, w, smoothing, scale):
     """The arithmetic the flat gradient block promises, in NumPy: exp(z - max) in the data
     dtype, the float64 sum in `_row_sum`'s order (eight lanes, pairwise, then the rest),
@@ -119,13 +136,7 @@ def flat_grad_model(Z, y, w, smoothing, scale):
     e = Z - m[:, None]
     _kernel_math(e, np.zeros_like(e), np.zeros(N, Z.dtype), dtype(0), np.ones(N))
     e64 = e.astype(np.float64)
-    lanes = np.zeros((8, N))
-    for j in range(K - K % 8):
-        lanes[j % 8] = lanes[j % 8] + e64[:, j]
-    s = (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])))
-    for j in range(K - K % 8, K):
-        s = s + e64[:, j]
+    s = lane_sum_model(e64)
     grad, log_s = e.copy(), s.copy()
     _kernel_math(np.zeros((0, 0), Z.dtype), grad, (1.0 / s).astype(Z.dtype),
                  dtype(smoothing / K), log_s)
@@ -156,6 +167,38 @@ def test_flat_gradient_block_follows_the_documented_arithmetic(rng, dtype, K, sm
     np.testing.assert_array_equal(out, want)
     if smoothing == 0.0:
         np.testing.assert_array_equal(losses, want_losses)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("K", [33, 40, 100, 257])
+def test_row_softmax_follows_the_documented_arithmetic(rng, dtype, K):
+    """Bitwise: the row-by-row softmax (more than FLAT_K_MAX classes, a block compiled with
+    reassoc) sums in `_row_sum`'s order and scales by 1 / s rounded to the data dtype. Its strict
+    adds had taken reassoc from the block, and LLVM vectorized the eight lanes in an order of its
+    own (float64 rows 1 ulp of the sum apart at 40 classes and more)."""
+    Z = (rng.standard_normal((150, K)) * 3).astype(dtype)
+    e = Z - Z.max(axis=1)[:, None]
+    _kernel_math(e, np.zeros((0, 0), dtype), np.zeros(0, dtype), dtype(0), np.ones(0))
+    want = e * (1.0 / lane_sum_model(e.astype(np.float64))).astype(dtype)[:, None]
+    np.testing.assert_array_equal(fs.softmax(Z), want)
+
+
+def test_strict_intrinsics_take_no_flags_from_their_caller():
+    """`_add`, `_mul` and `_fma` inlined into a function compiled with `FASTMATH` carry no reassoc
+    and no contract in its LLVM IR: Numba's fast-math pass gives the function's flags to every
+    flagless floating-point instruction and to every call returning a scalar float."""
+    @njit(fastmath=k.FASTMATH, cache=False)
+    def strict(a, b, out):
+        for j in range(a.shape[0]):
+            out[j] = k._add(out[j], k._fma(a[j], b[j], k._mul(a[j], a[j])))
+
+    a = np.linspace(0.0, 1.0, 32)
+    strict(a, a, np.zeros(32))
+    ir = strict.inspect_llvm(strict.signatures[0])
+    ops = [line for line in ir.splitlines()
+           if re.search(r"= (fadd|fmul) |call .*@llvm\.fma", line)]
+    assert len(ops) >= 3
+    assert not [line for line in ops if "reassoc" in line or "contract" in line or " fast " in line]
 
 
 # Run by a fresh interpreter with NUMBA_DISABLE_JIT=1: every public function on both paths (small K
