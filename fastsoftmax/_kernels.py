@@ -53,7 +53,13 @@ from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import config, njit, prange, types
 from numba.core import cgutils
-from numba.extending import get_cython_function_address, intrinsic, overload
+from numba.extending import (
+    get_cython_function_address,
+    intrinsic,
+    models,
+    overload,
+    register_model,
+)
 
 from fastsoftmax import _cache
 from fastsoftmax._parallel import parallel_kernel
@@ -63,8 +69,6 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 # The exp polynomial must keep its evaluation order: no reassoc.
 FASTMATH_EXP = {"contract", "nsz", "arcp", "afn"}
 
-# Unsigned lane offsets of the eight-lane sums (`_row_sum_n`): uint64 + int64 is float64 in Numba.
-_U1, _U2, _U3, _U4, _U5, _U6, _U7 = (np.uint64(j) for j in range(1, 8))
 ROW_BLOCK = 64  # rows per prange iteration of the row kernels
 FLAT_K_MAX = 32  # up to this many classes the cross-entropy blocks take exps over the whole block
 SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernels (divides ROW_BLOCK)
@@ -226,6 +230,112 @@ _mul = _strict_binary(
     "twice in the subnormal range.")
 
 
+# ------------------------------------------------------------------------------------------------
+# Eight float64 lanes in one vector register, for the strict row sums (`_row_sum_n`, `_row_dot`):
+# written as eight scalar accumulators, the lanes stayed eight scalar adds (the SLP vectorizer does
+# not vectorize such loop-carried sums), and converting and adding each entry alone was a large
+# part of a row pass. The lanes are an LLVM <8 x double> value: one (converting) vector load and
+# one vector add per eight entries, in exactly the order of the eight scalar lanes.
+
+
+class _LanesType(types.Type):
+    """Eight float64 lanes (an LLVM <8 x double>)."""
+
+    def __init__(self):
+        super().__init__(name="Lanes8")
+
+
+_lanes8 = _LanesType()
+_LANES_IR = ir.VectorType(ir.DoubleType(), 8)
+
+
+@register_model(_LanesType)
+class _LanesModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _LANES_IR)
+
+
+_STRICT = ("afn",)  # a flag that changes nothing, so that Numba's pass adds none (`_strict_binary`)
+
+
+def _row_lanes(context, builder, arrty, ary, i, u):
+    """The eight entries ary[i, u:u + 8] (u unsigned) as <8 x double>: one vector load (and one
+    conversion from float32) from a C-contiguous array, eight loads by the strides otherwise."""
+    arr = context.make_array(arrty)(context, builder, ary)
+    i64 = ir.IntType(64)
+    elty = context.get_data_type(arrty.dtype)
+    vty = ir.VectorType(elty, 8)
+    strides = cgutils.unpack_tuple(builder, arr.strides, 2)
+    byte = ir.IntType(8).as_pointer()
+    base = builder.add(builder.mul(builder.sext(i, i64) if i.type.width < 64 else i, strides[0]),
+                       builder.mul(u, strides[1]))
+    ptr = builder.gep(builder.bitcast(arr.data, byte), [base])
+    if arrty.layout == "C":
+        vec = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=arrty.dtype.bitwidth // 8)
+    else:
+        vec = ir.Constant(vty, ir.Undefined)
+        for j in range(8):
+            pj = builder.gep(ptr, [builder.mul(ir.Constant(i64, j), strides[1])])
+            vec = builder.insert_element(vec, builder.load(builder.bitcast(pj, elty.as_pointer())),
+                                         ir.Constant(ir.IntType(32), j))
+    return vec if isinstance(elty, ir.DoubleType) else builder.fpext(vec, _LANES_IR)
+
+
+@intrinsic
+def _lanes_zero(typingctx):
+    """Eight lanes of 0.0."""
+    return _lanes8(), lambda context, builder, sig, args: ir.Constant(_LANES_IR, [0.0] * 8)
+
+
+def _check_row_args(A, i, u):
+    if not (isinstance(A, types.Array) and A.ndim == 2 and isinstance(A.dtype, types.Float)
+            and isinstance(i, types.Integer) and u == types.uint64):
+        raise TypeError("lanes of a 2-D float array row, at an unsigned column")
+
+
+@intrinsic
+def _lanes_add(typingctx, acc, A, i, u):
+    """acc + A[i, u:u + 8] in float64, lane by lane (one strict vector add)."""
+    _check_row_args(A, i, u)
+
+    def codegen(context, builder, sig, args):
+        vec = _row_lanes(context, builder, sig.args[1], args[1], args[2], args[3])
+        return builder.fadd(args[0], vec, flags=_STRICT)
+
+    return _lanes8(acc, A, i, u), codegen
+
+
+@intrinsic
+def _lanes_add_mul(typingctx, acc, A, i, u, B, j, v):
+    """acc + A[i, u:u + 8] * B[j, v:v + 8] in float64, lane by lane: each product rounded, then
+    added (strict vector multiply and add, never an FMA)."""
+    _check_row_args(A, i, u)
+    _check_row_args(B, j, v)
+
+    def codegen(context, builder, sig, args):
+        a = _row_lanes(context, builder, sig.args[1], args[1], args[2], args[3])
+        b = _row_lanes(context, builder, sig.args[4], args[4], args[5], args[6])
+        return builder.fadd(args[0], builder.fmul(a, b, flags=_STRICT), flags=_STRICT)
+
+    return _lanes8(acc, A, i, u, B, j, v), codegen
+
+
+@intrinsic
+def _lanes_total(typingctx, acc):
+    """((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) of the eight lanes."""
+
+    def codegen(context, builder, sig, args):
+        lane = [builder.extract_element(args[0], ir.Constant(ir.IntType(32), j)) for j in range(8)]
+
+        def add(a, b):
+            return builder.fadd(a, b, flags=_STRICT)
+
+        return add(add(add(lane[0], lane[1]), add(lane[2], lane[3])),
+                   add(add(lane[4], lane[5]), add(lane[6], lane[7])))
+
+    return types.float64(acc), codegen
+
+
 @intrinsic
 def _float_to_bits(typingctx, x):
     """Reinterpret a float64 as int64 (the inverse of `_bits_to_float`, for log)."""
@@ -383,6 +493,18 @@ if config.DISABLE_JIT:
             return x
         return _exp_nonpos_f32(x) if isinstance(x, np.float32) else _exp_nonpos_f64(x)
 
+    def _lanes_zero():  # noqa: F811
+        return np.zeros(8)
+
+    def _lanes_add(acc, A, i, u):  # noqa: F811
+        return acc + A[i, u:u + 8].astype(np.float64)
+
+    def _lanes_add_mul(acc, A, i, u, B, j, v):  # noqa: F811
+        return acc + A[i, u:u + 8].astype(np.float64) * B[j, v:v + 8].astype(np.float64)
+
+    def _lanes_total(acc):  # noqa: F811
+        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
 
 # ------------------------------------------------------------------------------------------------
 # Row helpers: all work in place on row i of the output A (C-contiguous, 2-D). They index (A, i)
@@ -426,29 +548,19 @@ def _row_sum(A, i):
     fit, and Numba re-optimizes each block function in every module that links it, so a kernel
     loaded from the cache and its twin compiled in the process summed the same exponentials in
     different orders (float64 softmax 1 ulp apart from 40 classes up; tests/test_kernel_pairs.py).
-    The lanes run as eight independent scalar adds: half a cycle an entry, little beside the exps."""
+    The lanes are one vector register (`_lanes_add`)."""
     return _row_sum_n(A, i, 0, A.shape[1])
 
 
 @_jit(inline=True)
 def _row_sum_n(A, i, lo, n):
-    """`_row_sum` of A[i, lo:lo + n]: float64, eight strict lanes, the same order.
-
-    Unsigned column indices: with Numba's wraparound of a possibly negative signed index (a
-    compare and select per load) the strict lanes made softmax at 100000 x 100 float64 take 1.22x
-    the time of the reassociated sum; unsigned, 0.73x (docs/design.md, "Numerics")."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    """`_row_sum` of A[i, lo:lo + n]: float64, eight strict lanes (`_lanes_add`), the same order.
+    Unsigned column indices: Numba's wraparound of a possibly negative signed index costs a
+    compare and select per load."""
+    acc = _lanes_zero()
     for k in range(lo, lo + n - 7, 8):
-        u = np.uint64(k)
-        s0 = _add(s0, np.float64(A[i, u]))
-        s1 = _add(s1, np.float64(A[i, u + _U1]))
-        s2 = _add(s2, np.float64(A[i, u + _U2]))
-        s3 = _add(s3, np.float64(A[i, u + _U3]))
-        s4 = _add(s4, np.float64(A[i, u + _U4]))
-        s5 = _add(s5, np.float64(A[i, u + _U5]))
-        s6 = _add(s6, np.float64(A[i, u + _U6]))
-        s7 = _add(s7, np.float64(A[i, u + _U7]))
-    s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
+        acc = _lanes_add(acc, A, i, np.uint64(k))
+    s = _lanes_total(acc)
     for k in range(lo + n - n % 8, lo + n):
         s = _add(s, np.float64(A[i, np.uint64(k)]))
     return s
@@ -457,23 +569,15 @@ def _row_sum_n(A, i, lo, n):
 @_jit(inline=True)
 def _row_dot(A, i, lo_a, B, j, lo_b, n):
     """float64 sum over k < n of A[i, lo_a + k] * B[j, lo_b + k], in the order of `_row_sum` and
-    as strictly (products through `_mul`: with contraction, an FMA here in one module and not in
-    another would change the last bits between a cached twin and one compiled in the process).
-    Unsigned indices as in `_row_sum_n`."""
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    as strictly (products rounded, then added: with contraction, an FMA here in one module and
+    not in another would change the last bits between a cached twin and one compiled in the
+    process). Unsigned indices as in `_row_sum_n`."""
+    acc = _lanes_zero()
     d = np.uint64(lo_b - lo_a)
     for k in range(lo_a, lo_a + n - 7, 8):
         u = np.uint64(k)
-        v = u + d
-        s0 = _add(s0, _mul(np.float64(A[i, u]), np.float64(B[j, v])))
-        s1 = _add(s1, _mul(np.float64(A[i, u + _U1]), np.float64(B[j, v + _U1])))
-        s2 = _add(s2, _mul(np.float64(A[i, u + _U2]), np.float64(B[j, v + _U2])))
-        s3 = _add(s3, _mul(np.float64(A[i, u + _U3]), np.float64(B[j, v + _U3])))
-        s4 = _add(s4, _mul(np.float64(A[i, u + _U4]), np.float64(B[j, v + _U4])))
-        s5 = _add(s5, _mul(np.float64(A[i, u + _U5]), np.float64(B[j, v + _U5])))
-        s6 = _add(s6, _mul(np.float64(A[i, u + _U6]), np.float64(B[j, v + _U6])))
-        s7 = _add(s7, _mul(np.float64(A[i, u + _U7]), np.float64(B[j, v + _U7])))
-    s = _add(_add(_add(s0, s1), _add(s2, s3)), _add(_add(s4, s5), _add(s6, s7)))
+        acc = _lanes_add_mul(acc, A, i, u, B, j, u + d)
+    s = _lanes_total(acc)
     for k in range(lo_a + n - n % 8, lo_a + n):
         u = np.uint64(k)
         s = _add(s, _mul(np.float64(A[i, u]), np.float64(B[j, u + d])))
@@ -498,15 +602,6 @@ def _row_sum_exp(A, i, m, E):
     for k in range(K):
         E[0, k] = _exp_nonpos(A[i, k] - m)
     return _row_sum_n(E, 0, 0, K)
-
-
-@_jit(fastmath=FASTMATH_EXP)
-def _sub_then_sub(x, m, c):
-    """(x - m) - c, in this order: without reassoc (and not inlined in Numba IR, where it would take
-    the caller's flags) LLVM cannot fold m + c first, which, rounded to the data dtype, loses c when
-    |m| >> c (log_softmax of a float32 row of equal logits 1e4 was off by 4e-4; of a float64 row of
-    equal logits 1e30, by log K)."""
-    return (x - m) - c
 
 
 @_jit(inline=True)
@@ -730,7 +825,7 @@ def _softmax_block_flat(Z, out, b, copy, lo, hi):
 def _log_softmax_block_flat(Z, out, b, copy, lo, hi):
     """Rows lo..hi of `_log_softmax_rows_flat`: out holds the rows minus their max, their exps go
     to a block-sized scratch array in one flat loop, the logs of the sums run across rows;
-    out[i] - log s rounds as `_sub_then_sub` does (out[i] is already x - m, rounded)."""
+    out[i] - log s rounds as `_row_sub_inplace` does (out[i] is already x - m, rounded)."""
     n, K = hi - lo, out.shape[1]
     stats = np.empty((2, n))
     _shift_rows(Z, out, b, copy, lo, hi, stats)
@@ -771,9 +866,13 @@ def _row_scale_inplace(A, i, c):
 
 @_jit(inline=True)
 def _row_sub_inplace(A, i, m, c):
-    """A[i] := (A[i] - m) - c, in this order (see `_sub_then_sub`)."""
+    """A[i] := (A[i] - m) - c, in this order (strict `_sub`): folding m + c first, rounded to the
+    data dtype, loses c when |m| >> c (log_softmax of a float32 row of equal logits 1e4 was off by
+    4e-4; of a float64 row of equal logits 1e30, by log K). Through `_sub` the loop vectorizes: a
+    function of its own compiled without reassoc, called per entry, made log-softmax at 100
+    classes twice as long as softmax."""
     for k in range(A.shape[1]):
-        A[i, k] = _sub_then_sub(A[i, k], m, c)
+        A[i, k] = _sub(_sub(A[i, k], m), c)
 
 
 @_parallel_kernel
