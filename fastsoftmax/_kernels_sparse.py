@@ -40,6 +40,7 @@ and indices; optional arrays have size 0 when absent.
 import numpy as np
 from llvmlite import ir
 from numba import config, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastsoftmax._kernels import (
@@ -50,12 +51,13 @@ from fastsoftmax._kernels import (
     _mul,
     _n_blocks,
     _parallel_kernel,
-    _row_grad,
     _row_hvp,
     _softmax_block_rows,
+    _xent_grad_block,
 )
 
 MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
+LINE = 64  # bytes in a cache line, and in one vector of `_line_fma4`, `_line_fma`, `_line_fma2`
 # Stored entries between the one whose workspace row is prefetched and the one being used: the
 # fused loss + gradient on one thread (CPU time, 200000 x 2^17 x 20 text-like float32) took 191 ms
 # without prefetching, 145 ms at 64 entries ahead, 148 at 128, 155 at 256; at 800000 x 47236 x 50
@@ -91,6 +93,116 @@ if config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: intrinsics exist only in compiled
 
     def _prefetch(arr, row, offset):  # noqa: F811
         pass
+
+
+def _line_type(context, dtype):
+    """The LLVM vector of one cache line of `dtype` (16 float32 or 8 float64: one zmm)."""
+    return ir.VectorType(context.get_value_type(dtype), LINE // (dtype.bitwidth // 8))
+
+
+def _line_ptr(context, builder, aryty, ary_val, row, col):
+    """Pointer to the line-sized vector at [row, col] of the C-contiguous 2-D array ary_val."""
+    ary = context.make_array(aryty)(context, builder, ary_val)
+    stride = builder.extract_value(ary.strides, 0)
+    row, col = (builder.zext(a, stride.type) if a.type.width < stride.type.width else a
+                for a in (row, col))
+    item = ir.Constant(stride.type, aryty.dtype.bitwidth // 8)
+    i8p = ir.IntType(8).as_pointer()
+    ptr = builder.gep(builder.bitcast(ary.data, i8p),
+                      [builder.add(builder.mul(row, stride), builder.mul(col, item))])
+    return builder.bitcast(ptr, _line_type(context, aryty.dtype).as_pointer())
+
+
+def _line_load(context, builder, aryty, ary_val, row, col):
+    ptr = _line_ptr(context, builder, aryty, ary_val, row, col)
+    return builder.load(ptr, align=aryty.dtype.bitwidth // 8), ptr
+
+
+def _splat(context, builder, x, xty, dtype):
+    """x (of numba type xty) cast to dtype, in every lane of a line vector."""
+    vecty = _line_type(context, dtype)
+    x = context.cast(builder, x, xty, dtype)
+    undef = ir.Constant(vecty, ir.Undefined)
+    v = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vecty.count), [0] * vecty.count)
+    return builder.shuffle_vector(v, undef, mask)
+
+
+def _vfma(builder, a, x, c):
+    """llvm.fma on vectors: a * x + c rounded once per lane (a call: no fast-math flag applies)."""
+    ty = a.type
+    name = f"llvm.fma.v{ty.count}{'f32' if ty.element == ir.FloatType() else 'f64'}"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+    return builder.call(fn, [a, x, c])
+
+
+@intrinsic
+def _line_fma4(typingctx, A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):
+    """A[r, k:k+n] := fma(v3, WT[c3, ..], fma(v2, WT[c2, ..], fma(v1, WT[c1, ..], fma(v0,
+    WT[c0, ..], A[r, k:k+n])))) for the n = LINE / itemsize columns from k (one vector each:
+    the rows must hold whole vectors from k on). Lane by lane the four fmas of `_fma` in order."""
+    sig = types.void(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
+
+    def codegen(context, builder, signature, args):
+        aty, wty, dt = signature.args[0], signature.args[2], signature.args[0].dtype
+        acc, a_ptr = _line_load(context, builder, aty, args[0], args[1], args[11])
+        for q in range(4):
+            w, _ = _line_load(context, builder, wty, args[2], args[3 + q], args[11])
+            v = _splat(context, builder, args[7 + q], signature.args[7 + q], dt)
+            acc = _vfma(builder, v, w, acc)
+        builder.store(acc, a_ptr, align=dt.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _line_fma(typingctx, A, r, v, G, g, k):
+    """A[r, k:k+n] := fma(v, G[g, k:k+n], A[r, k:k+n]), n = LINE / itemsize (one vector)."""
+    sig = types.void(A, r, v, G, g, k)
+
+    def codegen(context, builder, signature, args):
+        aty, gty, dt = signature.args[0], signature.args[3], signature.args[0].dtype
+        gv, _ = _line_load(context, builder, gty, args[3], args[4], args[5])
+        acc, a_ptr = _line_load(context, builder, aty, args[0], args[1], args[5])
+        vv = _splat(context, builder, args[2], signature.args[2], dt)
+        builder.store(_vfma(builder, vv, gv, acc), a_ptr, align=dt.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _line_fma2(typingctx, A, r0, r1, v0, v1, G, g, k):
+    """`_line_fma` into rows r0 and r1 (different) with v0 and v1, from one load of G[g, k:k+n]."""
+    sig = types.void(A, r0, r1, v0, v1, G, g, k)
+
+    def codegen(context, builder, signature, args):
+        aty, gty, dt = signature.args[0], signature.args[5], signature.args[0].dtype
+        gv, _ = _line_load(context, builder, gty, args[5], args[6], args[7])
+        for q in range(2):
+            acc, a_ptr = _line_load(context, builder, aty, args[0], args[1 + q], args[7])
+            vv = _splat(context, builder, args[3 + q], signature.args[3 + q], dt)
+            builder.store(_vfma(builder, vv, gv, acc), a_ptr, align=dt.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+if config.DISABLE_JIT:  # Python versions of the line operations (same lanes, rounded twice)
+
+    def _line_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):  # noqa: F811
+        n = LINE // A.itemsize
+        for c, v in ((c0, v0), (c1, v1), (c2, v2), (c3, v3)):
+            A[r, k:k + n] += v * WT[c, k:k + n]
+
+    def _line_fma(A, r, v, G, g, k):  # noqa: F811
+        n = LINE // A.itemsize
+        A[r, k:k + n] += v * G[g, k:k + n]
+
+    def _line_fma2(A, r0, r1, v0, v1, G, g, k):  # noqa: F811
+        _line_fma(A, r0, v0, G, g, k)
+        _line_fma(A, r1, v1, G, g, k)
 
 
 # Column indices are cast to unsigned before indexing W^T and dW^T: Numba's wraparound of negative
@@ -203,97 +315,184 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
             dWT[c0, off + k] = _fma(v0, G[0, k], dWT[c0, off + k])
 
 
+@_jit(inline=True)
+def _prefetch_lined(WT, indices, p, last, m):
+    """Prefetch the rows of WT of stored entries p..p+m-1, if all are there: rows of whole,
+    aligned cache lines (padded, `_csr_linear_xent`), so one prefetch per line, no more."""
+    if p + m - 1 < indices.shape[0]:
+        nbytes = WT.shape[1] * WT.itemsize
+        for q in range(m):
+            j = _column(indices, p + q, last)
+            for off in range(0, nbytes, LINE):
+                _prefetch(WT, j, off)
+
+
+@_jit(inline=True)
+def _csr_row_logits_lined(indptr, indices, data, WT, i, A, r):
+    """A[r] := X[i] @ W over all Kp = A.shape[1] = WT.shape[1] columns of the padded WT (Kp a
+    whole number of vectors of LINE bytes), one vector per operation (`_line_fma4`,
+    `_line_fma`). Per class the same fmas in the same order as `_csr_row_logits` computed
+    (compiled, its five-term sum became a chain of four fmas); with K unknown when compiled,
+    its loops ran as scalar remainders (20 classes: none of the 64-wide vector loop)."""
+    Kp = A.shape[1]
+    n = LINE // A.itemsize
+    last = np.uint64(WT.shape[0] - 1)
+    for k in range(Kp):
+        A[r, k] = 0
+    p, hi = indptr[i], indptr[i + 1]
+    while p + 3 < hi:
+        _prefetch_lined(WT, indices, p + PREFETCH_AHEAD, last, 4)
+        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
+        c2, c3 = _column(indices, p + 2, last), _column(indices, p + 3, last)
+        v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
+        for k in range(0, Kp, n):
+            _line_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
+        p += 4
+    while p < hi:
+        _prefetch_lined(WT, indices, p + PREFETCH_AHEAD, last, 1)
+        c0 = _column(indices, p, last)
+        for k in range(0, Kp, n):
+            _line_fma(A, r, data[p], WT, c0, k)
+        p += 1
+
+
+@_jit(inline=True)
+def _csr_row_scatter_lined(indptr, indices, data, G, r, i, dWT):
+    """dW^T[j] += X[i, j] * G[r] for every stored entry (column j) of row i, over all Kp
+    columns (whole vectors, as `_csr_row_logits_lined`), prefetching the partial's rows
+    PREFETCH_AHEAD entries ahead. Two entries per pass share each load of G[r]; a duplicate
+    column makes its two updates in order. Per class the fmas of `_csr_row_scatter`."""
+    Kp = G.shape[1]
+    n = LINE // G.itemsize
+    last = np.uint64(dWT.shape[0] - 1)
+    p, hi = indptr[i], indptr[i + 1]
+    while p + 1 < hi:
+        _prefetch_lined(dWT, indices, p + PREFETCH_AHEAD, last, 2)
+        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
+        v0, v1 = data[p], data[p + 1]
+        if c0 != c1:
+            for k in range(0, Kp, n):
+                _line_fma2(dWT, c0, c1, v0, v1, G, r, k)
+        else:
+            for k in range(0, Kp, n):
+                _line_fma(dWT, c0, v0, G, r, k)
+                _line_fma(dWT, c0, v1, G, r, k)
+        p += 2
+    if p < hi:
+        c0 = _column(indices, p, last)
+        for k in range(0, Kp, n):
+            _line_fma(dWT, c0, data[p], G, r, k)
+
+
 @_parallel_kernel
 def _csr_linear_xent(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, loss_parts,
-                     work, db_parts):
+                     parts, db_parts, block, n_classes):
     """Fused loss and gradients of softmax(X W^T + b) for CSR X, chunked over rows; returns the
     number of bad rows.
 
     indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = WT.shape[0])
     indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
     data          IN  (nnz,) data dtype: value of every stored entry
-    WT            IN  (d, K) data dtype, C-contiguous: W transposed
+    WT            IN  (d, Kp) data dtype, C-contiguous, rows on 64-byte boundaries: W transposed,
+                      columns K..Kp-1 zero (Kp: K rounded up to whole cache lines, `padded_classes`)
     b             IN  (K,) data dtype; size 0: no bias
     y             IN  (N,) intp: labels in [0, K)
     sample_weight IN  (N,) float64; size 0: all ones
     smoothing     IN  float in [0, 1]: label smoothing
     scale         IN  float: factor of the gradients (1 / the reduction's denominator)
     loss_parts    OUT (C,) float64: chunk c's sum of weighted per-sample losses (not scaled)
-    work          OUT (C, d, 2K) data dtype: chunk c's workspace, row j = [W^T[j], partial dW^T[j]]
-                      (merge the partials with `_merge_dWT`)
+    parts         OUT (C, d, Kp) data dtype, rows on 64-byte boundaries: chunk c's partial dW^T in
+                      columns 0..K-1 (merge with `_merge_dWT`, offset 0; the rest is scratch)
     db_parts      OUT (C, K) float64: chunk c's partial db; shape (C, 0): no bias gradient
+    block         IN  int, a multiple of ROW_BLOCK: rows per block of a chunk (the bits do not
+                      depend on it)
+    n_classes     IN  int: K
     """
     N = indptr.shape[0] - 1
-    n_chunks = work.shape[0]
+    n_chunks = parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
         bad += _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale,
-                               c * N // n_chunks, (c + 1) * N // n_chunks, c, loss_parts,
-                               work[c], db_parts[c])
+                               c * N // n_chunks, (c + 1) * N // n_chunks, loss_parts[c:c + 1],
+                               parts[c], db_parts[c], block, n_classes)
     return bad
 
 
 @_jit()
-def _init_work(WT, work):
-    """work[j] := [W^T[j], zeros]: each stored entry then reads its K weights and adds its K
-    gradient entries within one 2K-wide row (adjacent cache lines, one page): the fused row pass
-    was 1.4x faster than with W^T and the partial dW^T in two arrays. Copied from W^T made once
-    by the caller: transposing W in every chunk took twice as long (4 chunks, float32)."""
-    d, K = WT.shape
-    for j in range(d):
-        for k in range(K):
-            work[j, k] = WT[j, k]
-            work[j, K + k] = 0
-
-
-@_jit()
-def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, lo, hi, c,
-                    loss_parts, work, db):
-    """Rows lo..hi of `_csr_linear_xent` into chunk c's loss_parts[c], workspace (d, 2K) and db
-    (K,) or (0,) (one prange iteration, shared by both twins)."""
-    K = WT.shape[1]
-    _init_work(WT, work)
-    g = np.empty((1, K), dtype=work.dtype)
+def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, lo, hi,
+                    loss, dWT, db, block, K):
+    """Rows lo..hi of `_csr_linear_xent` into this chunk's loss (1,), partial dW^T (d, Kp) and db
+    (K,) or (0,), K classes (one prange iteration, shared by both twins), `block` rows at a time: their
+    logits from the shared W^T into Gp (block, Kp), the dense row pass of _kernels
+    (`_xent_grad_block`) on a compact copy G (block, K), the gradient rows back into Gp and
+    scattered into dW^T. Each phase works on one (d, Kp) array, not on W^T and dW^T at once."""
+    Kp = WT.shape[1]
+    dWT[:] = 0
     db[:] = 0.0
+    Gp = np.zeros((block, Kp), dtype=dWT.dtype)
+    G = np.empty((block, K), dtype=dWT.dtype)
+    losses = np.empty(block)
     bad = 0
     total = 0.0
-    for i in range(lo, hi):
-        _csr_row_logits(indptr, indices, data, work, i, g, 0)
-        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-        loss, row_bad = _row_grad(g, 0, g, 0, b, False, y[i], wi, smoothing, scale)
-        total += loss
-        bad += row_bad
-        if wi == 0.0:  # a zero gradient row: nothing to add
-            continue
-        if db.shape[0] > 0:
-            for k in range(K):
-                db[k] += g[0, k]
-        _csr_row_scatter(indptr, indices, data, g, i, work, K)
-    loss_parts[c] = total
+    for blo in range(lo, hi, block):
+        n = min(hi, blo + block) - blo
+        for r in range(n):
+            _csr_row_logits_lined(indptr, indices, data, WT, blo + r, Gp, r)
+        bad += _block_grad(Gp, G, b, y[blo:blo + n], sample_weight[blo:blo + n]
+                           if sample_weight.shape[0] > 0 else sample_weight,
+                           smoothing, scale, n, losses, db)
+        for r in range(n):
+            total += losses[r]
+        for r in range(n):
+            if sample_weight.shape[0] == 0 or sample_weight[blo + r] != 0.0:
+                _csr_row_scatter_lined(indptr, indices, data, Gp, r, blo + r, dWT)
+    loss[0] = total
+    return bad
+
+
+@_jit(inline=True)
+def _block_grad(Gp, G, b, y, sample_weight, smoothing, scale, n, losses, db):
+    """Rows 0..n of Gp (logits, Kp columns) := their gradients (zeros from column K on), through
+    G (first n rows, K columns): `_xent_grad_block`, ROW_BLOCK rows a call (a short row's exp,
+    sums and log run across rows there); losses[:n] := the weighted losses, db += the column sums
+    of the gradient rows. Returns the number of bad rows."""
+    K, Kp = G.shape[1], Gp.shape[1]
+    for r in range(n):
+        for k in range(K):
+            G[r, k] = Gp[r, k]
+    bad = 0
+    for s in range(0, n, ROW_BLOCK):
+        bad += _xent_grad_block(G, G, b, False, y, sample_weight, smoothing, scale, s,
+                                min(n, s + ROW_BLOCK), losses, db)
+    for r in range(n):
+        for k in range(K):
+            Gp[r, k] = G[r, k]
+        for k in range(K, Kp):
+            Gp[r, k] = 0
     return bad
 
 
 @_parallel_kernel
-def _merge_dWT(work, dW):
+def _merge_dWT(work, off, dW):
     """dW[k, j] := sum over chunks c, in chunk order, of the partial work[c, j, off + k], summed in
-    float64, where off = work.shape[2] - K: the partial is the last K columns of a workspace row.
+    float64.
 
-    work IN  (C, d, mK) data dtype: the chunks' workspaces of `_csr_linear_xent` (m = 2) or
-             `_csr_linear_hvp` (m = 3)
+    work IN  (C, d, m) data dtype: the chunks' partials in columns off..off+K-1 of each row:
+             `_csr_linear_xent`'s parts (off 0), `_csr_linear_hvp`'s workspaces (m = 3K, off 2K)
+    off  IN  int: the partial's first column
     dW   OUT (K, d) data dtype, C-contiguous
     """
     d = work.shape[1]
     for blk in prange(_n_blocks(d, MERGE_BLOCK)):
         lo = blk * MERGE_BLOCK
-        _merge_block(work, dW, lo, min(d, lo + MERGE_BLOCK))
+        _merge_block(work, off, dW, lo, min(d, lo + MERGE_BLOCK))
 
 
 @_jit()
-def _merge_block(work, dW, lo, hi):
+def _merge_block(work, off, dW, lo, hi):
     """Features lo..hi of `_merge_dWT` (one prange iteration, shared by both twins)."""
     C = work.shape[0]
     K = dW.shape[0]
-    off = work.shape[2] - K
     acc = np.empty(K, dtype=np.float64)
     for j in range(lo, hi):
         acc[:] = 0.0

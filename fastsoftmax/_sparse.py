@@ -37,6 +37,9 @@ SPARSE_CHUNKS = 16
 SPARSE_CHUNK_ROWS = 256
 SPARSE_WORK_BYTES = 128 * 2**20
 SPARSE_ENTRIES_PER_FEATURE = 8
+# Rows per block of a chunk of the fused CSR kernel (a multiple of _kernels.ROW_BLOCK); the bits
+# do not depend on it.
+SPARSE_ROW_BLOCK = 1024
 
 
 def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int, width: int = 2) -> int:
@@ -87,19 +90,21 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     K = W.shape[0]
     dtype = W.dtype
     C = sparse_chunks(N, X.data.shape[0], K, d, dtype.itemsize)
+    WT = lined_transpose(W)
     loss_parts = np.empty(C, dtype=np.float64)
-    work = aligned_workspace((C, d, 2 * K), dtype)
+    parts = aligned_workspace((C, d, WT.shape[1]), dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     # Read-only whoever calls (a solver's iterate may be writable): one specialization per dtype.
     bias = readonly(b if b is not None else np.empty(0, dtype))
     bad = _ks._csr_linear_xent(
-        C, X.indptr, X.indices, X.data, np.ascontiguousarray(W.T), bias, y, w, eps, 1.0 / denom,
-        loss_parts, work, db_parts,
+        C, X.indptr, X.indices, X.data, WT, bias, y, w, eps, 1.0 / denom, loss_parts, parts,
+        db_parts, SPARSE_ROW_BLOCK, K,
     )
+    del WT
     if dW is None:
         dW = np.empty((K, d), dtype=dtype)
-    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, dW)
-    del work
+    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, dW)
+    del parts
     total = float(loss_parts.sum())
     if bad or np.isnan(total) or not np.isfinite(dW).all():
         raise_nonfinite_sparse(X, W, b, logits=bool(bad) or bool(np.isnan(total)))
@@ -109,6 +114,18 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
         _k._axpy(alpha, W, dW)
     db = None if b is None else db_parts.sum(axis=0).astype(dtype)
     return loss, dW, db
+
+
+def lined_transpose(W) -> np.ndarray:
+    """W^T as the fused CSR kernel reads it: (n_features, Kp), Kp = n_classes rounded up to whole
+    64-byte cache lines (16 float32, 8 float64), zeros in the extra columns, rows on line
+    boundaries: every row is then whole vectors of one line (`_kernels_sparse._line_fma4`)."""
+    K, d = W.shape
+    per_line = _ks.LINE // W.dtype.itemsize
+    WT = aligned_workspace((d, -(-K // per_line) * per_line), W.dtype)
+    WT[:, :K] = W.T
+    WT[:, K:] = 0
+    return WT
 
 
 def linear_softmax(X, W, b) -> np.ndarray:
@@ -166,7 +183,7 @@ def linear_hvp_checked(X: CsrInput, W, b, S, s_b, w, alpha, denom):
         none if b is None else s_b, w, 1.0 / denom, work, hsb_parts,
     )
     HS = np.empty((K, d), dtype=dtype)
-    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, HS)
+    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, 2 * K, HS)
     del work
     if bad:
         raise_nonfinite_sparse(X, W, b)

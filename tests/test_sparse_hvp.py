@@ -168,7 +168,7 @@ def test_twins_are_bitwise_equal(rng, dtype):
         work, hsb = np.empty((C, 40, 27), dtype), np.empty((C, 9))
         assert twin(Xc.indptr, Xc.indices, Xc.data, W, S, b, s_b, w, 1 / 3000, work, hsb) == 0
         HS = np.empty((9, 40), dtype)
-        _ks._merge_dWT.serial(work, HS)
+        _ks._merge_dWT.serial(work, 18, HS)
         results.append((HS, hsb))
     for a, c in zip(*results, strict=True):
         np.testing.assert_array_equal(a, c)
