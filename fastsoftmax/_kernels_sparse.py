@@ -7,23 +7,24 @@ Design
   entry then reads K contiguous weights (a column of the (K, d) W would be K loads d apart), and its
   gradient goes back to K contiguous entries of a partial dW^T.
 * Rows are cut into C chunks fixed by the caller from the problem size (never the thread count);
-  chunk c owns rows [c N / C, (c+1) N / C), its own workspace (d, 2K), filled from W^T (made
-  once by the caller), whose row j is
-  [W^T[j], partial dW^T[j]] in the data dtype (weights and gradient of a feature in adjacent cache
-  lines), its partial db (K,) float64 and loss sum (float64). Per row, in a (1, K) buffer: the
-  logits from the non-zeros, then the shared dense row pass (`_row_grad` of _kernels: max, exp,
-  float64 sums, loss, gradient), then the gradient row scattered into the chunk's dW^T. No N x K
-  array is ever held.
+  chunk c owns rows [c N / C, (c+1) N / C), its own partial dW^T (d, Kp), partial db (K,) float64
+  and loss sum (float64). All chunks read one W^T (d, Kp) made by the caller, K padded to Kp,
+  whole vectors of VECTOR_BYTES (zeros past K). A chunk runs its rows in blocks of `block`
+  rows, in two phases: (A) the logits of the block's rows from the stored entries into a
+  (block, Kp) buffer, one vector fma per VECTOR_BYTES of a W^T row (`_vec_fma4`, llvm.fma
+  intrinsics), then the dense block row pass of _kernels (`_xent_grad_block`: max, exp,
+  float64 sums, loss, gradient, across rows); (B) each gradient row scattered into the chunk's
+  dW^T. No N x K array is ever held.
 * The caller merges the partials in chunk order: `_merge_dWT` sums every entry over the chunks in
   float64, in chunk order, and writes dW (K, d) transposed back, in parallel over blocks of features.
 * The Hessian-vector product (`_csr_linear_hvp`) runs the same chunks with a workspace (d, 3K)
   whose row j is [W^T[j], S^T[j], partial HS^T[j]]: one gather of 2K weights per stored entry gives
   the logits of W and of the direction S, the dense row pass `_row_hvp` turns them into
   r = p * (t - p.t), and r is scattered into the partial; `_merge_dWT` merges those partials too.
-* The gathers are latency-bound (each stored entry reads a random row of a workspace larger than
-  L2): every gather prefetches the whole workspace row of the stored entry `PREFETCH_AHEAD`
-  entries ahead (`llvm.prefetch`), so that its loads, and the scatter's read-modify-writes of the
-  same row, find it in cache. The bits do not change; the time did (see `PREFETCH_AHEAD`).
+* The gathers are latency-bound (each stored entry reads a random row of an array larger than
+  L2): every gather and scatter prefetches the whole row of the stored entry `PREFETCH_AHEAD`
+  entries ahead (`llvm.prefetch`), so that its loads, and the read-modify-writes of the scatter,
+  find it in cache. The bits do not change; the time did (see `PREFETCH_AHEAD`).
 * Every parallel kernel is a pair (`@_parallel_kernel`, _parallel.py) whose twins call one compiled
   block function, as in _kernels: the bits do not depend on the twin or on the number of threads.
 * Stored entries are used as they come: unsorted columns are fine, and duplicate entries of a column
@@ -57,7 +58,11 @@ from fastsoftmax._kernels import (
 )
 
 MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
-LINE = 64  # bytes in a cache line, and in one vector of `_line_fma4`, `_line_fma`, `_line_fma2`
+# Bytes in one vector of `_vec_fma4`, `_vec_fma`, `_vec_fma2` (ymm): the fused loss + gradient pads
+# the classes to whole vectors. One thread, against 64 (zmm, whole cache lines) and 16 bytes:
+# 200000 x 2^17 x 20 float32 0.67x the time of the previous kernel, against 0.77x and 0.73x
+# (classes padded to 24, 32 and 20); 800000 x 47236 x 50 float64 0.81x against 0.84x (64).
+VECTOR_BYTES = 32
 # Stored entries between the one whose workspace row is prefetched and the one being used: the
 # fused loss + gradient on one thread (CPU time, 200000 x 2^17 x 20 text-like float32) took 191 ms
 # without prefetching, 145 ms at 64 entries ahead, 148 at 128, 155 at 256; at 800000 x 47236 x 50
@@ -95,13 +100,13 @@ if config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: intrinsics exist only in compiled
         pass
 
 
-def _line_type(context, dtype):
-    """The LLVM vector of one cache line of `dtype` (16 float32 or 8 float64: one zmm)."""
-    return ir.VectorType(context.get_value_type(dtype), LINE // (dtype.bitwidth // 8))
+def _vec_type(context, dtype):
+    """The LLVM vector of VECTOR_BYTES of `dtype` (8 float32 or 4 float64: one ymm)."""
+    return ir.VectorType(context.get_value_type(dtype), VECTOR_BYTES // (dtype.bitwidth // 8))
 
 
-def _line_ptr(context, builder, aryty, ary_val, row, col):
-    """Pointer to the line-sized vector at [row, col] of the C-contiguous 2-D array ary_val."""
+def _vec_ptr(context, builder, aryty, ary_val, row, col):
+    """Pointer to the vector at [row, col] of the C-contiguous 2-D array ary_val."""
     ary = context.make_array(aryty)(context, builder, ary_val)
     stride = builder.extract_value(ary.strides, 0)
     row, col = (builder.zext(a, stride.type) if a.type.width < stride.type.width else a
@@ -110,17 +115,18 @@ def _line_ptr(context, builder, aryty, ary_val, row, col):
     i8p = ir.IntType(8).as_pointer()
     ptr = builder.gep(builder.bitcast(ary.data, i8p),
                       [builder.add(builder.mul(row, stride), builder.mul(col, item))])
-    return builder.bitcast(ptr, _line_type(context, aryty.dtype).as_pointer())
+    return builder.bitcast(ptr, _vec_type(context, aryty.dtype).as_pointer())
 
 
-def _line_load(context, builder, aryty, ary_val, row, col):
-    ptr = _line_ptr(context, builder, aryty, ary_val, row, col)
+def _vec_load(context, builder, aryty, ary_val, row, col):
+    """The vector at [row, col] of ary_val (aligned to its element only), and its pointer."""
+    ptr = _vec_ptr(context, builder, aryty, ary_val, row, col)
     return builder.load(ptr, align=aryty.dtype.bitwidth // 8), ptr
 
 
 def _splat(context, builder, x, xty, dtype):
-    """x (of numba type xty) cast to dtype, in every lane of a line vector."""
-    vecty = _line_type(context, dtype)
+    """x (of numba type xty) cast to dtype, in every lane of a vector."""
+    vecty = _vec_type(context, dtype)
     x = context.cast(builder, x, xty, dtype)
     undef = ir.Constant(vecty, ir.Undefined)
     v = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
@@ -137,17 +143,18 @@ def _vfma(builder, a, x, c):
 
 
 @intrinsic
-def _line_fma4(typingctx, A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):
+def _vec_fma4(typingctx, A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):
     """A[r, k:k+n] := fma(v3, WT[c3, ..], fma(v2, WT[c2, ..], fma(v1, WT[c1, ..], fma(v0,
-    WT[c0, ..], A[r, k:k+n])))) for the n = LINE / itemsize columns from k (one vector each:
-    the rows must hold whole vectors from k on). Lane by lane the four fmas of `_fma` in order."""
+    WT[c0, ..], A[r, k:k+n])))) for the n = VECTOR_BYTES / itemsize columns from k (one vector
+    each: the rows must hold whole vectors from k on). Lane by lane the four fmas of `_fma` in
+    order; calls of llvm.fma, which carry no fast-math flags, so no module can reorder them."""
     sig = types.void(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
 
     def codegen(context, builder, signature, args):
         aty, wty, dt = signature.args[0], signature.args[2], signature.args[0].dtype
-        acc, a_ptr = _line_load(context, builder, aty, args[0], args[1], args[11])
+        acc, a_ptr = _vec_load(context, builder, aty, args[0], args[1], args[11])
         for q in range(4):
-            w, _ = _line_load(context, builder, wty, args[2], args[3 + q], args[11])
+            w, _ = _vec_load(context, builder, wty, args[2], args[3 + q], args[11])
             v = _splat(context, builder, args[7 + q], signature.args[7 + q], dt)
             acc = _vfma(builder, v, w, acc)
         builder.store(acc, a_ptr, align=dt.bitwidth // 8)
@@ -157,14 +164,14 @@ def _line_fma4(typingctx, A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):
 
 
 @intrinsic
-def _line_fma(typingctx, A, r, v, G, g, k):
-    """A[r, k:k+n] := fma(v, G[g, k:k+n], A[r, k:k+n]), n = LINE / itemsize (one vector)."""
+def _vec_fma(typingctx, A, r, v, G, g, k):
+    """A[r, k:k+n] := fma(v, G[g, k:k+n], A[r, k:k+n]), n = VECTOR_BYTES / itemsize (one vector)."""
     sig = types.void(A, r, v, G, g, k)
 
     def codegen(context, builder, signature, args):
         aty, gty, dt = signature.args[0], signature.args[3], signature.args[0].dtype
-        gv, _ = _line_load(context, builder, gty, args[3], args[4], args[5])
-        acc, a_ptr = _line_load(context, builder, aty, args[0], args[1], args[5])
+        gv, _ = _vec_load(context, builder, gty, args[3], args[4], args[5])
+        acc, a_ptr = _vec_load(context, builder, aty, args[0], args[1], args[5])
         vv = _splat(context, builder, args[2], signature.args[2], dt)
         builder.store(_vfma(builder, vv, gv, acc), a_ptr, align=dt.bitwidth // 8)
         return context.get_dummy_value()
@@ -173,15 +180,15 @@ def _line_fma(typingctx, A, r, v, G, g, k):
 
 
 @intrinsic
-def _line_fma2(typingctx, A, r0, r1, v0, v1, G, g, k):
-    """`_line_fma` into rows r0 and r1 (different) with v0 and v1, from one load of G[g, k:k+n]."""
+def _vec_fma2(typingctx, A, r0, r1, v0, v1, G, g, k):
+    """`_vec_fma` into rows r0 and r1 (different) with v0 and v1, from one load of G[g, k:k+n]."""
     sig = types.void(A, r0, r1, v0, v1, G, g, k)
 
     def codegen(context, builder, signature, args):
         aty, gty, dt = signature.args[0], signature.args[5], signature.args[0].dtype
-        gv, _ = _line_load(context, builder, gty, args[5], args[6], args[7])
+        gv, _ = _vec_load(context, builder, gty, args[5], args[6], args[7])
         for q in range(2):
-            acc, a_ptr = _line_load(context, builder, aty, args[0], args[1 + q], args[7])
+            acc, a_ptr = _vec_load(context, builder, aty, args[0], args[1 + q], args[7])
             vv = _splat(context, builder, args[3 + q], signature.args[3 + q], dt)
             builder.store(_vfma(builder, vv, gv, acc), a_ptr, align=dt.bitwidth // 8)
         return context.get_dummy_value()
@@ -189,20 +196,20 @@ def _line_fma2(typingctx, A, r0, r1, v0, v1, G, g, k):
     return sig, codegen
 
 
-if config.DISABLE_JIT:  # Python versions of the line operations (same lanes, rounded twice)
+if config.DISABLE_JIT:  # Python versions of the vector operations (same lanes, rounded twice)
 
-    def _line_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):  # noqa: F811
-        n = LINE // A.itemsize
+    def _vec_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):  # noqa: F811
+        n = VECTOR_BYTES // A.itemsize
         for c, v in ((c0, v0), (c1, v1), (c2, v2), (c3, v3)):
             A[r, k:k + n] += v * WT[c, k:k + n]
 
-    def _line_fma(A, r, v, G, g, k):  # noqa: F811
-        n = LINE // A.itemsize
+    def _vec_fma(A, r, v, G, g, k):  # noqa: F811
+        n = VECTOR_BYTES // A.itemsize
         A[r, k:k + n] += v * G[g, k:k + n]
 
-    def _line_fma2(A, r0, r1, v0, v1, G, g, k):  # noqa: F811
-        _line_fma(A, r0, v0, G, g, k)
-        _line_fma(A, r1, v1, G, g, k)
+    def _vec_fma2(A, r0, r1, v0, v1, G, g, k):  # noqa: F811
+        _vec_fma(A, r0, v0, G, g, k)
+        _vec_fma(A, r1, v1, G, g, k)
 
 
 # Column indices are cast to unsigned before indexing W^T and dW^T: Numba's wraparound of negative
@@ -316,72 +323,72 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
 
 
 @_jit(inline=True)
-def _prefetch_lined(WT, indices, p, last, m):
-    """Prefetch the rows of WT of stored entries p..p+m-1, if all are there: rows of whole,
-    aligned cache lines (padded, `_csr_linear_xent`), so one prefetch per line, no more."""
-    if p + m - 1 < indices.shape[0]:
+def _prefetch_rows2(WT, indices, p, last):
+    """`_prefetch_rows4` of stored entries p and p+1."""
+    if p + 1 < indices.shape[0]:
         nbytes = WT.shape[1] * WT.itemsize
-        for q in range(m):
-            j = _column(indices, p + q, last)
-            for off in range(0, nbytes, LINE):
-                _prefetch(WT, j, off)
+        for q in range(2):
+            _prefetch_lines(WT, _column(indices, p + q, last), nbytes)
 
 
 @_jit(inline=True)
-def _csr_row_logits_lined(indptr, indices, data, WT, i, A, r):
-    """A[r] := X[i] @ W over all Kp = A.shape[1] = WT.shape[1] columns of the padded WT (Kp a
-    whole number of vectors of LINE bytes), one vector per operation (`_line_fma4`,
-    `_line_fma`). Per class the same fmas in the same order as `_csr_row_logits` computed
-    (compiled, its five-term sum became a chain of four fmas); with K unknown when compiled,
-    its loops ran as scalar remainders (20 classes: none of the 64-wide vector loop)."""
+def _csr_row_logits_vec(indptr, indices, data, WT, i, A, r):
+    """A[r] := X[i] @ W over all Kp = A.shape[1] = WT.shape[1] columns of the padded W^T (Kp a
+    whole number of vectors of VECTOR_BYTES), one vector per operation (`_vec_fma4`, `_vec_fma`).
+
+    Per class the fmas of `_csr_row_logits` as compiled (LLVM turned its five-term sum into a
+    chain of four fmas), in the same order, so the bits are those of the unpadded loops; these
+    ran mostly as scalar remainders, K being unknown when compiled (at 20 float32 classes all of
+    it: LLVM's vector loop took 64 classes a pass)."""
     Kp = A.shape[1]
-    n = LINE // A.itemsize
+    n = VECTOR_BYTES // A.itemsize
     last = np.uint64(WT.shape[0] - 1)
     for k in range(Kp):
         A[r, k] = 0
     p, hi = indptr[i], indptr[i + 1]
     while p + 3 < hi:
-        _prefetch_lined(WT, indices, p + PREFETCH_AHEAD, last, 4)
+        _prefetch_rows4(WT, indices, p + PREFETCH_AHEAD, last)
         c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
         c2, c3 = _column(indices, p + 2, last), _column(indices, p + 3, last)
         v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
         for k in range(0, Kp, n):
-            _line_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
+            _vec_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
         p += 4
     while p < hi:
-        _prefetch_lined(WT, indices, p + PREFETCH_AHEAD, last, 1)
+        _prefetch_row(WT, indices, p + PREFETCH_AHEAD, last)
         c0 = _column(indices, p, last)
         for k in range(0, Kp, n):
-            _line_fma(A, r, data[p], WT, c0, k)
+            _vec_fma(A, r, data[p], WT, c0, k)
         p += 1
 
 
 @_jit(inline=True)
-def _csr_row_scatter_lined(indptr, indices, data, G, r, i, dWT):
+def _csr_row_scatter_vec(indptr, indices, data, G, r, i, dWT):
     """dW^T[j] += X[i, j] * G[r] for every stored entry (column j) of row i, over all Kp
-    columns (whole vectors, as `_csr_row_logits_lined`), prefetching the partial's rows
-    PREFETCH_AHEAD entries ahead. Two entries per pass share each load of G[r]; a duplicate
-    column makes its two updates in order. Per class the fmas of `_csr_row_scatter`."""
+    columns (whole vectors, as `_csr_row_logits_vec`), prefetching the partial's rows
+    PREFETCH_AHEAD entries ahead (without, the call took 1.3x as long). Two entries per pass
+    share each load of G[r] (four entries per pass were no faster); a duplicate column makes its
+    two updates in order. Per class the fmas of `_csr_row_scatter`."""
     Kp = G.shape[1]
-    n = LINE // G.itemsize
+    n = VECTOR_BYTES // G.itemsize
     last = np.uint64(dWT.shape[0] - 1)
     p, hi = indptr[i], indptr[i + 1]
     while p + 1 < hi:
-        _prefetch_lined(dWT, indices, p + PREFETCH_AHEAD, last, 2)
+        _prefetch_rows2(dWT, indices, p + PREFETCH_AHEAD, last)
         c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
         v0, v1 = data[p], data[p + 1]
         if c0 != c1:
             for k in range(0, Kp, n):
-                _line_fma2(dWT, c0, c1, v0, v1, G, r, k)
+                _vec_fma2(dWT, c0, c1, v0, v1, G, r, k)
         else:
             for k in range(0, Kp, n):
-                _line_fma(dWT, c0, v0, G, r, k)
-                _line_fma(dWT, c0, v1, G, r, k)
+                _vec_fma(dWT, c0, v0, G, r, k)
+                _vec_fma(dWT, c0, v1, G, r, k)
         p += 2
     if p < hi:
         c0 = _column(indices, p, last)
         for k in range(0, Kp, n):
-            _line_fma(dWT, c0, data[p], G, r, k)
+            _vec_fma(dWT, c0, data[p], G, r, k)
 
 
 @_parallel_kernel
@@ -393,16 +400,16 @@ def _csr_linear_xent(indptr, indices, data, WT, b, y, sample_weight, smoothing, 
     indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = WT.shape[0])
     indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
     data          IN  (nnz,) data dtype: value of every stored entry
-    WT            IN  (d, Kp) data dtype, C-contiguous, rows on 64-byte boundaries: W transposed,
-                      columns K..Kp-1 zero (Kp: K rounded up to whole cache lines, `padded_classes`)
+    WT            IN  (d, Kp) data dtype, C-contiguous: W transposed, columns K..Kp-1 zero (Kp: K
+                      rounded up to whole vectors of VECTOR_BYTES), shared by all chunks
     b             IN  (K,) data dtype; size 0: no bias
     y             IN  (N,) intp: labels in [0, K)
     sample_weight IN  (N,) float64; size 0: all ones
     smoothing     IN  float in [0, 1]: label smoothing
     scale         IN  float: factor of the gradients (1 / the reduction's denominator)
     loss_parts    OUT (C,) float64: chunk c's sum of weighted per-sample losses (not scaled)
-    parts         OUT (C, d, Kp) data dtype, rows on 64-byte boundaries: chunk c's partial dW^T in
-                      columns 0..K-1 (merge with `_merge_dWT`, offset 0; the rest is scratch)
+    parts         OUT (C, d, Kp) data dtype: chunk c's partial dW^T in columns 0..K-1 (merge with
+                      `_merge_dWT`, offset 0; the other columns are scratch)
     db_parts      OUT (C, K) float64: chunk c's partial db; shape (C, 0): no bias gradient
     block         IN  int, a multiple of ROW_BLOCK: rows per block of a chunk (the bits do not
                       depend on it)
@@ -422,10 +429,11 @@ def _csr_linear_xent(indptr, indices, data, WT, b, y, sample_weight, smoothing, 
 def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, lo, hi,
                     loss, dWT, db, block, K):
     """Rows lo..hi of `_csr_linear_xent` into this chunk's loss (1,), partial dW^T (d, Kp) and db
-    (K,) or (0,), K classes (one prange iteration, shared by both twins), `block` rows at a time: their
-    logits from the shared W^T into Gp (block, Kp), the dense row pass of _kernels
-    (`_xent_grad_block`) on a compact copy G (block, K), the gradient rows back into Gp and
-    scattered into dW^T. Each phase works on one (d, Kp) array, not on W^T and dW^T at once."""
+    (K,) or (0,) (one prange iteration, shared by both twins), `block` rows at a time, in two
+    phases: (A) the block's logits from the shared W^T into Gp (block, Kp), then their gradient
+    rows by the dense row pass (`_block_grad`); (B) the gradient rows scattered into dW^T. Each
+    phase works on one (d, Kp) array (the fused row pass, with W^T and its partial side by side
+    in one (d, 2K) workspace per chunk, had twice the working set and a copy of W^T per chunk)."""
     Kp = WT.shape[1]
     dWT[:] = 0
     db[:] = 0.0
@@ -437,7 +445,7 @@ def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, s
     for blo in range(lo, hi, block):
         n = min(hi, blo + block) - blo
         for r in range(n):
-            _csr_row_logits_lined(indptr, indices, data, WT, blo + r, Gp, r)
+            _csr_row_logits_vec(indptr, indices, data, WT, blo + r, Gp, r)
         bad += _block_grad(Gp, G, b, y[blo:blo + n], sample_weight[blo:blo + n]
                            if sample_weight.shape[0] > 0 else sample_weight,
                            smoothing, scale, n, losses, db)
@@ -445,7 +453,7 @@ def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, s
             total += losses[r]
         for r in range(n):
             if sample_weight.shape[0] == 0 or sample_weight[blo + r] != 0.0:
-                _csr_row_scatter_lined(indptr, indices, data, Gp, r, blo + r, dWT)
+                _csr_row_scatter_vec(indptr, indices, data, Gp, r, blo + r, dWT)
     loss[0] = total
     return bad
 

@@ -1,10 +1,12 @@
 """The sparse-X paths of the functional API (scipy.sparse X through the CSR kernels).
 
 `functional.linear_cross_entropy` and `functional.linear_softmax` hand sparse X here. Extra memory
-is bounded independently of n_samples: at most `SPARSE_WORK_BYTES` of per-chunk workspaces (W^T
-beside a partial dW^T; one workspace when a single one exceeds it), plus dW (n_classes x
-n_features) and per-chunk scalars (docs/design.md, "Layers",
-"Sparse input").
+is bounded independently of n_samples: the loss + gradient holds W^T padded to whole vectors
+(n_features x Kp, Kp = n_classes rounded up to 8 float32 or 4 float64) and per-chunk partials
+dW^T of that size, at most `SPARSE_WORK_BYTES` / 2 in all (one when a single one exceeds it);
+the Hessian-vector product per-chunk workspaces (W^T, S^T, partial) within `SPARSE_WORK_BYTES`;
+plus dW (n_classes x n_features) and per-chunk scalars (docs/design.md, "Layers", "Sparse
+input").
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from fastsoftmax._validation import (
     readonly,
 )
 
-# Row chunks of the CSR kernel, each with its own (n_features, 2 n_classes) workspace (a copy of W^T
-# beside a partial dW^T): at most SPARSE_CHUNKS, at least SPARSE_CHUNK_ROWS rows each, workspaces
-# within SPARSE_WORK_BYTES in all (partials within half of it),
+# Row chunks of the CSR kernels, each with its own partial (n_features, n_classes padded) dW^T (the
+# Hessian-vector product: a workspace of W^T, S^T and the partial): at most SPARSE_CHUNKS, at least
+# SPARSE_CHUNK_ROWS rows each, partials within half of SPARSE_WORK_BYTES in all (a third for the
+# Hessian-vector product's, whose workspaces are within SPARSE_WORK_BYTES),
 # and at least SPARSE_ENTRIES_PER_FEATURE stored entries per chunk for every feature (filling and
 # merging a workspace streams n_features x n_classes entries, the gather and scatter touch stored
 # entries x n_classes; at 30000 x 65536 x 20 with 1.44e6 stored entries, one thread, float64,
@@ -43,10 +46,11 @@ SPARSE_ROW_BLOCK = 1024
 
 
 def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int, width: int = 2) -> int:
-    """How many row chunks the CSR kernel uses: the largest power of two within the limits above
+    """How many row chunks the CSR kernels use: the largest power of two within the limits above
     (a power of two shares evenly among 2, 4, 8 or 16 threads; 3 chunks on 2 threads would leave
-    one thread idle for a third of the time). A workspace holds `width` (d, K) blocks: 2 for the
-    loss (W^T, partial dW^T), 3 for the Hessian-vector product (W^T, S^T, partial HS^T)."""
+    one thread idle for a third of the time). K is the partial's width (the loss + gradient: the
+    padded n_classes); the partials are held within SPARSE_WORK_BYTES / `width`: 2 for the loss,
+    3 for the Hessian-vector product (whose workspaces hold W^T, S^T, partial HS^T)."""
     by_rows = _k.n_blocks(N, SPARSE_CHUNK_ROWS)
     by_memory = SPARSE_WORK_BYTES // max(1, width * K * d * itemsize)
     by_work = nnz // max(1, SPARSE_ENTRIES_PER_FEATURE * d)
@@ -89,8 +93,8 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     N, d = X.shape
     K = W.shape[0]
     dtype = W.dtype
-    C = sparse_chunks(N, X.data.shape[0], K, d, dtype.itemsize)
-    WT = lined_transpose(W)
+    WT = padded_transpose(W)
+    C = sparse_chunks(N, X.data.shape[0], WT.shape[1], d, dtype.itemsize)
     loss_parts = np.empty(C, dtype=np.float64)
     parts = aligned_workspace((C, d, WT.shape[1]), dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
@@ -116,13 +120,13 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     return loss, dW, db
 
 
-def lined_transpose(W) -> np.ndarray:
+def padded_transpose(W) -> np.ndarray:
     """W^T as the fused CSR kernel reads it: (n_features, Kp), Kp = n_classes rounded up to whole
-    64-byte cache lines (16 float32, 8 float64), zeros in the extra columns, rows on line
-    boundaries: every row is then whole vectors of one line (`_kernels_sparse._line_fma4`)."""
+    vectors of `_kernels_sparse.VECTOR_BYTES` (8 float32, 4 float64), zeros in the extra columns,
+    starting on a 64-byte boundary (`aligned_workspace`)."""
     K, d = W.shape
-    per_line = _ks.LINE // W.dtype.itemsize
-    WT = aligned_workspace((d, -(-K // per_line) * per_line), W.dtype)
+    per_vector = _ks.VECTOR_BYTES // W.dtype.itemsize
+    WT = aligned_workspace((d, -(-K // per_vector) * per_vector), W.dtype)
     WT[:, :K] = W.T
     WT[:, K:] = 0
     return WT
