@@ -69,6 +69,7 @@ VECTOR_BYTES = 32
 # 1848 ms without, 1079, 1039 and 1038 ms (docs/design.md, "Sparse input"). With the cheaper
 # prefetch of `_prefetch_rows4`, 32, 64, 128 and 256 entries ahead were within 5% of each other.
 PREFETCH_AHEAD = 128
+_U1, _U2, _U3, _U4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)  # unsigned steps
 
 
 @intrinsic
@@ -323,12 +324,27 @@ def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
 
 
 @_jit(inline=True)
-def _prefetch_rows2(WT, indices, p, last):
-    """`_prefetch_rows4` of stored entries p and p+1."""
-    if p + 1 < indices.shape[0]:
+def _prefetch_vec_rows(WT, indices, p, last, m):
+    """`_prefetch_rows4` of stored entries p..p+m-1 (p unsigned, m a constant), with
+    `_prefetch_short`."""
+    if p + np.uint64(m - 1) < np.uint64(indices.shape[0]):
         nbytes = WT.shape[1] * WT.itemsize
-        for q in range(2):
-            _prefetch_lines(WT, _column(indices, p + q, last), nbytes)
+        for q in range(m):
+            _prefetch_short(WT, _column(indices, p + np.uint64(q), last), nbytes)
+
+
+@_jit(inline=True)
+def _prefetch_short(WT, j, nbytes):
+    """`_prefetch_lines`, with no loop for a row of at most 128 bytes (at most three lines: its
+    first byte, the byte 64 after, its last byte): the loop's control cost more instructions than
+    its prefetches."""
+    _prefetch(WT, j, 0)
+    if nbytes <= 128:
+        _prefetch(WT, j, min(64, nbytes - 1))
+    else:
+        for off in range(64, nbytes, 64):
+            _prefetch(WT, j, off)
+    _prefetch(WT, j, nbytes - 1)
 
 
 @_jit(inline=True)
@@ -345,21 +361,23 @@ def _csr_row_logits_vec(indptr, indices, data, WT, i, A, r):
     last = np.uint64(WT.shape[0] - 1)
     for k in range(Kp):
         A[r, k] = 0
-    p, hi = indptr[i], indptr[i + 1]
-    while p + 3 < hi:
-        _prefetch_rows4(WT, indices, p + PREFETCH_AHEAD, last)
-        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
-        c2, c3 = _column(indices, p + 2, last), _column(indices, p + 3, last)
-        v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
+    # Unsigned positions: signed ones made every access to indices and data check for a negative
+    # index (Numba's wraparound: a compare and a select each).
+    p, hi, ahead = np.uint64(indptr[i]), np.uint64(indptr[i + 1]), np.uint64(PREFETCH_AHEAD)
+    while p + _U3 < hi:
+        _prefetch_vec_rows(WT, indices, p + ahead, last, 4)
+        c0, c1 = _column(indices, p, last), _column(indices, p + _U1, last)
+        c2, c3 = _column(indices, p + _U2, last), _column(indices, p + _U3, last)
+        v0, v1, v2, v3 = data[p], data[p + _U1], data[p + _U2], data[p + _U3]
         for k in range(0, Kp, n):
             _vec_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
-        p += 4
+        p += _U4
     while p < hi:
-        _prefetch_row(WT, indices, p + PREFETCH_AHEAD, last)
+        _prefetch_vec_rows(WT, indices, p + ahead, last, 1)
         c0 = _column(indices, p, last)
         for k in range(0, Kp, n):
             _vec_fma(A, r, data[p], WT, c0, k)
-        p += 1
+        p += _U1
 
 
 @_jit(inline=True)
@@ -372,11 +390,11 @@ def _csr_row_scatter_vec(indptr, indices, data, G, r, i, dWT):
     Kp = G.shape[1]
     n = VECTOR_BYTES // G.itemsize
     last = np.uint64(dWT.shape[0] - 1)
-    p, hi = indptr[i], indptr[i + 1]
-    while p + 1 < hi:
-        _prefetch_rows2(dWT, indices, p + PREFETCH_AHEAD, last)
-        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
-        v0, v1 = data[p], data[p + 1]
+    p, hi, ahead = np.uint64(indptr[i]), np.uint64(indptr[i + 1]), np.uint64(PREFETCH_AHEAD)
+    while p + _U1 < hi:
+        _prefetch_vec_rows(dWT, indices, p + ahead, last, 2)
+        c0, c1 = _column(indices, p, last), _column(indices, p + _U1, last)
+        v0, v1 = data[p], data[p + _U1]
         if c0 != c1:
             for k in range(0, Kp, n):
                 _vec_fma2(dWT, c0, c1, v0, v1, G, r, k)
@@ -384,7 +402,7 @@ def _csr_row_scatter_vec(indptr, indices, data, G, r, i, dWT):
             for k in range(0, Kp, n):
                 _vec_fma(dWT, c0, v0, G, r, k)
                 _vec_fma(dWT, c0, v1, G, r, k)
-        p += 2
+        p += _U2
     if p < hi:
         c0 = _column(indices, p, last)
         for k in range(0, Kp, n):
