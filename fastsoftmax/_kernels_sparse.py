@@ -17,10 +17,11 @@ Design
   dW^T. No N x K array is ever held.
 * The caller merges the partials in chunk order: `_merge_dWT` sums every entry over the chunks in
   float64, in chunk order, and writes dW (K, d) transposed back, in parallel over blocks of features.
-* The Hessian-vector product (`_csr_linear_hvp`) runs the same chunks with a workspace (d, 3K)
-  whose row j is [W^T[j], S^T[j], partial HS^T[j]]: one gather of 2K weights per stored entry gives
-  the logits of W and of the direction S, the dense row pass `_row_hvp` turns them into
-  r = p * (t - p.t), and r is scattered into the partial; `_merge_dWT` merges those partials too.
+* The Hessian-vector product (`_csr_linear_hvp`) runs the same chunks and blocks over one shared
+  [W^T | S^T] (d, 2Kp): one gather of 2Kp weights per stored entry gives the logits of W and of
+  the direction S, the dense row pass `_row_hvp` turns them into r = p * (t - p.t), and the
+  block's rows of r are scattered into the chunk's partial HS^T (d, Kp); `_merge_dWT` merges
+  those partials too.
 * The gathers are latency-bound (each stored entry reads a random row of an array larger than
   L2): every gather and scatter prefetches the whole row of the stored entry `PREFETCH_AHEAD`
   entries ahead (`llvm.prefetch`), so that its loads, and the read-modify-writes of the scatter,
@@ -229,7 +230,7 @@ def _column(indices, p, last):
 
 @_jit(inline=True)
 def _prefetch_row(WT, indices, p, last):
-    """Prefetch the row of WT (all of it: 2K or 3K columns for a workspace) of stored entry p, if
+    """Prefetch the row of WT (all of it) of stored entry p, if
     there is one: the lines holding its first byte, every 64 bytes after, and its last byte."""
     if p < indices.shape[0]:
         _prefetch_lines(WT, _column(indices, p, last), WT.shape[1] * WT.itemsize)
@@ -287,40 +288,6 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
         for k in range(K):
             A[r, k] = _fma(v0, WT[c0, k], A[r, k])
         p += 1
-
-
-@_jit(inline=True)
-def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
-    """dW^T[j, off:off+K] += X[i, j] * G[0] for every stored entry (column j) of row i of X,
-    K = G.shape[1].
-
-    Two stored entries per pass share each load of G[0] (1.6x faster in float32 than one: the
-    loads of G could not be hoisted past the stores to dW^T, which might alias it). The two rows
-    go through 1-D slices, and a duplicate column (both entries in one row) through a branch of
-    its own: indexing the 2-D dW^T in the loop, the scatter took 2-2.4x as long (rows in L1, 20
-    and 50 classes); the bits are the same. Explicit fma: whether a multiply
-    and add contract must not depend on the module (see `_csr_row_logits`)."""
-    K = G.shape[1]
-    last = np.uint64(dWT.shape[0] - 1)
-    p, hi = indptr[i], indptr[i + 1]
-    while p + 1 < hi:
-        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
-        v0, v1 = data[p], data[p + 1]
-        if c0 != c1:
-            r0, r1 = dWT[c0, off:off + K], dWT[c1, off:off + K]
-            for k in range(K):
-                g = G[0, k]
-                r0[k] = _fma(v0, g, r0[k])
-                r1[k] = _fma(v1, g, r1[k])
-        else:  # a duplicate column: the two updates in order, as two passes would make them
-            for k in range(K):
-                g = G[0, k]
-                dWT[c0, off + k] = _fma(v1, g, _fma(v0, g, dWT[c0, off + k]))
-        p += 2
-    if p < hi:
-        c0, v0 = _column(indices, p, last), data[p]
-        for k in range(K):
-            dWT[c0, off + k] = _fma(v0, G[0, k], dWT[c0, off + k])
 
 
 @_jit(inline=True)
@@ -385,8 +352,10 @@ def _csr_row_scatter_vec(indptr, indices, data, G, r, i, dWT):
     """dW^T[j] += X[i, j] * G[r] for every stored entry (column j) of row i, over all Kp
     columns (whole vectors, as `_csr_row_logits_vec`), prefetching the partial's rows
     PREFETCH_AHEAD entries ahead (without, the call took 1.3x as long). Two entries per pass
-    share each load of G[r] (four entries per pass were no faster); a duplicate column makes its
-    two updates in order. Per class the fmas of `_csr_row_scatter`."""
+    share each load of G[r] (1.6x faster in float32 than one entry a pass, with scalar loops:
+    the loads of G could not be hoisted past the stores to dW^T, which might alias it; four
+    entries a pass were no faster); a duplicate column makes its two updates in order. Per class
+    one fma per stored entry, in order."""
     Kp = G.shape[1]
     n = VECTOR_BYTES // G.itemsize
     last = np.uint64(dWT.shape[0] - 1)
@@ -504,7 +473,7 @@ def _merge_dWT(work, off, dW):
     float64.
 
     work IN  (C, d, m) data dtype: the chunks' partials in columns off..off+K-1 of each row:
-             `_csr_linear_xent`'s parts (off 0), `_csr_linear_hvp`'s workspaces (m = 3K, off 2K)
+             `_csr_linear_xent`'s and `_csr_linear_hvp`'s parts (off 0)
     off  IN  int: the partial's first column
     dW   OUT (K, d) data dtype, C-contiguous
     """
@@ -558,68 +527,70 @@ def _csr_softmax_block(indptr, indices, data, WT, b, out, lo, hi):
 
 
 @_parallel_kernel
-def _csr_linear_hvp(indptr, indices, data, W, S, b, s_b, sample_weight, scale, work, hsb_parts):
-    """Hessian-vector product of the linear layer's cross-entropy for CSR X, chunked over rows as
-    `_csr_linear_xent`; returns the number of bad rows. Per row: p = softmax(x W^T + b) and
-    t = x S^T + s_b from one gather of 2K weights per stored entry, r = p * (t - p.t) scaled by
-    the row's weight (`_row_hvp` of _kernels), r scattered into the chunk's partial HS^T.
+def _csr_linear_hvp(indptr, indices, data, WST, b, s_b, sample_weight, scale, parts, hsb_parts,
+                    block, n_classes):
+    """Hessian-vector product of the linear layer's cross-entropy for CSR X, chunked over rows and
+    in blocks of rows as `_csr_linear_xent`; returns the number of bad rows. Per row: p =
+    softmax(x W^T + b) and t = x S^T + s_b from one gather of the 2Kp weights [W^T | S^T] per
+    stored entry, r = p * (t - p.t) scaled by the row's weight (`_row_hvp` of _kernels); then the
+    block's rows of r scattered into the chunk's partial HS^T.
 
-    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = W.shape[1])
+    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = WST.shape[0])
     indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
     data          IN  (nnz,) data dtype: value of every stored entry
-    W             IN  (K, d) data dtype, C-contiguous: the point
-    S             IN  (K, d) data dtype, C-contiguous: the direction
+    WST           IN  (d, 2Kp) data dtype, C-contiguous: [W^T | S^T], each padded with zeros to Kp
+                      columns (K rounded up to whole vectors of VECTOR_BYTES), shared by all chunks
     b             IN  (K,) data dtype: intercept; size 0: none
     s_b           IN  (K,) data dtype: intercept of the direction; size 0: none
     sample_weight IN  (N,) float64; size 0: all ones
     scale         IN  float: 1 / the reduction's denominator
-    work          OUT (C, d, 3K) data dtype: chunk c's workspace, row j = [W^T[j], S^T[j],
-                      partial HS^T[j]] (merge the partials with `_merge_dWT`)
+    parts         OUT (C, d, Kp) data dtype: chunk c's partial HS^T in columns 0..K-1 (merge with
+                      `_merge_dWT`, offset 0; the other columns are scratch)
     hsb_parts     OUT (C, K) float64: chunk c's partial sum of r; shape (C, 0): no intercept
+    block         IN  int: rows per block of a chunk (the bits do not depend on it)
+    n_classes     IN  int: K
     """
     N = indptr.shape[0] - 1
-    n_chunks = work.shape[0]
+    n_chunks = parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
-        bad += _csr_hvp_chunk(indptr, indices, data, W, S, b, s_b, sample_weight, scale,
-                              c * N // n_chunks, (c + 1) * N // n_chunks, work[c], hsb_parts[c])
+        bad += _csr_hvp_chunk(indptr, indices, data, WST, b, s_b, sample_weight, scale,
+                              c * N // n_chunks, (c + 1) * N // n_chunks, parts[c], hsb_parts[c],
+                              block, n_classes)
     return bad
 
 
 @_jit()
-def _init_work_hvp(W, S, work):
-    """work[j] := [W^T[j], S^T[j], zeros]: the logits of W and of S are one gather of 2K
-    contiguous weights per stored entry, and r goes back into the same row."""
-    K, d = W.shape
-    for j in range(d):
-        for k in range(K):
-            work[j, k] = W[k, j]
-            work[j, K + k] = S[k, j]
-            work[j, 2 * K + k] = 0
-
-
-@_jit()
-def _csr_hvp_chunk(indptr, indices, data, W, S, b, s_b, sample_weight, scale, lo, hi, work, hsb):
-    """Rows lo..hi of `_csr_linear_hvp` into this chunk's workspace (d, 3K) and hsb (K,) or (0,)
-    (one prange iteration, shared by both twins)."""
-    K = W.shape[0]
-    _init_work_hvp(W, S, work)
-    zt = np.empty((1, 2 * K), dtype=work.dtype)
-    z = np.empty((1, K), dtype=work.dtype)
-    t = np.empty((1, K), dtype=work.dtype)
+def _csr_hvp_chunk(indptr, indices, data, WST, b, s_b, sample_weight, scale, lo, hi, dWT, hsb,
+                   block, K):
+    """Rows lo..hi of `_csr_linear_hvp` into this chunk's partial HS^T (d, Kp) and hsb (K,) or
+    (0,) (one prange iteration, shared by both twins), `block` rows at a time: the logits of W and
+    S into ZT (block, 2Kp), the row pass into R (block, Kp), then R's rows scattered. Per class
+    the arithmetic of the fused (d, 3K) workspace kernel it replaced, in the same order."""
+    Kp = dWT.shape[1]
+    dWT[:] = 0
     hsb[:] = 0.0
+    ZT = np.empty((block, 2 * Kp), dtype=dWT.dtype)
+    R = np.zeros((block, Kp), dtype=dWT.dtype)
+    z = np.empty((1, K), dtype=dWT.dtype)
+    t = np.empty((1, K), dtype=dWT.dtype)
     bad = 0
-    for i in range(lo, hi):
-        _csr_row_logits(indptr, indices, data, work, i, zt, 0)
-        for k in range(K):
-            z[0, k] = zt[0, k]
-            t[0, k] = zt[0, K + k]
-        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-        bad += 1 if _row_hvp(z, t, 0, b, s_b, wi * scale) else 0
-        if wi == 0.0:  # a zero row of r: nothing to add
-            continue
-        if hsb.shape[0] > 0:
+    for blo in range(lo, hi, block):
+        n = min(hi, blo + block) - blo
+        for r in range(n):
+            _csr_row_logits_vec(indptr, indices, data, WST, blo + r, ZT, r)
+        for r in range(n):
             for k in range(K):
-                hsb[k] += t[0, k]
-        _csr_row_scatter(indptr, indices, data, t, i, work, 2 * K)
+                z[0, k] = ZT[r, k]
+                t[0, k] = ZT[r, Kp + k]
+            wi = sample_weight[blo + r] if sample_weight.shape[0] > 0 else 1.0
+            bad += 1 if _row_hvp(z, t, 0, b, s_b, wi * scale) else 0
+            if hsb.shape[0] > 0 and wi != 0.0:
+                for k in range(K):
+                    hsb[k] += t[0, k]
+            for k in range(K):
+                R[r, k] = t[0, k]
+        for r in range(n):
+            if sample_weight.shape[0] == 0 or sample_weight[blo + r] != 0.0:
+                _csr_row_scatter_vec(indptr, indices, data, R, r, blo + r, dWT)
     return bad
