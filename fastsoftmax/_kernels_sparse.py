@@ -7,23 +7,25 @@ Design
   entry then reads K contiguous weights (a column of the (K, d) W would be K loads d apart), and its
   gradient goes back to K contiguous entries of a partial dW^T.
 * Rows are cut into C chunks fixed by the caller from the problem size (never the thread count);
-  chunk c owns rows [c N / C, (c+1) N / C), its own workspace (d, 2K), filled from W^T (made
-  once by the caller), whose row j is
-  [W^T[j], partial dW^T[j]] in the data dtype (weights and gradient of a feature in adjacent cache
-  lines), its partial db (K,) float64 and loss sum (float64). Per row, in a (1, K) buffer: the
-  logits from the non-zeros, then the shared dense row pass (`_row_grad` of _kernels: max, exp,
-  float64 sums, loss, gradient), then the gradient row scattered into the chunk's dW^T. No N x K
-  array is ever held.
+  chunk c owns rows [c N / C, (c+1) N / C), its own partial dW^T (d, Kp), partial db (K,) float64
+  and loss sum (float64). All chunks read one W^T (d, Kp) made by the caller, K padded to Kp,
+  whole vectors of VECTOR_BYTES (zeros past K). A chunk runs its rows in blocks of `block`
+  rows, in two phases: (A) the logits of the block's rows from the stored entries into a
+  (block, Kp) buffer, one vector fma per VECTOR_BYTES of a W^T row (`_vec_fma4`, llvm.fma
+  intrinsics), then the dense block row pass of _kernels (`_xent_grad_block`: max, exp,
+  float64 sums, loss, gradient, across rows); (B) each gradient row scattered into the chunk's
+  dW^T. No N x K array is ever held.
 * The caller merges the partials in chunk order: `_merge_dWT` sums every entry over the chunks in
   float64, in chunk order, and writes dW (K, d) transposed back, in parallel over blocks of features.
-* The Hessian-vector product (`_csr_linear_hvp`) runs the same chunks with a workspace (d, 3K)
-  whose row j is [W^T[j], S^T[j], partial HS^T[j]]: one gather of 2K weights per stored entry gives
-  the logits of W and of the direction S, the dense row pass `_row_hvp` turns them into
-  r = p * (t - p.t), and r is scattered into the partial; `_merge_dWT` merges those partials too.
-* The gathers are latency-bound (each stored entry reads a random row of a workspace larger than
-  L2): every gather prefetches the whole workspace row of the stored entry `PREFETCH_AHEAD`
-  entries ahead (`llvm.prefetch`), so that its loads, and the scatter's read-modify-writes of the
-  same row, find it in cache. The bits do not change; the time did (see `PREFETCH_AHEAD`).
+* The Hessian-vector product (`_csr_linear_hvp`) runs the same chunks and blocks over one shared
+  [W^T | S^T] (d, 2Kp): one gather of 2Kp weights per stored entry gives the logits of W and of
+  the direction S, the dense row pass `_row_hvp` turns them into r = p * (t - p.t), and the
+  block's rows of r are scattered into the chunk's partial HS^T (d, Kp); `_merge_dWT` merges
+  those partials too.
+* The gathers are latency-bound (each stored entry reads a random row of an array larger than
+  L2): every gather and scatter prefetches the whole row of the stored entry `PREFETCH_AHEAD`
+  entries ahead (`llvm.prefetch`), so that its loads, and the read-modify-writes of the scatter,
+  find it in cache. The bits do not change; the time did (see `PREFETCH_AHEAD`).
 * Every parallel kernel is a pair (`@_parallel_kernel`, _parallel.py) whose twins call one compiled
   block function, as in _kernels: the bits do not depend on the twin or on the number of threads.
 * Stored entries are used as they come: unsorted columns are fine, and duplicate entries of a column
@@ -40,6 +42,7 @@ and indices; optional arrays have size 0 when absent.
 import numpy as np
 from llvmlite import ir
 from numba import config, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastsoftmax._kernels import (
@@ -50,18 +53,24 @@ from fastsoftmax._kernels import (
     _mul,
     _n_blocks,
     _parallel_kernel,
-    _row_grad,
     _row_hvp,
     _softmax_block_rows,
+    _xent_grad_block,
 )
 
 MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
+# Bytes in one vector of `_vec_fma4`, `_vec_fma`, `_vec_fma2` (ymm): the fused loss + gradient pads
+# the classes to whole vectors. One thread, against 64 (zmm, whole cache lines) and 16 bytes:
+# 200000 x 2^17 x 20 float32 0.67x the time of the previous kernel, against 0.77x and 0.73x
+# (classes padded to 24, 32 and 20); 800000 x 47236 x 50 float64 0.81x against 0.84x (64).
+VECTOR_BYTES = 32
 # Stored entries between the one whose workspace row is prefetched and the one being used: the
 # fused loss + gradient on one thread (CPU time, 200000 x 2^17 x 20 text-like float32) took 191 ms
 # without prefetching, 145 ms at 64 entries ahead, 148 at 128, 155 at 256; at 800000 x 47236 x 50
 # 1848 ms without, 1079, 1039 and 1038 ms (docs/design.md, "Sparse input"). With the cheaper
 # prefetch of `_prefetch_rows4`, 32, 64, 128 and 256 entries ahead were within 5% of each other.
 PREFETCH_AHEAD = 128
+_U1, _U2, _U3, _U4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)  # unsigned steps
 
 
 @intrinsic
@@ -93,6 +102,118 @@ if config.DISABLE_JIT:  # NUMBA_DISABLE_JIT=1: intrinsics exist only in compiled
         pass
 
 
+def _vec_type(context, dtype):
+    """The LLVM vector of VECTOR_BYTES of `dtype` (8 float32 or 4 float64: one ymm)."""
+    return ir.VectorType(context.get_value_type(dtype), VECTOR_BYTES // (dtype.bitwidth // 8))
+
+
+def _vec_ptr(context, builder, aryty, ary_val, row, col):
+    """Pointer to the vector at [row, col] of the C-contiguous 2-D array ary_val."""
+    ary = context.make_array(aryty)(context, builder, ary_val)
+    stride = builder.extract_value(ary.strides, 0)
+    row, col = (builder.zext(a, stride.type) if a.type.width < stride.type.width else a
+                for a in (row, col))
+    item = ir.Constant(stride.type, aryty.dtype.bitwidth // 8)
+    i8p = ir.IntType(8).as_pointer()
+    ptr = builder.gep(builder.bitcast(ary.data, i8p),
+                      [builder.add(builder.mul(row, stride), builder.mul(col, item))])
+    return builder.bitcast(ptr, _vec_type(context, aryty.dtype).as_pointer())
+
+
+def _vec_load(context, builder, aryty, ary_val, row, col):
+    """The vector at [row, col] of ary_val (aligned to its element only), and its pointer."""
+    ptr = _vec_ptr(context, builder, aryty, ary_val, row, col)
+    return builder.load(ptr, align=aryty.dtype.bitwidth // 8), ptr
+
+
+def _splat(context, builder, x, xty, dtype):
+    """x (of numba type xty) cast to dtype, in every lane of a vector."""
+    vecty = _vec_type(context, dtype)
+    x = context.cast(builder, x, xty, dtype)
+    undef = ir.Constant(vecty, ir.Undefined)
+    v = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vecty.count), [0] * vecty.count)
+    return builder.shuffle_vector(v, undef, mask)
+
+
+def _vfma(builder, a, x, c):
+    """llvm.fma on vectors: a * x + c rounded once per lane (a call: no fast-math flag applies)."""
+    ty = a.type
+    name = f"llvm.fma.v{ty.count}{'f32' if ty.element == ir.FloatType() else 'f64'}"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+    return builder.call(fn, [a, x, c])
+
+
+@intrinsic
+def _vec_fma4(typingctx, A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):
+    """A[r, k:k+n] := fma(v3, WT[c3, ..], fma(v2, WT[c2, ..], fma(v1, WT[c1, ..], fma(v0,
+    WT[c0, ..], A[r, k:k+n])))) for the n = VECTOR_BYTES / itemsize columns from k (one vector
+    each: the rows must hold whole vectors from k on). Lane by lane the four fmas of `_fma` in
+    order; calls of llvm.fma, which carry no fast-math flags, so no module can reorder them."""
+    sig = types.void(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
+
+    def codegen(context, builder, signature, args):
+        aty, wty, dt = signature.args[0], signature.args[2], signature.args[0].dtype
+        acc, a_ptr = _vec_load(context, builder, aty, args[0], args[1], args[11])
+        for q in range(4):
+            w, _ = _vec_load(context, builder, wty, args[2], args[3 + q], args[11])
+            v = _splat(context, builder, args[7 + q], signature.args[7 + q], dt)
+            acc = _vfma(builder, v, w, acc)
+        builder.store(acc, a_ptr, align=dt.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _vec_fma(typingctx, A, r, v, G, g, k):
+    """A[r, k:k+n] := fma(v, G[g, k:k+n], A[r, k:k+n]), n = VECTOR_BYTES / itemsize (one vector)."""
+    sig = types.void(A, r, v, G, g, k)
+
+    def codegen(context, builder, signature, args):
+        aty, gty, dt = signature.args[0], signature.args[3], signature.args[0].dtype
+        gv, _ = _vec_load(context, builder, gty, args[3], args[4], args[5])
+        acc, a_ptr = _vec_load(context, builder, aty, args[0], args[1], args[5])
+        vv = _splat(context, builder, args[2], signature.args[2], dt)
+        builder.store(_vfma(builder, vv, gv, acc), a_ptr, align=dt.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _vec_fma2(typingctx, A, r0, r1, v0, v1, G, g, k):
+    """`_vec_fma` into rows r0 and r1 (different) with v0 and v1, from one load of G[g, k:k+n]."""
+    sig = types.void(A, r0, r1, v0, v1, G, g, k)
+
+    def codegen(context, builder, signature, args):
+        aty, gty, dt = signature.args[0], signature.args[5], signature.args[0].dtype
+        gv, _ = _vec_load(context, builder, gty, args[5], args[6], args[7])
+        for q in range(2):
+            acc, a_ptr = _vec_load(context, builder, aty, args[0], args[1 + q], args[7])
+            vv = _splat(context, builder, args[3 + q], signature.args[3 + q], dt)
+            builder.store(_vfma(builder, vv, gv, acc), a_ptr, align=dt.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+if config.DISABLE_JIT:  # Python versions of the vector operations (same lanes, rounded twice)
+
+    def _vec_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):  # noqa: F811
+        n = VECTOR_BYTES // A.itemsize
+        for c, v in ((c0, v0), (c1, v1), (c2, v2), (c3, v3)):
+            A[r, k:k + n] += v * WT[c, k:k + n]
+
+    def _vec_fma(A, r, v, G, g, k):  # noqa: F811
+        n = VECTOR_BYTES // A.itemsize
+        A[r, k:k + n] += v * G[g, k:k + n]
+
+    def _vec_fma2(A, r0, r1, v0, v1, G, g, k):  # noqa: F811
+        _vec_fma(A, r0, v0, G, g, k)
+        _vec_fma(A, r1, v1, G, g, k)
+
+
 # Column indices are cast to unsigned before indexing W^T and dW^T: Numba's wraparound of negative
 # indices (a compare and select per access) otherwise stays in the inner loops; the functional layer
 # has checked every index to lie in [0, d).
@@ -109,7 +230,7 @@ def _column(indices, p, last):
 
 @_jit(inline=True)
 def _prefetch_row(WT, indices, p, last):
-    """Prefetch the row of WT (all of it: 2K or 3K columns for a workspace) of stored entry p, if
+    """Prefetch the row of WT (all of it) of stored entry p, if
     there is one: the lines holding its first byte, every 64 bytes after, and its last byte."""
     if p < indices.shape[0]:
         _prefetch_lines(WT, _column(indices, p, last), WT.shape[1] * WT.itemsize)
@@ -170,130 +291,203 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
 
 
 @_jit(inline=True)
-def _csr_row_scatter(indptr, indices, data, G, i, dWT, off):
-    """dW^T[j, off:off+K] += X[i, j] * G[0] for every stored entry (column j) of row i of X,
-    K = G.shape[1].
+def _prefetch_vec_rows(WT, indices, p, last, m):
+    """`_prefetch_rows4` of stored entries p..p+m-1 (p unsigned, m a constant), with
+    `_prefetch_short`."""
+    if p + np.uint64(m - 1) < np.uint64(indices.shape[0]):
+        nbytes = WT.shape[1] * WT.itemsize
+        for q in range(m):
+            _prefetch_short(WT, _column(indices, p + np.uint64(q), last), nbytes)
 
-    Two stored entries per pass share each load of G[0] (1.6x faster in float32 than one: the
-    loads of G could not be hoisted past the stores to dW^T, which might alias it). The two rows
-    go through 1-D slices, and a duplicate column (both entries in one row) through a branch of
-    its own: indexing the 2-D dW^T in the loop, the scatter took 2-2.4x as long (rows in L1, 20
-    and 50 classes); the bits are the same. Explicit fma: whether a multiply
-    and add contract must not depend on the module (see `_csr_row_logits`)."""
-    K = G.shape[1]
+
+@_jit(inline=True)
+def _prefetch_short(WT, j, nbytes):
+    """`_prefetch_lines`, with no loop for a row of at most 128 bytes (at most three lines: its
+    first byte, the byte 64 after, its last byte): the loop's control cost more instructions than
+    its prefetches."""
+    _prefetch(WT, j, 0)
+    if nbytes <= 128:
+        _prefetch(WT, j, min(64, nbytes - 1))
+    else:
+        for off in range(64, nbytes, 64):
+            _prefetch(WT, j, off)
+    _prefetch(WT, j, nbytes - 1)
+
+
+@_jit(inline=True)
+def _csr_row_logits_vec(indptr, indices, data, WT, i, A, r):
+    """A[r] := X[i] @ W over all Kp = A.shape[1] = WT.shape[1] columns of the padded W^T (Kp a
+    whole number of vectors of VECTOR_BYTES), one vector per operation (`_vec_fma4`, `_vec_fma`).
+
+    Per class the fmas of `_csr_row_logits` as compiled (LLVM turned its five-term sum into a
+    chain of four fmas), in the same order, so the bits are those of the unpadded loops; these
+    ran mostly as scalar remainders, K being unknown when compiled (at 20 float32 classes all of
+    it: LLVM's vector loop took 64 classes a pass)."""
+    Kp = A.shape[1]
+    n = VECTOR_BYTES // A.itemsize
+    last = np.uint64(WT.shape[0] - 1)
+    for k in range(Kp):
+        A[r, k] = 0
+    # Unsigned positions: signed ones made every access to indices and data check for a negative
+    # index (Numba's wraparound: a compare and a select each).
+    p, hi, ahead = np.uint64(indptr[i]), np.uint64(indptr[i + 1]), np.uint64(PREFETCH_AHEAD)
+    while p + _U3 < hi:
+        _prefetch_vec_rows(WT, indices, p + ahead, last, 4)
+        c0, c1 = _column(indices, p, last), _column(indices, p + _U1, last)
+        c2, c3 = _column(indices, p + _U2, last), _column(indices, p + _U3, last)
+        v0, v1, v2, v3 = data[p], data[p + _U1], data[p + _U2], data[p + _U3]
+        for k in range(0, Kp, n):
+            _vec_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
+        p += _U4
+    while p < hi:
+        _prefetch_vec_rows(WT, indices, p + ahead, last, 1)
+        c0 = _column(indices, p, last)
+        for k in range(0, Kp, n):
+            _vec_fma(A, r, data[p], WT, c0, k)
+        p += _U1
+
+
+@_jit(inline=True)
+def _csr_row_scatter_vec(indptr, indices, data, G, r, i, dWT):
+    """dW^T[j] += X[i, j] * G[r] for every stored entry (column j) of row i, over all Kp
+    columns (whole vectors, as `_csr_row_logits_vec`), prefetching the partial's rows
+    PREFETCH_AHEAD entries ahead (without, the call took 1.3x as long). Two entries per pass
+    share each load of G[r] (1.6x faster in float32 than one entry a pass, with scalar loops:
+    the loads of G could not be hoisted past the stores to dW^T, which might alias it; four
+    entries a pass were no faster); a duplicate column makes its two updates in order. Per class
+    one fma per stored entry, in order."""
+    Kp = G.shape[1]
+    n = VECTOR_BYTES // G.itemsize
     last = np.uint64(dWT.shape[0] - 1)
-    p, hi = indptr[i], indptr[i + 1]
-    while p + 1 < hi:
-        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
-        v0, v1 = data[p], data[p + 1]
+    p, hi, ahead = np.uint64(indptr[i]), np.uint64(indptr[i + 1]), np.uint64(PREFETCH_AHEAD)
+    while p + _U1 < hi:
+        _prefetch_vec_rows(dWT, indices, p + ahead, last, 2)
+        c0, c1 = _column(indices, p, last), _column(indices, p + _U1, last)
+        v0, v1 = data[p], data[p + _U1]
         if c0 != c1:
-            r0, r1 = dWT[c0, off:off + K], dWT[c1, off:off + K]
-            for k in range(K):
-                g = G[0, k]
-                r0[k] = _fma(v0, g, r0[k])
-                r1[k] = _fma(v1, g, r1[k])
-        else:  # a duplicate column: the two updates in order, as two passes would make them
-            for k in range(K):
-                g = G[0, k]
-                dWT[c0, off + k] = _fma(v1, g, _fma(v0, g, dWT[c0, off + k]))
-        p += 2
+            for k in range(0, Kp, n):
+                _vec_fma2(dWT, c0, c1, v0, v1, G, r, k)
+        else:
+            for k in range(0, Kp, n):
+                _vec_fma(dWT, c0, v0, G, r, k)
+                _vec_fma(dWT, c0, v1, G, r, k)
+        p += _U2
     if p < hi:
-        c0, v0 = _column(indices, p, last), data[p]
-        for k in range(K):
-            dWT[c0, off + k] = _fma(v0, G[0, k], dWT[c0, off + k])
+        c0 = _column(indices, p, last)
+        for k in range(0, Kp, n):
+            _vec_fma(dWT, c0, data[p], G, r, k)
 
 
 @_parallel_kernel
 def _csr_linear_xent(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, loss_parts,
-                     work, db_parts):
+                     parts, db_parts, block, n_classes):
     """Fused loss and gradients of softmax(X W^T + b) for CSR X, chunked over rows; returns the
     number of bad rows.
 
     indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = WT.shape[0])
     indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
     data          IN  (nnz,) data dtype: value of every stored entry
-    WT            IN  (d, K) data dtype, C-contiguous: W transposed
+    WT            IN  (d, Kp) data dtype, C-contiguous: W transposed, columns K..Kp-1 zero (Kp: K
+                      rounded up to whole vectors of VECTOR_BYTES), shared by all chunks
     b             IN  (K,) data dtype; size 0: no bias
     y             IN  (N,) intp: labels in [0, K)
     sample_weight IN  (N,) float64; size 0: all ones
     smoothing     IN  float in [0, 1]: label smoothing
     scale         IN  float: factor of the gradients (1 / the reduction's denominator)
     loss_parts    OUT (C,) float64: chunk c's sum of weighted per-sample losses (not scaled)
-    work          OUT (C, d, 2K) data dtype: chunk c's workspace, row j = [W^T[j], partial dW^T[j]]
-                      (merge the partials with `_merge_dWT`)
+    parts         OUT (C, d, Kp) data dtype: chunk c's partial dW^T in columns 0..K-1 (merge with
+                      `_merge_dWT`, offset 0; the other columns are scratch)
     db_parts      OUT (C, K) float64: chunk c's partial db; shape (C, 0): no bias gradient
+    block         IN  int, a multiple of ROW_BLOCK: rows per block of a chunk (the bits do not
+                      depend on it)
+    n_classes     IN  int: K
     """
     N = indptr.shape[0] - 1
-    n_chunks = work.shape[0]
+    n_chunks = parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
         bad += _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale,
-                               c * N // n_chunks, (c + 1) * N // n_chunks, c, loss_parts,
-                               work[c], db_parts[c])
+                               c * N // n_chunks, (c + 1) * N // n_chunks, loss_parts[c:c + 1],
+                               parts[c], db_parts[c], block, n_classes)
     return bad
 
 
 @_jit()
-def _init_work(WT, work):
-    """work[j] := [W^T[j], zeros]: each stored entry then reads its K weights and adds its K
-    gradient entries within one 2K-wide row (adjacent cache lines, one page): the fused row pass
-    was 1.4x faster than with W^T and the partial dW^T in two arrays. Copied from W^T made once
-    by the caller: transposing W in every chunk took twice as long (4 chunks, float32)."""
-    d, K = WT.shape
-    for j in range(d):
-        for k in range(K):
-            work[j, k] = WT[j, k]
-            work[j, K + k] = 0
-
-
-@_jit()
-def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, lo, hi, c,
-                    loss_parts, work, db):
-    """Rows lo..hi of `_csr_linear_xent` into chunk c's loss_parts[c], workspace (d, 2K) and db
-    (K,) or (0,) (one prange iteration, shared by both twins)."""
-    K = WT.shape[1]
-    _init_work(WT, work)
-    g = np.empty((1, K), dtype=work.dtype)
+def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, scale, lo, hi,
+                    loss, dWT, db, block, K):
+    """Rows lo..hi of `_csr_linear_xent` into this chunk's loss (1,), partial dW^T (d, Kp) and db
+    (K,) or (0,) (one prange iteration, shared by both twins), `block` rows at a time, in two
+    phases: (A) the block's logits from the shared W^T into Gp (block, Kp), then their gradient
+    rows by the dense row pass (`_block_grad`); (B) the gradient rows scattered into dW^T. Each
+    phase works on one (d, Kp) array (the fused row pass, with W^T and its partial side by side
+    in one (d, 2K) workspace per chunk, had twice the working set and a copy of W^T per chunk)."""
+    Kp = WT.shape[1]
+    dWT[:] = 0
     db[:] = 0.0
+    Gp = np.zeros((block, Kp), dtype=dWT.dtype)
+    G = np.empty((block, K), dtype=dWT.dtype)
+    losses = np.empty(block)
     bad = 0
     total = 0.0
-    for i in range(lo, hi):
-        _csr_row_logits(indptr, indices, data, work, i, g, 0)
-        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-        loss, row_bad = _row_grad(g, 0, g, 0, b, False, y[i], wi, smoothing, scale)
-        total += loss
-        bad += row_bad
-        if wi == 0.0:  # a zero gradient row: nothing to add
-            continue
-        if db.shape[0] > 0:
-            for k in range(K):
-                db[k] += g[0, k]
-        _csr_row_scatter(indptr, indices, data, g, i, work, K)
-    loss_parts[c] = total
+    for blo in range(lo, hi, block):
+        n = min(hi, blo + block) - blo
+        for r in range(n):
+            _csr_row_logits_vec(indptr, indices, data, WT, blo + r, Gp, r)
+        bad += _block_grad(Gp, G, b, y[blo:blo + n], sample_weight[blo:blo + n]
+                           if sample_weight.shape[0] > 0 else sample_weight,
+                           smoothing, scale, n, losses, db)
+        for r in range(n):
+            total += losses[r]
+        for r in range(n):
+            if sample_weight.shape[0] == 0 or sample_weight[blo + r] != 0.0:
+                _csr_row_scatter_vec(indptr, indices, data, Gp, r, blo + r, dWT)
+    loss[0] = total
+    return bad
+
+
+@_jit(inline=True)
+def _block_grad(Gp, G, b, y, sample_weight, smoothing, scale, n, losses, db):
+    """Rows 0..n of Gp (logits, Kp columns) := their gradients (zeros from column K on), through
+    G (first n rows, K columns): `_xent_grad_block`, ROW_BLOCK rows a call (a short row's exp,
+    sums and log run across rows there); losses[:n] := the weighted losses, db += the column sums
+    of the gradient rows. Returns the number of bad rows."""
+    K, Kp = G.shape[1], Gp.shape[1]
+    for r in range(n):
+        for k in range(K):
+            G[r, k] = Gp[r, k]
+    bad = 0
+    for s in range(0, n, ROW_BLOCK):
+        bad += _xent_grad_block(G, G, b, False, y, sample_weight, smoothing, scale, s,
+                                min(n, s + ROW_BLOCK), losses, db)
+    for r in range(n):
+        for k in range(K):
+            Gp[r, k] = G[r, k]
+        for k in range(K, Kp):
+            Gp[r, k] = 0
     return bad
 
 
 @_parallel_kernel
-def _merge_dWT(work, dW):
+def _merge_dWT(work, off, dW):
     """dW[k, j] := sum over chunks c, in chunk order, of the partial work[c, j, off + k], summed in
-    float64, where off = work.shape[2] - K: the partial is the last K columns of a workspace row.
+    float64.
 
-    work IN  (C, d, mK) data dtype: the chunks' workspaces of `_csr_linear_xent` (m = 2) or
-             `_csr_linear_hvp` (m = 3)
+    work IN  (C, d, m) data dtype: the chunks' partials in columns off..off+K-1 of each row:
+             `_csr_linear_xent`'s and `_csr_linear_hvp`'s parts (off 0)
+    off  IN  int: the partial's first column
     dW   OUT (K, d) data dtype, C-contiguous
     """
     d = work.shape[1]
     for blk in prange(_n_blocks(d, MERGE_BLOCK)):
         lo = blk * MERGE_BLOCK
-        _merge_block(work, dW, lo, min(d, lo + MERGE_BLOCK))
+        _merge_block(work, off, dW, lo, min(d, lo + MERGE_BLOCK))
 
 
 @_jit()
-def _merge_block(work, dW, lo, hi):
+def _merge_block(work, off, dW, lo, hi):
     """Features lo..hi of `_merge_dWT` (one prange iteration, shared by both twins)."""
     C = work.shape[0]
     K = dW.shape[0]
-    off = work.shape[2] - K
     acc = np.empty(K, dtype=np.float64)
     for j in range(lo, hi):
         acc[:] = 0.0
@@ -333,68 +527,70 @@ def _csr_softmax_block(indptr, indices, data, WT, b, out, lo, hi):
 
 
 @_parallel_kernel
-def _csr_linear_hvp(indptr, indices, data, W, S, b, s_b, sample_weight, scale, work, hsb_parts):
-    """Hessian-vector product of the linear layer's cross-entropy for CSR X, chunked over rows as
-    `_csr_linear_xent`; returns the number of bad rows. Per row: p = softmax(x W^T + b) and
-    t = x S^T + s_b from one gather of 2K weights per stored entry, r = p * (t - p.t) scaled by
-    the row's weight (`_row_hvp` of _kernels), r scattered into the chunk's partial HS^T.
+def _csr_linear_hvp(indptr, indices, data, WST, b, s_b, sample_weight, scale, parts, hsb_parts,
+                    block, n_classes):
+    """Hessian-vector product of the linear layer's cross-entropy for CSR X, chunked over rows and
+    in blocks of rows as `_csr_linear_xent`; returns the number of bad rows. Per row: p =
+    softmax(x W^T + b) and t = x S^T + s_b from one gather of the 2Kp weights [W^T | S^T] per
+    stored entry, r = p * (t - p.t) scaled by the row's weight (`_row_hvp` of _kernels); then the
+    block's rows of r scattered into the chunk's partial HS^T.
 
-    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = W.shape[1])
+    indptr        IN  (N + 1,) index dtype: CSR row pointers of X (n_features = WST.shape[0])
     indices       IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
     data          IN  (nnz,) data dtype: value of every stored entry
-    W             IN  (K, d) data dtype, C-contiguous: the point
-    S             IN  (K, d) data dtype, C-contiguous: the direction
+    WST           IN  (d, 2Kp) data dtype, C-contiguous: [W^T | S^T], each padded with zeros to Kp
+                      columns (K rounded up to whole vectors of VECTOR_BYTES), shared by all chunks
     b             IN  (K,) data dtype: intercept; size 0: none
     s_b           IN  (K,) data dtype: intercept of the direction; size 0: none
     sample_weight IN  (N,) float64; size 0: all ones
     scale         IN  float: 1 / the reduction's denominator
-    work          OUT (C, d, 3K) data dtype: chunk c's workspace, row j = [W^T[j], S^T[j],
-                      partial HS^T[j]] (merge the partials with `_merge_dWT`)
+    parts         OUT (C, d, Kp) data dtype: chunk c's partial HS^T in columns 0..K-1 (merge with
+                      `_merge_dWT`, offset 0; the other columns are scratch)
     hsb_parts     OUT (C, K) float64: chunk c's partial sum of r; shape (C, 0): no intercept
+    block         IN  int: rows per block of a chunk (the bits do not depend on it)
+    n_classes     IN  int: K
     """
     N = indptr.shape[0] - 1
-    n_chunks = work.shape[0]
+    n_chunks = parts.shape[0]
     bad = 0
     for c in prange(n_chunks):
-        bad += _csr_hvp_chunk(indptr, indices, data, W, S, b, s_b, sample_weight, scale,
-                              c * N // n_chunks, (c + 1) * N // n_chunks, work[c], hsb_parts[c])
+        bad += _csr_hvp_chunk(indptr, indices, data, WST, b, s_b, sample_weight, scale,
+                              c * N // n_chunks, (c + 1) * N // n_chunks, parts[c], hsb_parts[c],
+                              block, n_classes)
     return bad
 
 
 @_jit()
-def _init_work_hvp(W, S, work):
-    """work[j] := [W^T[j], S^T[j], zeros]: the logits of W and of S are one gather of 2K
-    contiguous weights per stored entry, and r goes back into the same row."""
-    K, d = W.shape
-    for j in range(d):
-        for k in range(K):
-            work[j, k] = W[k, j]
-            work[j, K + k] = S[k, j]
-            work[j, 2 * K + k] = 0
-
-
-@_jit()
-def _csr_hvp_chunk(indptr, indices, data, W, S, b, s_b, sample_weight, scale, lo, hi, work, hsb):
-    """Rows lo..hi of `_csr_linear_hvp` into this chunk's workspace (d, 3K) and hsb (K,) or (0,)
-    (one prange iteration, shared by both twins)."""
-    K = W.shape[0]
-    _init_work_hvp(W, S, work)
-    zt = np.empty((1, 2 * K), dtype=work.dtype)
-    z = np.empty((1, K), dtype=work.dtype)
-    t = np.empty((1, K), dtype=work.dtype)
+def _csr_hvp_chunk(indptr, indices, data, WST, b, s_b, sample_weight, scale, lo, hi, dWT, hsb,
+                   block, K):
+    """Rows lo..hi of `_csr_linear_hvp` into this chunk's partial HS^T (d, Kp) and hsb (K,) or
+    (0,) (one prange iteration, shared by both twins), `block` rows at a time: the logits of W and
+    S into ZT (block, 2Kp), the row pass into R (block, Kp), then R's rows scattered. Per class
+    the arithmetic of the fused (d, 3K) workspace kernel it replaced, in the same order."""
+    Kp = dWT.shape[1]
+    dWT[:] = 0
     hsb[:] = 0.0
+    ZT = np.empty((block, 2 * Kp), dtype=dWT.dtype)
+    R = np.zeros((block, Kp), dtype=dWT.dtype)
+    z = np.empty((1, K), dtype=dWT.dtype)
+    t = np.empty((1, K), dtype=dWT.dtype)
     bad = 0
-    for i in range(lo, hi):
-        _csr_row_logits(indptr, indices, data, work, i, zt, 0)
-        for k in range(K):
-            z[0, k] = zt[0, k]
-            t[0, k] = zt[0, K + k]
-        wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
-        bad += 1 if _row_hvp(z, t, 0, b, s_b, wi * scale) else 0
-        if wi == 0.0:  # a zero row of r: nothing to add
-            continue
-        if hsb.shape[0] > 0:
+    for blo in range(lo, hi, block):
+        n = min(hi, blo + block) - blo
+        for r in range(n):
+            _csr_row_logits_vec(indptr, indices, data, WST, blo + r, ZT, r)
+        for r in range(n):
             for k in range(K):
-                hsb[k] += t[0, k]
-        _csr_row_scatter(indptr, indices, data, t, i, work, 2 * K)
+                z[0, k] = ZT[r, k]
+                t[0, k] = ZT[r, Kp + k]
+            wi = sample_weight[blo + r] if sample_weight.shape[0] > 0 else 1.0
+            bad += 1 if _row_hvp(z, t, 0, b, s_b, wi * scale) else 0
+            if hsb.shape[0] > 0 and wi != 0.0:
+                for k in range(K):
+                    hsb[k] += t[0, k]
+            for k in range(K):
+                R[r, k] = t[0, k]
+        for r in range(n):
+            if sample_weight.shape[0] == 0 or sample_weight[blo + r] != 0.0:
+                _csr_row_scatter_vec(indptr, indices, data, R, r, blo + r, dWT)
     return bad

@@ -1,10 +1,13 @@
 """The sparse-X paths of the functional API (scipy.sparse X through the CSR kernels).
 
 `functional.linear_cross_entropy` and `functional.linear_softmax` hand sparse X here. Extra memory
-is bounded independently of n_samples: at most `SPARSE_WORK_BYTES` of per-chunk workspaces (W^T
-beside a partial dW^T; one workspace when a single one exceeds it), plus dW (n_classes x
-n_features) and per-chunk scalars (docs/design.md, "Layers",
-"Sparse input").
+is bounded independently of n_samples: the loss + gradient holds W^T padded to whole vectors
+(n_features x Kp, Kp = n_classes rounded up to 8 float32 or 4 float64) and per-chunk partials
+dW^T of that size, at most `SPARSE_WORK_BYTES` / 2 in all (one when a single one exceeds it);
+the Hessian-vector product [W^T | S^T] padded (n_features x 2 Kp) and partials within
+`SPARSE_WORK_BYTES` / 3;
+plus dW (n_classes x n_features) and per-chunk scalars (docs/design.md, "Layers", "Sparse
+input").
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from fastsoftmax._validation import (
     readonly,
 )
 
-# Row chunks of the CSR kernel, each with its own (n_features, 2 n_classes) workspace (a copy of W^T
-# beside a partial dW^T): at most SPARSE_CHUNKS, at least SPARSE_CHUNK_ROWS rows each, workspaces
-# within SPARSE_WORK_BYTES in all (partials within half of it),
+# Row chunks of the CSR kernels, each with its own partial (n_features, n_classes padded) dW^T or
+# HS^T: at most SPARSE_CHUNKS, at least SPARSE_CHUNK_ROWS rows each, partials within half of
+# SPARSE_WORK_BYTES in all (a third for the Hessian-vector product's),
 # and at least SPARSE_ENTRIES_PER_FEATURE stored entries per chunk for every feature (filling and
-# merging a workspace streams n_features x n_classes entries, the gather and scatter touch stored
+# merging a partial streams n_features x n_classes entries, the gather and scatter touch stored
 # entries x n_classes; at 30000 x 65536 x 20 with 1.44e6 stored entries, one thread, float64,
 # the call took 44.7 ms with 4 chunks, 32.7 with 2, 29.8 with 1). Fixed by the problem size only,
 # so that results do not depend on the thread count.
@@ -37,13 +40,17 @@ SPARSE_CHUNKS = 16
 SPARSE_CHUNK_ROWS = 256
 SPARSE_WORK_BYTES = 128 * 2**20
 SPARSE_ENTRIES_PER_FEATURE = 8
+# Rows per block of a chunk of the fused CSR kernel (a multiple of _kernels.ROW_BLOCK); the bits
+# do not depend on it.
+SPARSE_ROW_BLOCK = 1024
 
 
 def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int, width: int = 2) -> int:
-    """How many row chunks the CSR kernel uses: the largest power of two within the limits above
+    """How many row chunks the CSR kernels use: the largest power of two within the limits above
     (a power of two shares evenly among 2, 4, 8 or 16 threads; 3 chunks on 2 threads would leave
-    one thread idle for a third of the time). A workspace holds `width` (d, K) blocks: 2 for the
-    loss (W^T, partial dW^T), 3 for the Hessian-vector product (W^T, S^T, partial HS^T)."""
+    one thread idle for a third of the time). K is the partial's width (the padded n_classes);
+    the partials are held within SPARSE_WORK_BYTES / `width`: 2 for the loss, 3 for the
+    Hessian-vector product."""
     by_rows = _k.n_blocks(N, SPARSE_CHUNK_ROWS)
     by_memory = SPARSE_WORK_BYTES // max(1, width * K * d * itemsize)
     by_work = nnz // max(1, SPARSE_ENTRIES_PER_FEATURE * d)
@@ -86,20 +93,22 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     N, d = X.shape
     K = W.shape[0]
     dtype = W.dtype
-    C = sparse_chunks(N, X.data.shape[0], K, d, dtype.itemsize)
+    WT = padded_transpose(W)
+    C = sparse_chunks(N, X.data.shape[0], WT.shape[1], d, dtype.itemsize)
     loss_parts = np.empty(C, dtype=np.float64)
-    work = aligned_workspace((C, d, 2 * K), dtype)
+    parts = aligned_workspace((C, d, WT.shape[1]), dtype)
     db_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     # Read-only whoever calls (a solver's iterate may be writable): one specialization per dtype.
     bias = readonly(b if b is not None else np.empty(0, dtype))
     bad = _ks._csr_linear_xent(
-        C, X.indptr, X.indices, X.data, np.ascontiguousarray(W.T), bias, y, w, eps, 1.0 / denom,
-        loss_parts, work, db_parts,
+        C, X.indptr, X.indices, X.data, WT, bias, y, w, eps, 1.0 / denom, loss_parts, parts,
+        db_parts, SPARSE_ROW_BLOCK, K,
     )
+    del WT
     if dW is None:
         dW = np.empty((K, d), dtype=dtype)
-    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, dW)
-    del work
+    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, dW)
+    del parts
     total = float(loss_parts.sum())
     if bad or np.isnan(total) or not np.isfinite(dW).all():
         raise_nonfinite_sparse(X, W, b, logits=bool(bad) or bool(np.isnan(total)))
@@ -109,6 +118,18 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
         _k._axpy(alpha, W, dW)
     db = None if b is None else db_parts.sum(axis=0).astype(dtype)
     return loss, dW, db
+
+
+def padded_transpose(W) -> np.ndarray:
+    """W^T as the fused CSR kernel reads it: (n_features, Kp), Kp = n_classes rounded up to whole
+    vectors of `_kernels_sparse.VECTOR_BYTES` (8 float32, 4 float64), zeros in the extra columns,
+    starting on a 64-byte boundary (`aligned_workspace`)."""
+    K, d = W.shape
+    per_vector = _ks.VECTOR_BYTES // W.dtype.itemsize
+    WT = aligned_workspace((d, -(-K // per_vector) * per_vector), W.dtype)
+    WT[:, :K] = W.T
+    WT[:, K:] = 0
+    return WT
 
 
 def linear_softmax(X, W, b) -> np.ndarray:
@@ -157,17 +178,23 @@ def linear_hvp_checked(X: CsrInput, W, b, S, s_b, w, alpha, denom):
     N, d = X.shape
     K = W.shape[0]
     dtype = W.dtype
-    C = sparse_chunks(N, X.data.shape[0], K, d, dtype.itemsize, width=3)
-    work = aligned_workspace((C, d, 3 * K), dtype)
+    WT, ST = padded_transpose(W), padded_transpose(S)
+    Kp = WT.shape[1]
+    WST = aligned_workspace((d, 2 * Kp), dtype)
+    WST[:, :Kp], WST[:, Kp:] = WT, ST
+    del WT, ST
+    C = sparse_chunks(N, X.data.shape[0], Kp, d, dtype.itemsize, width=3)
+    parts = aligned_workspace((C, d, Kp), dtype)
     hsb_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
     none = readonly(np.empty(0, dtype))
     bad = _ks._csr_linear_hvp(
-        C, X.indptr, X.indices, X.data, W, S, none if b is None else b,
-        none if b is None else s_b, w, 1.0 / denom, work, hsb_parts,
+        C, X.indptr, X.indices, X.data, WST, none if b is None else b,
+        none if b is None else s_b, w, 1.0 / denom, parts, hsb_parts, SPARSE_ROW_BLOCK, K,
     )
+    del WST
     HS = np.empty((K, d), dtype=dtype)
-    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), work, HS)
-    del work
+    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, HS)
+    del parts
     if bad:
         raise_nonfinite_sparse(X, W, b)
     hsb = None if b is None else hsb_parts.sum(axis=0)

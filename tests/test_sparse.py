@@ -195,8 +195,9 @@ def _kernel_args(rng, dtype):
     C = _sparse.sparse_chunks(3000, Xc.data.shape[0], 9, 40, W.dtype.itemsize)
     assert C >= 4  # several chunks, so that the merge order matters
     w = rng.uniform(0.5, 2.0, size=3000)
-    return (Xc.indptr, Xc.indices, Xc.data, np.ascontiguousarray(W.T), b, y.astype(np.intp), w,
-            0.1, 1.0 / 3000, np.empty(C), np.empty((C, 40, 18), dtype), np.empty((C, 9)))
+    WT = _sparse.padded_transpose(W)
+    return (Xc.indptr, Xc.indices, Xc.data, WT, b, y.astype(np.intp), w, 0.1, 1.0 / 3000,
+            np.empty(C), _sparse.aligned_workspace((C, 40, WT.shape[1]), dtype), np.empty((C, 9)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -205,9 +206,9 @@ def test_parallel_and_serial_twins_are_bitwise_equal(rng, dtype):
     results = []
     for twin in (_ks._csr_linear_xent.parallel, _ks._csr_linear_xent.serial):
         outs = [a.copy() for a in args[-3:]]
-        assert twin(*args[:-3], *outs) == 0
+        assert twin(*args[:-3], *outs, 128, 9) == 0
         dW = np.empty((9, 40), dtype)
-        _ks._merge_dWT.serial(outs[1], dW)
+        _ks._merge_dWT.serial(outs[1], 0, dW)
         results.append([outs[0], dW, outs[2]])
     for a, c in zip(*results, strict=True):
         np.testing.assert_array_equal(a, c)
@@ -255,7 +256,7 @@ def test_softmax_and_merge_twins_are_bitwise_equal(rng, dtype):
     merged = []
     for twin in (_ks._merge_dWT.parallel, _ks._merge_dWT.serial):
         dW = np.empty((9, 600), dtype)
-        twin(parts, dW)
+        twin(parts, 9, dW)
         merged.append(dW)
     np.testing.assert_array_equal(*merged)
     np.testing.assert_allclose(merged[0], parts[:, :, 9:].astype(np.float64).sum(axis=0).T,
@@ -285,6 +286,22 @@ def test_chunks_depend_on_size_only_and_bound_memory():
         C = _sparse.sparse_chunks(N, nnz, K, d, itemsize)
         assert C & (C - 1) == 0 and 1 <= C <= _sparse.SPARSE_CHUNKS
         assert C == 1 or C * 2 * K * d * itemsize <= _sparse.SPARSE_WORK_BYTES
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_partials_count_the_padded_classes(rng, monkeypatch, dtype):
+    """The loss + gradient's partials are n_features x Kp, n_classes padded to whole vectors (8
+    float32, 4 float64): the chunk count must count Kp against the memory bound, not n_classes."""
+    X, W, b, y = make_sparse(rng, 4000, 300, 1, dtype, density=0.3)
+    itemsize = np.dtype(dtype).itemsize
+    monkeypatch.setattr(_sparse, "SPARSE_WORK_BYTES", 2 * 4 * 300 * itemsize)  # 4 unpadded
+    shapes, real = [], _sparse.aligned_workspace
+    monkeypatch.setattr(_sparse, "aligned_workspace",
+                        lambda shape, dt: shapes.append(shape) or real(shape, dt))
+    fs.linear_cross_entropy(X, W, b, y)
+    (C, d, Kp), = [s for s in shapes if len(s) == 3]
+    assert Kp == _ks.VECTOR_BYTES // itemsize
+    assert C == 1 or C * d * Kp * itemsize <= _sparse.SPARSE_WORK_BYTES // 2
 
 
 # ------------------------------------------------------------------------------------------------

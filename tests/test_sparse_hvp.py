@@ -163,12 +163,15 @@ def test_twins_are_bitwise_equal(rng, dtype):
     C = _sparse.sparse_chunks(3000, Xc.data.shape[0], 9, 40, W.dtype.itemsize, width=3)
     assert C >= 4  # several chunks, so that the merge order matters
     w = rng.uniform(0.5, 2.0, size=3000)
+    WT, ST = _sparse.padded_transpose(W), _sparse.padded_transpose(S)
+    WST = np.ascontiguousarray(np.hstack([WT, ST]))
     results = []
     for twin in (_ks._csr_linear_hvp.parallel, _ks._csr_linear_hvp.serial):
-        work, hsb = np.empty((C, 40, 27), dtype), np.empty((C, 9))
-        assert twin(Xc.indptr, Xc.indices, Xc.data, W, S, b, s_b, w, 1 / 3000, work, hsb) == 0
+        parts, hsb = np.empty((C, 40, WT.shape[1]), dtype), np.empty((C, 9))
+        assert twin(Xc.indptr, Xc.indices, Xc.data, WST, b, s_b, w, 1 / 3000, parts, hsb, 128,
+                    9) == 0
         HS = np.empty((9, 40), dtype)
-        _ks._merge_dWT.serial(work, HS)
+        _ks._merge_dWT.serial(parts, 0, HS)
         results.append((HS, hsb))
     for a, c in zip(*results, strict=True):
         np.testing.assert_array_equal(a, c)
