@@ -90,9 +90,12 @@ def test_sparse_tag(solver):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_newton_cg_reaches_the_lbfgs_optimum(rng, dtype):
     """newton-cg on sparse X (it refused it before its product had a sparse path) reaches the
-    optimum lbfgs reaches on the same sparse data."""
+    optimum lbfgs reaches on the same sparse data, in few iterations. float32 at tol 1e-5: its
+    gradients cannot resolve 1e-7, and there the run crept down the loss's last digits until the
+    line search found no decrease, after 6 to 24 iterations depending on the last bits of the
+    products."""
     X, y = make_problem(rng, dtype)
-    params = dict(alpha=1e-2, tol=1e-7)
+    params = dict(alpha=1e-2, tol=1e-7 if dtype == np.float64 else 1e-5)
     newton = SoftmaxRegression(solver="newton-cg", **params).fit(X, y)
     lbfgs = SoftmaxRegression(solver="lbfgs", **params).fit(X, y)
     assert newton.coef_.dtype == dtype and newton.n_iter_ < 20
