@@ -165,17 +165,25 @@ def _vec_fma4(typingctx, A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):
     return sig, codegen
 
 
+def _fma_rows(context, builder, aty, A, rows, vs, vtys, x):
+    """A[row, k:k+n] := fma(v, x, A[row, k:k+n]) for each (row, v), x one loaded vector; `rows`
+    as (row, k) pairs of LLVM values."""
+    dt = aty.dtype
+    for (row, k), v, vty in zip(rows, vs, vtys, strict=True):
+        acc, a_ptr = _vec_load(context, builder, aty, A, row, k)
+        vv = _splat(context, builder, v, vty, dt)
+        builder.store(_vfma(builder, vv, x, acc), a_ptr, align=dt.bitwidth // 8)
+
+
 @intrinsic
 def _vec_fma(typingctx, A, r, v, G, g, k):
     """A[r, k:k+n] := fma(v, G[g, k:k+n], A[r, k:k+n]), n = VECTOR_BYTES / itemsize (one vector)."""
     sig = types.void(A, r, v, G, g, k)
 
     def codegen(context, builder, signature, args):
-        aty, gty, dt = signature.args[0], signature.args[3], signature.args[0].dtype
-        gv, _ = _vec_load(context, builder, gty, args[3], args[4], args[5])
-        acc, a_ptr = _vec_load(context, builder, aty, args[0], args[1], args[5])
-        vv = _splat(context, builder, args[2], signature.args[2], dt)
-        builder.store(_vfma(builder, vv, gv, acc), a_ptr, align=dt.bitwidth // 8)
+        gv, _ = _vec_load(context, builder, signature.args[3], args[3], args[4], args[5])
+        _fma_rows(context, builder, signature.args[0], args[0], [(args[1], args[5])], [args[2]],
+                  [signature.args[2]], gv)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -187,12 +195,9 @@ def _vec_fma2(typingctx, A, r0, r1, v0, v1, G, g, k):
     sig = types.void(A, r0, r1, v0, v1, G, g, k)
 
     def codegen(context, builder, signature, args):
-        aty, gty, dt = signature.args[0], signature.args[5], signature.args[0].dtype
-        gv, _ = _vec_load(context, builder, gty, args[5], args[6], args[7])
-        for q in range(2):
-            acc, a_ptr = _vec_load(context, builder, aty, args[0], args[1 + q], args[7])
-            vv = _splat(context, builder, args[3 + q], signature.args[3 + q], dt)
-            builder.store(_vfma(builder, vv, gv, acc), a_ptr, align=dt.bitwidth // 8)
+        gv, _ = _vec_load(context, builder, signature.args[5], args[5], args[6], args[7])
+        _fma_rows(context, builder, signature.args[0], args[0],
+                  [(args[1], args[7]), (args[2], args[7])], args[3:5], signature.args[3:5], gv)
         return context.get_dummy_value()
 
     return sig, codegen
