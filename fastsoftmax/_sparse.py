@@ -5,9 +5,8 @@ is bounded independently of n_samples: the loss + gradient holds W^T padded to w
 (n_features x Kp, Kp = n_classes rounded up to 8 float32 or 4 float64) and per-chunk partials
 dW^T of that size, at most `SPARSE_WORK_BYTES` / 2 in all (one when a single one exceeds it);
 the Hessian-vector product [W^T | S^T] padded (n_features x 2 Kp) and partials within
-`SPARSE_WORK_BYTES` / 3;
-plus dW (n_classes x n_features) and per-chunk scalars (docs/design.md, "Layers", "Sparse
-input").
+`SPARSE_WORK_BYTES` / 3; plus dW (n_classes x n_features) and per-chunk scalars (docs/design.md,
+"Layers", "Sparse input").
 """
 
 from __future__ import annotations
