@@ -174,6 +174,15 @@ def _bits_to_float(typingctx, bits):
     return sig, codegen
 
 
+def _vector_fma(builder, a, x, c):
+    """llvm.fma on LLVM vectors: a * x + c rounded once per lane. Numba's fast-math pass flags
+    only calls that return a scalar float, so a call on vectors keeps no flags."""
+    ty = a.type
+    name = f"llvm.fma.v{ty.count}{'f32' if ty.element == ir.FloatType() else 'f64'}"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
+    return builder.call(fn, [a, x, c])
+
+
 @intrinsic
 def _fma(typingctx, a, b, c):
     """llvm.fma: a * b + c rounded once, with no fast-math flags (never reassociated or split,
@@ -182,23 +191,25 @@ def _fma(typingctx, a, b, c):
     Numba's fast-math pass gives its function's flags to every call that returns a scalar float,
     whatever flags the call has: a scalar llvm.fma inlined into a `FASTMATH` block carried
     reassoc and contract, and LLVM reassociated the sums built from it. The call is therefore
-    made on one-element vectors, which the pass does not touch; LLVM turns it back into the
-    scalar intrinsic, without flags, before vectorizing."""
+    made on one-element vectors (`_vector_fma`), which the pass does not touch; LLVM turns it
+    back into the scalar intrinsic, without flags, before vectorizing."""
     sig = a(a, b, c)
 
     def codegen(context, builder, signature, args):
-        ty = args[0].type
-        vty = ir.VectorType(ty, 1)
-        name = "llvm.fma.v1" + ("f64" if isinstance(ty, ir.DoubleType) else "f32")
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
         zero = ir.Constant(ir.IntType(32), 0)
-        vec = [builder.insert_element(ir.Constant(vty, ir.Undefined), x, zero) for x in args]
-        return builder.extract_element(builder.call(fn, vec), zero)
+        undef = ir.Constant(ir.VectorType(args[0].type, 1), ir.Undefined)
+        vec = [builder.insert_element(undef, x, zero) for x in args]
+        return builder.extract_element(_vector_fma(builder, *vec), zero)
 
     return sig, codegen
 
 
-def _strict_binary(op, doc, flags=("afn",)):
+# A flag that changes nothing for fadd, fsub and fmul, so that Numba's fast-math pass adds none
+# (`_strict_binary`).
+_STRICT = ("afn",)
+
+
+def _strict_binary(op, doc, flags=_STRICT):
     """An intrinsic `f(a, b)` emitting the IR instruction `op` with the fast-math flags `flags`.
 
     Numba's fast-math pass gives the flags of the function an instruction is lowered into
@@ -255,27 +266,32 @@ class _LanesModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _LANES_IR)
 
 
-_STRICT = ("afn",)  # a flag that changes nothing, so that Numba's pass adds none (`_strict_binary`)
+def _element_ptr(context, builder, arrty, ary, row, col):
+    """(Byte pointer to ary[row, col], the column stride in bytes) for the 2-D array ary of numba
+    type arrty; row and col are non-negative (a narrower integer is zero-extended). The column
+    stride is the item size, a constant, for a C-contiguous array."""
+    arr = context.make_array(arrty)(context, builder, ary)
+    strides = cgutils.unpack_tuple(builder, arr.strides, 2)
+    i64 = strides[0].type
+    row, col = (builder.zext(a, i64) if a.type.width < i64.width else a for a in (row, col))
+    step = ir.Constant(i64, arrty.dtype.bitwidth // 8) if arrty.layout == "C" else strides[1]
+    byte = ir.IntType(8).as_pointer()
+    offset = builder.add(builder.mul(row, strides[0]), builder.mul(col, step))
+    return builder.gep(builder.bitcast(arr.data, byte), [offset]), step
 
 
 def _row_lanes(context, builder, arrty, ary, i, u):
     """The eight entries ary[i, u:u + 8] (u unsigned) as <8 x double>: one vector load (and one
     conversion from float32) from a C-contiguous array, eight loads by the strides otherwise."""
-    arr = context.make_array(arrty)(context, builder, ary)
-    i64 = ir.IntType(64)
     elty = context.get_data_type(arrty.dtype)
     vty = ir.VectorType(elty, 8)
-    strides = cgutils.unpack_tuple(builder, arr.strides, 2)
-    byte = ir.IntType(8).as_pointer()
-    base = builder.add(builder.mul(builder.sext(i, i64) if i.type.width < 64 else i, strides[0]),
-                       builder.mul(u, strides[1]))
-    ptr = builder.gep(builder.bitcast(arr.data, byte), [base])
+    ptr, step = _element_ptr(context, builder, arrty, ary, i, u)
     if arrty.layout == "C":
         vec = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=arrty.dtype.bitwidth // 8)
     else:
         vec = ir.Constant(vty, ir.Undefined)
         for j in range(8):
-            pj = builder.gep(ptr, [builder.mul(ir.Constant(i64, j), strides[1])])
+            pj = builder.gep(ptr, [builder.mul(ir.Constant(step.type, j), step)])
             vec = builder.insert_element(vec, builder.load(builder.bitcast(pj, elty.as_pointer())),
                                          ir.Constant(ir.IntType(32), j))
     return vec if isinstance(elty, ir.DoubleType) else builder.fpext(vec, _LANES_IR)

@@ -42,12 +42,12 @@ and indices; optional arrays have size 0 when absent.
 import numpy as np
 from llvmlite import ir
 from numba import config, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastsoftmax._kernels import (
     ROW_BLOCK,
     _add,
+    _element_ptr,
     _fma,
     _jit,
     _mul,
@@ -55,6 +55,7 @@ from fastsoftmax._kernels import (
     _parallel_kernel,
     _row_hvp,
     _softmax_block_rows,
+    _vector_fma,
     _xent_grad_block,
 )
 
@@ -68,7 +69,7 @@ VECTOR_BYTES = 32
 # fused loss + gradient on one thread (CPU time, 200000 x 2^17 x 20 text-like float32) took 191 ms
 # without prefetching, 145 ms at 64 entries ahead, 148 at 128, 155 at 256; at 800000 x 47236 x 50
 # 1848 ms without, 1079, 1039 and 1038 ms (docs/design.md, "Sparse input"). With the cheaper
-# prefetch of `_prefetch_rows4`, 32, 64, 128 and 256 entries ahead were within 5% of each other.
+# prefetch of `_prefetch_rows`, 32, 64, 128 and 256 entries ahead were within 5% of each other.
 PREFETCH_AHEAD = 128
 _U1, _U2, _U3, _U4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)  # unsigned steps
 
@@ -109,14 +110,7 @@ def _vec_type(context, dtype):
 
 def _vec_ptr(context, builder, aryty, ary_val, row, col):
     """Pointer to the vector at [row, col] of the C-contiguous 2-D array ary_val."""
-    ary = context.make_array(aryty)(context, builder, ary_val)
-    stride = builder.extract_value(ary.strides, 0)
-    row, col = (builder.zext(a, stride.type) if a.type.width < stride.type.width else a
-                for a in (row, col))
-    item = ir.Constant(stride.type, aryty.dtype.bitwidth // 8)
-    i8p = ir.IntType(8).as_pointer()
-    ptr = builder.gep(builder.bitcast(ary.data, i8p),
-                      [builder.add(builder.mul(row, stride), builder.mul(col, item))])
+    ptr, _ = _element_ptr(context, builder, aryty, ary_val, row, col)
     return builder.bitcast(ptr, _vec_type(context, aryty.dtype).as_pointer())
 
 
@@ -136,14 +130,6 @@ def _splat(context, builder, x, xty, dtype):
     return builder.shuffle_vector(v, undef, mask)
 
 
-def _vfma(builder, a, x, c):
-    """llvm.fma on vectors: a * x + c rounded once per lane (a call: no fast-math flag applies)."""
-    ty = a.type
-    name = f"llvm.fma.v{ty.count}{'f32' if ty.element == ir.FloatType() else 'f64'}"
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * 3), name)
-    return builder.call(fn, [a, x, c])
-
-
 @intrinsic
 def _vec_fma4(typingctx, A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):
     """A[r, k:k+n] := fma(v3, WT[c3, ..], fma(v2, WT[c2, ..], fma(v1, WT[c1, ..], fma(v0,
@@ -158,7 +144,7 @@ def _vec_fma4(typingctx, A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k):
         for q in range(4):
             w, _ = _vec_load(context, builder, wty, args[2], args[3 + q], args[11])
             v = _splat(context, builder, args[7 + q], signature.args[7 + q], dt)
-            acc = _vfma(builder, v, w, acc)
+            acc = _vector_fma(builder, v, w, acc)
         builder.store(acc, a_ptr, align=dt.bitwidth // 8)
         return context.get_dummy_value()
 
@@ -172,7 +158,7 @@ def _fma_rows(context, builder, aty, A, rows, vs, vtys, x):
     for (row, k), v, vty in zip(rows, vs, vtys, strict=True):
         acc, a_ptr = _vec_load(context, builder, aty, A, row, k)
         vv = _splat(context, builder, v, vty, dt)
-        builder.store(_vfma(builder, vv, x, acc), a_ptr, align=dt.bitwidth // 8)
+        builder.store(_vector_fma(builder, vv, x, acc), a_ptr, align=dt.bitwidth // 8)
 
 
 @intrinsic
@@ -234,34 +220,6 @@ def _column(indices, p, last):
 
 
 @_jit(inline=True)
-def _prefetch_row(WT, indices, p, last):
-    """Prefetch the row of WT (all of it) of stored entry p, if
-    there is one: the lines holding its first byte, every 64 bytes after, and its last byte."""
-    if p < indices.shape[0]:
-        _prefetch_lines(WT, _column(indices, p, last), WT.shape[1] * WT.itemsize)
-
-
-@_jit(inline=True)
-def _prefetch_rows4(WT, indices, p, last):
-    """`_prefetch_row` of stored entries p..p+3, with one bounds check for the four, and none
-    when they are not all there (the last stored entries of X go without): a check and the row's
-    byte count per entry made the gather 1.8x slower, and so did a fallback branch to
-    `_prefetch_row` for the end (instructions, not memory: the same with every row in L1)."""
-    if p + 3 < indices.shape[0]:
-        nbytes = WT.shape[1] * WT.itemsize
-        for q in range(4):
-            _prefetch_lines(WT, _column(indices, p + q, last), nbytes)
-
-
-@_jit(inline=True)
-def _prefetch_lines(WT, j, nbytes):
-    """Prefetch the lines of row j of WT: its first byte, every 64 bytes after, its last byte."""
-    for off in range(0, nbytes, 64):
-        _prefetch(WT, j, off)
-    _prefetch(WT, j, nbytes - 1)
-
-
-@_jit(inline=True)
 def _csr_row_logits(indptr, indices, data, WT, i, A, r):
     """A[r] := X[i] @ W, from the stored entries of row i of X and W^T: columns 0..K-1 of WT
     (d, K or more), K = A.shape[1].
@@ -278,7 +236,7 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
         A[r, k] = 0
     p, hi = indptr[i], indptr[i + 1]
     while p + 3 < hi:
-        _prefetch_rows4(WT, indices, p + PREFETCH_AHEAD, last)
+        _prefetch_rows(WT, indices, np.uint64(p + PREFETCH_AHEAD), last, 4)
         c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
         c2, c3 = _column(indices, p + 2, last), _column(indices, p + 3, last)
         v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
@@ -288,7 +246,7 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
             A[r, k] = _add(A[r, k], _add(t01, t23))
         p += 4
     while p < hi:
-        _prefetch_row(WT, indices, p + PREFETCH_AHEAD, last)
+        _prefetch_rows(WT, indices, np.uint64(p + PREFETCH_AHEAD), last, 1)
         c0, v0 = _column(indices, p, last), data[p]
         for k in range(K):
             A[r, k] = _fma(v0, WT[c0, k], A[r, k])
@@ -296,20 +254,23 @@ def _csr_row_logits(indptr, indices, data, WT, i, A, r):
 
 
 @_jit(inline=True)
-def _prefetch_vec_rows(WT, indices, p, last, m):
-    """`_prefetch_rows4` of stored entries p..p+m-1 (p unsigned, m a constant), with
-    `_prefetch_short`."""
+def _prefetch_rows(WT, indices, p, last, m):
+    """Prefetch the whole rows of WT of stored entries p..p+m-1 (p unsigned, m a constant), with
+    one bounds check for the m, and none when they are not all there (the last stored entries of
+    X go without): a check and the row's byte count per entry made the gather 1.8x slower, and
+    so did a fallback branch for the end (instructions, not memory: the same with every row in
+    L1)."""
     if p + np.uint64(m - 1) < np.uint64(indices.shape[0]):
         nbytes = WT.shape[1] * WT.itemsize
         for q in range(m):
-            _prefetch_short(WT, _column(indices, p + np.uint64(q), last), nbytes)
+            _prefetch_lines(WT, _column(indices, p + np.uint64(q), last), nbytes)
 
 
 @_jit(inline=True)
-def _prefetch_short(WT, j, nbytes):
-    """`_prefetch_lines`, with no loop for a row of at most 128 bytes (at most three lines: its
-    first byte, the byte 64 after, its last byte): the loop's control cost more instructions than
-    its prefetches."""
+def _prefetch_lines(WT, j, nbytes):
+    """Prefetch the lines of row j of WT: its first byte, every 64 bytes after, its last byte;
+    with no loop for a row of at most 128 bytes (at most three lines): the loop's control cost
+    more instructions than its prefetches."""
     _prefetch(WT, j, 0)
     if nbytes <= 128:
         _prefetch(WT, j, min(64, nbytes - 1))
@@ -337,7 +298,7 @@ def _csr_row_logits_vec(indptr, indices, data, WT, i, A, r):
     # index (Numba's wraparound: a compare and a select each).
     p, hi, ahead = np.uint64(indptr[i]), np.uint64(indptr[i + 1]), np.uint64(PREFETCH_AHEAD)
     while p + _U3 < hi:
-        _prefetch_vec_rows(WT, indices, p + ahead, last, 4)
+        _prefetch_rows(WT, indices, p + ahead, last, 4)
         c0, c1 = _column(indices, p, last), _column(indices, p + _U1, last)
         c2, c3 = _column(indices, p + _U2, last), _column(indices, p + _U3, last)
         v0, v1, v2, v3 = data[p], data[p + _U1], data[p + _U2], data[p + _U3]
@@ -345,7 +306,7 @@ def _csr_row_logits_vec(indptr, indices, data, WT, i, A, r):
             _vec_fma4(A, r, WT, c0, c1, c2, c3, v0, v1, v2, v3, k)
         p += _U4
     while p < hi:
-        _prefetch_vec_rows(WT, indices, p + ahead, last, 1)
+        _prefetch_rows(WT, indices, p + ahead, last, 1)
         c0 = _column(indices, p, last)
         for k in range(0, Kp, n):
             _vec_fma(A, r, data[p], WT, c0, k)
@@ -366,7 +327,7 @@ def _csr_row_scatter_vec(indptr, indices, data, G, r, i, dWT):
     last = np.uint64(dWT.shape[0] - 1)
     p, hi, ahead = np.uint64(indptr[i]), np.uint64(indptr[i + 1]), np.uint64(PREFETCH_AHEAD)
     while p + _U1 < hi:
-        _prefetch_vec_rows(dWT, indices, p + ahead, last, 2)
+        _prefetch_rows(dWT, indices, p + ahead, last, 2)
         c0, c1 = _column(indices, p, last), _column(indices, p + _U1, last)
         v0, v1 = data[p], data[p + _U1]
         if c0 != c1:
