@@ -285,10 +285,13 @@ def _csr_row_logits_vec(indptr, indices, data, WT, i, A, r):
     """A[r] := X[i] @ W over all Kp = A.shape[1] = WT.shape[1] columns of the padded W^T (Kp a
     whole number of vectors of VECTOR_BYTES), one vector per operation (`_vec_fma4`, `_vec_fma`).
 
-    Per class the fmas of `_csr_row_logits` as compiled (LLVM turned its five-term sum into a
-    chain of four fmas), in the same order, so the bits are those of the unpadded loops; these
-    ran mostly as scalar remainders, K being unknown when compiled (at 20 float32 classes all of
-    it: LLVM's vector loop took 64 classes a pass)."""
+    Per class a chain of four fmas, one per stored entry in order: what the scalar loops of the
+    fused kernel it replaced computed once LLVM, given reassoc by their then non-strict helpers,
+    had rewritten their five-term sum (so dW and db kept their float32 bits). The scalar
+    `_csr_row_logits` (linear_softmax) now computes its documented sum tree, so its logits can
+    differ from these in the last bits. The scalar loops ran mostly as scalar remainders, K
+    being unknown when compiled (at 20 float32 classes all of it: LLVM's vector loop took 64
+    classes a pass)."""
     Kp = A.shape[1]
     n = VECTOR_BYTES // A.itemsize
     last = np.uint64(WT.shape[0] - 1)
