@@ -29,16 +29,20 @@ from fastsoftmax._validation import (
 
 # Row chunks of the CSR kernels, each with its own partial (n_features, n_classes padded) dW^T or
 # HS^T: at most SPARSE_CHUNKS, at least SPARSE_CHUNK_ROWS rows each, partials within half of
-# SPARSE_WORK_BYTES in all (a third for the Hessian-vector product's),
-# and at least SPARSE_ENTRIES_PER_FEATURE stored entries per chunk for every feature (filling and
-# merging a partial streams n_features x n_classes entries, the gather and scatter touch stored
-# entries x n_classes; at 30000 x 65536 x 20 with 1.44e6 stored entries, one thread, float64,
-# the call took 44.7 ms with 4 chunks, 32.7 with 2, 29.8 with 1). Fixed by the problem size only,
-# so that results do not depend on the thread count.
+# SPARSE_WORK_BYTES in all (a third for the Hessian-vector product's), and at least
+# SPARSE_ENTRIES_PER_FEATURE stored entries per chunk for every feature beyond the first
+# SPARSE_MIN_CHUNKS chunks (filling and merging a partial streams n_features x n_classes entries,
+# the gather and scatter touch stored entries x n_classes). Measured at 2 threads: 200000 x 2^17 x
+# 20 (76 stored entries per feature) float32 took 42.5 ms with 2 chunks, 49.8 with 4 and 55.8
+# with 8 (the rule had been 8 entries per feature, giving 4); at 30000 x 65536 x 20 (22 per
+# feature) float64, 1 chunk took 16.3 ms against 11.8 with 2 (one thread, 29.8 against 32.7 ms:
+# a second chunk costs a little on one core and halves the time on two, hence the minimum of 2).
+# Fixed by the problem size only, so that results do not depend on the thread count.
 SPARSE_CHUNKS = 16
+SPARSE_MIN_CHUNKS = 2
 SPARSE_CHUNK_ROWS = 256
 SPARSE_WORK_BYTES = 128 * 2**20
-SPARSE_ENTRIES_PER_FEATURE = 8
+SPARSE_ENTRIES_PER_FEATURE = 32
 # Rows per block of a chunk of the fused CSR kernel (a multiple of _kernels.ROW_BLOCK); the bits
 # do not depend on it.
 SPARSE_ROW_BLOCK = 1024
@@ -52,7 +56,7 @@ def sparse_chunks(N: int, nnz: int, K: int, d: int, itemsize: int, width: int = 
     Hessian-vector product."""
     by_rows = _k.n_blocks(N, SPARSE_CHUNK_ROWS)
     by_memory = SPARSE_WORK_BYTES // max(1, width * K * d * itemsize)
-    by_work = nnz // max(1, SPARSE_ENTRIES_PER_FEATURE * d)
+    by_work = max(SPARSE_MIN_CHUNKS, nnz // max(1, SPARSE_ENTRIES_PER_FEATURE * d))
     limit = max(1, min(SPARSE_CHUNKS, by_rows, by_memory, by_work))
     return 1 << (limit.bit_length() - 1)
 
@@ -106,10 +110,10 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     del WT
     if dW is None:
         dW = np.empty((K, d), dtype=dtype)
-    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, dW)
+    bad_dW = _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, dW)
     del parts
     total = float(loss_parts.sum())
-    if bad or np.isnan(total) or not np.isfinite(dW).all():
+    if bad or bad_dW or np.isnan(total):
         raise_nonfinite_sparse(X, W, b, logits=bool(bad) or bool(np.isnan(total)))
     loss = check_total(total, denom)
     if alpha:
@@ -119,15 +123,18 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     return loss, dW, db
 
 
-def padded_transpose(W) -> np.ndarray:
+def padded_transpose(W, S=None) -> np.ndarray:
     """W^T as the fused CSR kernel reads it: (n_features, Kp), Kp = n_classes rounded up to whole
     vectors of `_kernels_sparse.VECTOR_BYTES` (8 float32, 4 float64), zeros in the extra columns,
-    starting on a 64-byte boundary (`aligned_workspace`)."""
+    starting on a 64-byte boundary (`aligned_workspace`); with S (W's shape and dtype), [W^T | S^T]
+    (n_features, 2 Kp), each padded so, as the Hessian-vector product reads it."""
     K, d = W.shape
     per_vector = _ks.VECTOR_BYTES // W.dtype.itemsize
-    WT = aligned_workspace((d, -(-K // per_vector) * per_vector), W.dtype)
-    WT[:, :K] = W.T
-    WT[:, K:] = 0
+    Kp = -(-K // per_vector) * per_vector
+    blocks = (W,) if S is None else (W, S)
+    WT = aligned_workspace((d, len(blocks) * Kp), W.dtype)
+    for i, A in enumerate(blocks):
+        _ks._transpose_padded(_k.n_blocks(d, _ks.TRANSPOSE_BLOCK), A, WT, i * Kp, Kp)
     return WT
 
 
@@ -143,7 +150,8 @@ def linear_softmax_checked(X: CsrInput, W, b) -> np.ndarray:
     dtype = W.dtype
     out = np.empty((N, W.shape[0]), dtype=dtype)
     bias = readonly(b if b is not None else np.empty(0, dtype))  # see linear_cross_entropy_checked
-    WT = np.ascontiguousarray(W.T)
+    WT = np.empty((X.shape[1], W.shape[0]), dtype=dtype)
+    _ks._transpose_padded(_k.n_blocks(X.shape[1], _ks.TRANSPOSE_BLOCK), W, WT, 0, W.shape[0])
     bad = _ks._csr_linear_softmax(
         _k.n_blocks(N, _k.ROW_BLOCK), X.indptr, X.indices, X.data, WT, bias, out
     )
@@ -177,11 +185,8 @@ def linear_hvp_checked(X: CsrInput, W, b, S, s_b, w, alpha, denom):
     N, d = X.shape
     K = W.shape[0]
     dtype = W.dtype
-    WT, ST = padded_transpose(W), padded_transpose(S)
-    Kp = WT.shape[1]
-    WST = aligned_workspace((d, 2 * Kp), dtype)
-    WST[:, :Kp], WST[:, Kp:] = WT, ST
-    del WT, ST
+    WST = padded_transpose(W, S)
+    Kp = WST.shape[1] // 2
     C = sparse_chunks(N, X.data.shape[0], Kp, d, dtype.itemsize, width=3)
     parts = aligned_workspace((C, d, Kp), dtype)
     hsb_parts = np.empty((C, K if b is not None else 0), dtype=np.float64)
@@ -192,12 +197,12 @@ def linear_hvp_checked(X: CsrInput, W, b, S, s_b, w, alpha, denom):
     )
     del WST
     HS = np.empty((K, d), dtype=dtype)
-    _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, HS)
+    bad_HS = _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, HS)
     del parts
     if bad:
         raise_nonfinite_sparse(X, W, b)
     hsb = None if b is None else hsb_parts.sum(axis=0)
-    if not (np.isfinite(HS).all() and (hsb is None or np.isfinite(hsb).all())):
+    if bad_HS or not (hsb is None or np.isfinite(hsb).all()):
         raise ValueError(
             f"the Hessian-vector product overflowed {dtype} (max |X| = "
             f"{float(np.abs(X.data).max(initial=0.0)):.3g}, max |S| = "

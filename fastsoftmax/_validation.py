@@ -18,6 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastsoftmax import _kernels_sparse as _ks
+from fastsoftmax._kernels import n_blocks
+
 REDUCTIONS = ("mean", "sum", "none")
 
 # Sample weights whose largest entry lies in [2**-WEIGHT_EXP, 2**WEIGHT_EXP] are used as given;
@@ -383,7 +386,7 @@ def check_sparse_X(X, dtype: np.dtype) -> CsrInput:
     if nnz < 0 or nnz > indices.shape[0] or indptr[0] != 0 or (np.diff(indptr) < 0).any():
         raise ValueError("X is not a valid CSR matrix: its indptr is inconsistent")
     indices = indices[:nnz]
-    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= d):
+    if nnz and _ks._count_outside(n_blocks(nnz, _ks.INDEX_BLOCK), indices, d):
         raise ValueError(f"X is not a valid CSR matrix: a column index lies outside [0, {d})")
     data = readonly(np.ascontiguousarray(X.data[:nnz], dtype=dtype))
     return CsrInput(indptr, indices, data, (n, d))
@@ -423,6 +426,8 @@ def raise_nonfinite_sparse(X: CsrInput, W, b, *, logits: bool = True) -> None:
             raise ValueError(f"{name} contains NaN or infinity: {_nonfinite_summary(a)}")
     dense_stand_in = X.data.reshape(1, -1)  # only its magnitudes are reported
     raise_nonfinite_params(dense_stand_in, W, b, logits=logits)
+
+
 def check_direction(S, s_b, W: np.ndarray, b: np.ndarray | None):
     """The direction ``(S, s_b)`` of a Hessian-vector product at ``(W, b)``, as numeric arrays
     (not yet converted in dtype): S of W's shape, s_b of b's (None exactly when b is None), both

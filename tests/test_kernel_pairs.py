@@ -65,7 +65,8 @@ def _assert_bitwise(a, b, what):
          "_linear_xent_small",
          "_linear_softmax_small", "_linear_hvp_small", "_linear_xent_tiled",
          "_linear_softmax_tiled", "_linear_hvp_tiled", "_feature_curvature_small"}),
-    (ks, {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax", "_csr_linear_hvp"}),
+    (ks, {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax", "_csr_linear_hvp",
+          "_transpose_padded", "_count_outside"}),
 ], ids=["dense", "sparse"])
 def test_every_parallel_kernel_is_a_pair(module, expected):
     """No kernel compiled with parallel=True exists outside a KernelPair, and each pair holds two

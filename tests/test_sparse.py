@@ -217,7 +217,7 @@ def test_parallel_and_serial_twins_are_bitwise_equal(rng, dtype):
 def test_every_sparse_parallel_kernel_is_a_pair():
     pairs = {n: o for n, o in vars(_ks).items() if isinstance(o, KernelPair)}
     assert set(pairs) == {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax",
-                          "_csr_linear_hvp"}
+                          "_csr_linear_hvp", "_transpose_padded", "_count_outside"}
     for name, obj in vars(_ks).items():
         if hasattr(obj, "targetoptions") and name not in vars(_k):
             assert not obj.targetoptions.get("parallel"), f"{name}: a parallel kernel without twin"
@@ -280,12 +280,63 @@ def test_bitwise_identical_with_one_and_two_threads(rng, dtype):
         np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_index_count_twins_count_both_ends(rng, index_dtype):
+    n = 1000
+    indices = rng.integers(-3, n + 3, size=200_003).astype(index_dtype)
+    expected = int(((indices < 0) | (indices >= n)).sum())
+    assert expected > 0
+    for twin in (_ks._count_outside.parallel, _ks._count_outside.serial):
+        assert twin(indices, n) == expected
+        assert twin(indices[(indices >= 0) & (indices < n)], n) == 0
+        assert twin(indices[:0], n) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K, off, width", [(9, 0, 12), (9, 12, 12), (1, 3, 8), (8, 0, 8)])
+def test_transpose_twins_write_their_columns_only(rng, dtype, K, off, width):
+    W = rng.normal(size=(K, 700)).astype(dtype)
+    expected = np.full((700, 30), np.nan, dtype)
+    expected[:, off:off + K] = W.T
+    expected[:, off + K:off + width] = 0
+    for twin in (_ks._transpose_padded.parallel, _ks._transpose_padded.serial):
+        WT = np.full((700, 30), np.nan, dtype)
+        twin(W, WT, off, width)
+        np.testing.assert_array_equal(WT, expected)
+
+
+def test_padded_transpose_of_a_pair_is_both_blocks(rng):
+    W, S = rng.normal(size=(2, 5, 33))
+    WST = _sparse.padded_transpose(W, S)
+    assert WST.shape == (33, 16) and WST.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(WST[:, :5], W.T)
+    np.testing.assert_array_equal(WST[:, 8:13], S.T)
+    assert not WST[:, 5:8].any() and not WST[:, 13:].any()
+
+
+def test_gradient_beyond_float32_is_reported():
+    """Finite logits, a weight gradient beyond float32's range: found by the merge's count of
+    non-finite entries, a ValueError rather than an inf in dW."""
+    X = sp.csr_matrix(np.full((4, 2), 3e38, dtype=np.float32))
+    W = np.full((3, 2), 1e-38, dtype=np.float32)
+    with pytest.raises(ValueError, match="overflow"):
+        fs.linear_cross_entropy(X, W, None, np.zeros(4, dtype=int), reduction="sum")
+    loss, dW, _ = fs.linear_cross_entropy(X[:1], W, None, np.zeros(1, dtype=int), reduction="sum")
+    assert np.isfinite(dW).all() and np.isfinite(loss)
+
+
 def test_chunks_depend_on_size_only_and_bound_memory():
     for N, nnz, K, d, itemsize in [(10, 30, 3, 5, 8), (10**6, 5 * 10**7, 20, 2**17, 8),
                                    (800000, 6 * 10**7, 50, 47236, 4), (3000, 24000, 9, 40, 8)]:
         C = _sparse.sparse_chunks(N, nnz, K, d, itemsize)
         assert C & (C - 1) == 0 and 1 <= C <= _sparse.SPARSE_CHUNKS
         assert C == 1 or C * 2 * K * d * itemsize <= _sparse.SPARSE_WORK_BYTES
+    # Two chunks whenever rows and memory allow, however few stored entries per feature; more
+    # only with SPARSE_ENTRIES_PER_FEATURE entries per feature and chunk.
+    assert _sparse.sparse_chunks(30000, 1_440_000, 20, 65536, 8) == 2
+    assert _sparse.sparse_chunks(200000, 10**7, 24, 2**17, 4) == 2
+    assert _sparse.sparse_chunks(800000, 6 * 10**7, 56, 47236, 4) == 4
+    assert _sparse.sparse_chunks(256, 10**6, 20, 100, 8) == 1  # one chunk's rows
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -352,9 +403,9 @@ def with_data(X, value):
     return Y
 
 
-def bad_index(X):
+def bad_index(X, value=None):
     Y = X.copy()
-    Y.indices[0] = X.shape[1] + 3
+    Y.indices[0] = X.shape[1] + 3 if value is None else value
     return Y
 
 
@@ -373,6 +424,9 @@ BAD = [
     ("complex", lambda X, W, b, y: dict(X=X.astype(np.complex128)), TypeError, "X must hold real"),
     ("features", lambda X, W, b, y: dict(W=W[:, :-1]), ValueError, "features per class"),
     ("bad-index", lambda X, W, b, y: dict(X=bad_index(X)), ValueError, "column index"),
+    ("negative-index", lambda X, W, b, y: dict(X=bad_index(X, -1)), ValueError, "column index"),
+    ("index-at-d", lambda X, W, b, y: dict(X=bad_index(X, X.shape[1])), ValueError,
+     "column index"),
     ("nan-W", lambda X, W, b, y: dict(W=np.where(W > 1, np.nan, W)), ValueError,
      "W contains NaN"),
     ("labels", lambda X, W, b, y: dict(y=y + 10), ValueError, "y holds label"),
@@ -387,7 +441,8 @@ def test_bad_input(rng, case, change, exc, match):
     args = [kw.pop(name) for name in ("X", "W", "b", "y")]
     with pytest.raises(exc, match=match):
         fs.linear_cross_entropy(*args, **kw)
-    if case in ("nan", "inf", "sparse-W", "sparse-b", "1-D", "complex", "features", "bad-index"):
+    if case in ("nan", "inf", "sparse-W", "sparse-b", "1-D", "complex", "features", "bad-index",
+                "negative-index", "index-at-d"):
         with pytest.raises(exc, match=match):
             fs.linear_softmax(*args[:3])
 
