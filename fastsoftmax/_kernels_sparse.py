@@ -46,11 +46,8 @@ from numba.extending import intrinsic
 
 from fastsoftmax._kernels import (
     ROW_BLOCK,
-    _add,
     _element_ptr,
-    _fma,
     _jit,
-    _mul,
     _n_blocks,
     _parallel_kernel,
     _row_hvp,
@@ -222,40 +219,6 @@ def _column(indices, p, last):
 
 
 @_jit(inline=True)
-def _csr_row_logits(indptr, indices, data, WT, i, A, r):
-    """A[r] := X[i] @ W, from the stored entries of row i of X and W^T: columns 0..K-1 of WT
-    (d, K or more), K = A.shape[1].
-
-    Four stored entries per pass over A[r]: with one, every pass waited for the previous pass's
-    stores to A[r] (a loop-carried dependency through memory that LLVM cannot keep in registers,
-    K being unknown), and the logits took 2.5x as long as with four."""
-    K = A.shape[1]
-    last = np.uint64(WT.shape[0] - 1)
-    # Strict arithmetic (explicit fma, `_mul`, `_add`): with reassoc the five-term sum below was
-    # reordered differently in different modules, so a kernel loaded from the cache and one
-    # compiled in the process differed in the last bits (tests/test_kernel_pairs.py).
-    for k in range(K):
-        A[r, k] = 0
-    p, hi = indptr[i], indptr[i + 1]
-    while p + 3 < hi:
-        _prefetch_rows(WT, indices, np.uint64(p + PREFETCH_AHEAD), last, 4)
-        c0, c1 = _column(indices, p, last), _column(indices, p + 1, last)
-        c2, c3 = _column(indices, p + 2, last), _column(indices, p + 3, last)
-        v0, v1, v2, v3 = data[p], data[p + 1], data[p + 2], data[p + 3]
-        for k in range(K):
-            t01 = _fma(v1, WT[c1, k], _mul(v0, WT[c0, k]))
-            t23 = _fma(v3, WT[c3, k], _mul(v2, WT[c2, k]))
-            A[r, k] = _add(A[r, k], _add(t01, t23))
-        p += 4
-    while p < hi:
-        _prefetch_rows(WT, indices, np.uint64(p + PREFETCH_AHEAD), last, 1)
-        c0, v0 = _column(indices, p, last), data[p]
-        for k in range(K):
-            A[r, k] = _fma(v0, WT[c0, k], A[r, k])
-        p += 1
-
-
-@_jit(inline=True)
 def _prefetch_rows(WT, indices, p, last, m):
     """Prefetch the whole rows of WT of stored entries p..p+m-1 (p unsigned, m a constant), with
     one bounds check for the m, and none when they are not all there (the last stored entries of
@@ -289,11 +252,10 @@ def _csr_row_logits_vec(indptr, indices, data, WT, i, A, r):
 
     Per class a chain of four fmas, one per stored entry in order: what the scalar loops of the
     fused kernel it replaced computed once LLVM, given reassoc by their then non-strict helpers,
-    had rewritten their five-term sum (so dW and db kept their float32 bits). The scalar
-    `_csr_row_logits` (linear_softmax) now computes its documented sum tree, so its logits can
-    differ from these in the last bits. The scalar loops ran mostly as scalar remainders, K
-    being unknown when compiled (at 20 float32 classes all of it: LLVM's vector loop took 64
-    classes a pass)."""
+    had rewritten their five-term sum (so dW and db kept their float32 bits). The scalar loops
+    ran mostly as scalar remainders, K being unknown when compiled (at 20 float32 classes all of
+    it: LLVM's vector loop took 64 classes a pass). The loss, its Hessian-vector product and
+    `linear_softmax` all gather here, so their logits are the same bits."""
     Kp = A.shape[1]
     n = VECTOR_BYTES // A.itemsize
     last = np.uint64(WT.shape[0] - 1)
@@ -551,7 +513,7 @@ def _csr_linear_softmax(indptr, indices, data, WT, b, out):
     indptr  IN  (N + 1,) index dtype: CSR row pointers of X
     indices IN  (nnz,) index dtype: column of every stored entry, each in [0, d)
     data    IN  (nnz,) data dtype: value of every stored entry
-    WT      IN  (d, K) data dtype, C-contiguous: W transposed
+    WT      IN  (d, Kp) data dtype, C-contiguous: W transposed and padded as `_csr_linear_xent`'s
     b       IN  (K,) data dtype; size 0: no bias
     out     OUT (N, K) data dtype, C-contiguous
     """
@@ -566,9 +528,14 @@ def _csr_linear_softmax(indptr, indices, data, WT, b, out):
 @_jit()
 def _csr_softmax_block(indptr, indices, data, WT, b, out, lo, hi):
     """Rows lo..hi of `_csr_linear_softmax` (one prange iteration, shared by both twins): the
-    logits of the block, then the dense softmax rows in place while the block is in cache."""
-    for i in range(lo, hi):
-        _csr_row_logits(indptr, indices, data, WT, i, out, i)
+    logits of the block by the loss's vector gather into a (rows, Kp) buffer, copied into out,
+    then the dense softmax rows in place while the block is in cache."""
+    K = out.shape[1]
+    A = np.empty((hi - lo, WT.shape[1]), dtype=out.dtype)
+    for r in range(hi - lo):
+        _csr_row_logits_vec(indptr, indices, data, WT, lo + r, A, r)
+        for k in range(K):
+            out[lo + r, k] = A[r, k]
     return _softmax_block_rows(out, out, b, False, lo, hi)
 
 

@@ -150,8 +150,7 @@ def linear_softmax_checked(X: CsrInput, W, b) -> np.ndarray:
     dtype = W.dtype
     out = np.empty((N, W.shape[0]), dtype=dtype)
     bias = readonly(b if b is not None else np.empty(0, dtype))  # see linear_cross_entropy_checked
-    WT = np.empty((X.shape[1], W.shape[0]), dtype=dtype)
-    _ks._transpose_padded(_k.n_blocks(X.shape[1], _ks.TRANSPOSE_BLOCK), W, WT, 0, W.shape[0])
+    WT = padded_transpose(W)
     bad = _ks._csr_linear_softmax(
         _k.n_blocks(N, _k.ROW_BLOCK), X.indptr, X.indices, X.data, WT, bias, out
     )

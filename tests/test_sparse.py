@@ -245,7 +245,7 @@ def test_calls_with_and_without_bias_share_one_specialization(rng, dtype):
 def test_softmax_and_merge_twins_are_bitwise_equal(rng, dtype):
     X, W, b, _ = make_sparse(rng, 700, 600, 9, dtype, density=0.05)
     Xc, W, b, _ = check_sparse_linear(X, W, b)
-    WT = np.ascontiguousarray(W.T)
+    WT = _sparse.padded_transpose(W)
     outs = []
     for twin in (_ks._csr_linear_softmax.parallel, _ks._csr_linear_softmax.serial):
         out = np.empty((700, 9), dtype)
