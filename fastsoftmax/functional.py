@@ -121,7 +121,8 @@ def softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
         Logits, n_classes >= 1; -inf entries (masked classes) get probability 0.
     out : ndarray of shape (n_samples, n_classes), optional
         Where to write the result, of the result's dtype; may be ``Z`` itself (an in-place
-        softmax) but must not otherwise overlap ``Z``.
+        softmax) but must not otherwise overlap ``Z``. When the call raises for bad rows of
+        ``Z``, ``out`` (``Z`` itself with ``out=Z``) already holds the other rows' results.
 
     Returns
     -------
@@ -161,7 +162,8 @@ def log_softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
         Logits, n_classes >= 1; -inf entries (masked classes) give -inf.
     out : ndarray of shape (n_samples, n_classes), optional
         Where to write the result, of the result's dtype; may be ``Z`` itself but must not
-        otherwise overlap it.
+        otherwise overlap it. When the call raises for bad rows of ``Z``, ``out`` (``Z`` itself
+        with ``out=Z``) already holds the other rows' results.
 
     Returns
     -------
@@ -300,7 +302,9 @@ def cross_entropy_grad(
         As :func:`cross_entropy`; the gradient is that of the reduced loss.
     out : ndarray of shape (n_samples, n_classes), optional
         Where to write dZ, of its dtype; may be ``Z`` itself (overwritten by its gradient) but
-        must not otherwise overlap ``Z``, nor overlap ``y`` or ``sample_weight``.
+        must not otherwise overlap ``Z``, nor overlap ``y`` or ``sample_weight``. When the call
+        raises for bad rows of ``Z``, ``out`` (``Z`` itself with ``out=Z``) already holds the
+        other rows' gradients: the rows are checked in the pass that writes them, not before.
 
     Returns
     -------

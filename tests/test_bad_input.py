@@ -175,6 +175,27 @@ def test_overflowing_weighted_sum_leaves_out_unwritten(rng, in_place):
     np.testing.assert_array_equal(out, out_copy)
 
 
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "cross_entropy_grad"])
+def test_bad_rows_raise_after_the_good_rows_are_written_to_out(rng, name):
+    """As documented for ``out``: the rows are checked in the pass that writes them, so an error
+    for a NaN row comes with the other rows of ``out`` written (and Z overwritten for out=Z),
+    each as a call without the bad row writes it."""
+    Z = rng.normal(size=(300, 5))
+    Z[123, 2] = np.nan
+    y = rng.integers(0, 5, 300)
+    good = np.arange(300) != 123
+    f = getattr(fs, name)
+    args = (y,) if name == "cross_entropy_grad" else ()
+    out = np.full_like(Z, 7.0)
+    with pytest.raises(ValueError, match="1 row"):
+        f(Z, *args, out=out)
+    if name == "cross_entropy_grad":  # the mean's denominator counts the bad row too
+        expected = fs.cross_entropy_grad(Z[good], y[good], reduction="sum")[1] / 300
+    else:
+        expected = f(Z[good])
+    np.testing.assert_allclose(out[good], expected, rtol=1e-12, atol=1e-15)
+
+
 def test_validated_labels_are_a_copy():
     """The kernels index with the validated labels: they are never the caller's memory, even when
     the caller's array is already intp and contiguous (issue 10)."""
