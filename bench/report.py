@@ -87,6 +87,7 @@ class Results:
     machine: dict = field(default_factory=dict)
     commit: dict = field(default_factory=dict)
     datetime: str = ""
+    runs: list = field(default_factory=list)  # (file stem, datetime, commit id, dirty) per input
 
 
 def load(paths) -> Results:
@@ -99,6 +100,9 @@ def load(paths) -> Results:
             res.machine["fastsoftmax"] = doc.get("fastsoftmax_machine", {})
         res.commit = res.commit or doc.get("commit_info", {})
         res.datetime = res.datetime or doc.get("datetime", "")
+        commit = doc.get("commit_info", {})
+        res.runs.append((Path(path).stem, doc.get("datetime", ""), str(commit.get("id", "?"))[:10],
+                         bool(commit.get("dirty"))))
         for b in doc.get("benchmarks", []):
             info, stats = b.get("extra_info", {}), b["stats"]
             if info.get("op") in OPERATIONS:
@@ -381,9 +385,20 @@ def machine_text(res: Results) -> str:
             f"- environment: OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE', '(not set)')}"
             + "".join(f", {k}={v}" for k, v in env.items() if k != "OPENBLAS_CORETYPE"),
             f"- versions: {versions}",
-            f"- run: {res.datetime}, commit {str(res.commit.get('id', '?'))[:10]}"
-            + (" (dirty)" if res.commit.get("dirty") else ""),
+            _runs_line(res),
         ]
+    )
+
+
+def _runs_line(res: Results) -> str:
+    """When and at which commit the inputs were measured: one run, or each input file's when
+    they come from different commits (tables merged from several runs say which is which)."""
+    if len({(commit, dirty) for _, _, commit, dirty in res.runs}) <= 1:
+        return (f"- run: {res.datetime}, commit {str(res.commit.get('id', '?'))[:10]}"
+                + (" (dirty)" if res.commit.get("dirty") else ""))
+    return "- runs: " + "; ".join(
+        f"{stem} {when}, commit {commit}" + (" (dirty)" if dirty else "")
+        for stem, when, commit, dirty in res.runs
     )
 
 

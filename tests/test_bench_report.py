@@ -163,3 +163,19 @@ def test_report_without_plot(report, results_json, tmp_path):
     md = tmp_path / "results.md"
     assert report.main([str(results_json), "--markdown", str(md), "--plot", ""]) == 0
     assert "![" not in md.read_text()
+
+
+def test_report_names_the_run_of_each_input_from_different_commits(report, results_json,
+                                                                   tmp_path):
+    """Tables merged from runs at different commits say which input came from which."""
+    md = tmp_path / "results.md"
+    assert report.main([str(results_json), "--markdown", str(md), "--plot", ""]) == 0
+    assert "- run: 2026-01-01T00:00:00, commit abcdef1234" in md.read_text()
+    later = json.loads(results_json.read_text())
+    later.update(commit_info={"id": "0123456789abcdef", "dirty": True},
+                 datetime="2026-01-02T00:00:00")
+    second = tmp_path / "sparse.json"
+    second.write_text(json.dumps(later))
+    assert report.main([str(results_json), str(second), "--markdown", str(md), "--plot", ""]) == 0
+    assert ("- runs: run 2026-01-01T00:00:00, commit abcdef1234; sparse 2026-01-02T00:00:00, "
+            "commit 0123456789 (dirty)") in md.read_text()
