@@ -1449,11 +1449,16 @@ def _sum_squares(A):
 
 @_jit()
 def _axpy(alpha, A, B):
-    """B += alpha * A, in place (the L2 term of dW)."""
+    """B += alpha * A, in place (the L2 term of dW; B C-contiguous); returns how many entries of
+    B came out NaN or infinite."""
     a = A.ravel()
     bb = B.ravel()
+    bad = 0
     for k in range(a.shape[0]):
         bb[k] += alpha * a[k]
+        if not np.isfinite(bb[k]):
+            bad += 1
+    return bad
 
 
 # ------------------------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ from fastsoftmax._kernels import (
     _xent_grad_block,
 )
 
-MERGE_BLOCK = 256  # features per prange iteration of the partials' merge
+MERGE_BLOCK = 256  # features per prange iteration of the partials' merge, at most:
+MERGE_BUFFER_BYTES = 2**16  # and their float64 sums (features x K) within this (`merge_block`)
 TRANSPOSE_BLOCK = 256  # features per prange iteration of `_transpose_padded`
 INDEX_BLOCK = 2**16  # stored entries per prange iteration of `_count_outside`
 # Bytes in one vector of `_vec_fma4`, `_vec_fma`, `_vec_fma2` (ymm): the fused loss + gradient pads
@@ -400,22 +401,30 @@ def _block_grad(Gp, G, b, y, sample_weight, smoothing, scale, n, losses, db):
     return bad
 
 
+def merge_block(K: int) -> int:
+    """Features per prange iteration of `_merge_dWT` for K classes: MERGE_BLOCK, fewer when their
+    (features, K) float64 buffer would exceed MERGE_BUFFER_BYTES (at 10^5 classes a 256-feature
+    buffer would be 205 MB per thread); at least one. The bits do not depend on it."""
+    return max(1, min(MERGE_BLOCK, MERGE_BUFFER_BYTES // (8 * max(K, 1))))
+
+
 @_parallel_kernel
-def _merge_dWT(work, off, dW):
+def _merge_dWT(work, off, dW, block):
     """dW[k, j] := sum over chunks c, in chunk order, of the partial work[c, j, off + k], summed in
     float64; returns how many of the entries written are NaN or infinite (a float64 sum beyond
     float32's range becomes inf when stored), so that the caller needs no pass of its own.
 
-    work IN  (C, d, m) data dtype: the chunks' partials in columns off..off+K-1 of each row:
-             `_csr_linear_xent`'s and `_csr_linear_hvp`'s parts (off 0)
-    off  IN  int: the partial's first column
-    dW   OUT (K, d) data dtype, C-contiguous
+    work  IN  (C, d, m) data dtype: the chunks' partials in columns off..off+K-1 of each row:
+              `_csr_linear_xent`'s and `_csr_linear_hvp`'s parts (off 0)
+    off   IN  int: the partial's first column
+    dW    OUT (K, d) data dtype, C-contiguous
+    block IN  int >= 1: features per prange iteration (`merge_block`)
     """
     d = work.shape[1]
     bad = 0
-    for blk in prange(_n_blocks(d, MERGE_BLOCK)):
-        lo = blk * MERGE_BLOCK
-        bad += _merge_block(work, off, dW, lo, min(d, lo + MERGE_BLOCK))
+    for blk in prange(_n_blocks(d, block)):
+        lo = blk * block
+        bad += _merge_block(work, off, dW, lo, min(d, lo + block))
     return bad
 
 
@@ -423,9 +432,10 @@ def _merge_dWT(work, off, dW):
 def _merge_block(work, off, dW, lo, hi):
     """Features lo..hi of `_merge_dWT` (one prange iteration, shared by both twins); returns the
     number of non-finite entries written. The block's sums are made in a (features, K) float64
-    buffer from contiguous runs of the partials, then written out row by row of dW: written one
-    feature at a time (K stores d apart per feature), the merge took 4.3 ms of a 43 ms call at
-    200000 x 2^17 x 20 float32. Unsigned indices, as in `_count_outside_block`."""
+    buffer (within MERGE_BUFFER_BYTES) from contiguous runs of the partials, then written out
+    row by row of dW: written one feature at a time (K stores d apart per feature), the merge
+    took 4.3 ms of a 43 ms call at 200000 x 2^17 x 20 float32. Unsigned indices, as in
+    `_count_outside_block`."""
     C = np.uint64(work.shape[0])
     K = np.uint64(dW.shape[0])
     u_off, u_lo, n = np.uint64(off), np.uint64(lo), np.uint64(hi - lo)

@@ -5,8 +5,9 @@ is bounded independently of n_samples: the loss + gradient holds W^T padded to w
 (n_features x Kp, Kp = n_classes rounded up to 8 float32 or 4 float64) and per-chunk partials
 dW^T of that size, at most `SPARSE_WORK_BYTES` / 2 in all (one when a single one exceeds it);
 the Hessian-vector product [W^T | S^T] padded (n_features x 2 Kp) and partials within
-`SPARSE_WORK_BYTES` / 3; plus dW (n_classes x n_features) and per-chunk scalars (docs/design.md,
-"Layers", "Sparse input").
+`SPARSE_WORK_BYTES` / 3; plus dW (n_classes x n_features), per-chunk scalars and the merge's
+float64 buffer per thread (`_kernels_sparse.merge_block`) (docs/design.md, "Layers", "Sparse
+input").
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastsoftmax import _kernels as _k
 from fastsoftmax import _kernels_sparse as _ks
 from fastsoftmax._validation import (
     CsrInput,
+    add_l2,
     as_float,
     check_direction,
     check_linear_options,
@@ -110,17 +112,24 @@ def linear_cross_entropy_checked(X: CsrInput, W, b, y, w, eps, alpha, denom, dW=
     del WT
     if dW is None:
         dW = np.empty((K, d), dtype=dtype)
-    bad_dW = _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, dW)
+    bad_dW = merge_partials(parts, dW)
     del parts
     total = float(loss_parts.sum())
     if bad or bad_dW or np.isnan(total):
         raise_nonfinite_sparse(X, W, b, logits=bool(bad) or bool(np.isnan(total)))
     loss = check_total(total, denom)
     if alpha:
-        loss += 0.5 * alpha * _k._sum_squares(W)
-        _k._axpy(alpha, W, dW)
+        loss = add_l2(alpha, W, dW, loss)
     db = None if b is None else db_parts.sum(axis=0).astype(dtype)
     return loss, dW, db
+
+
+def merge_partials(parts, dW) -> int:
+    """dW (K, d) := the chunks' partials (C, d, Kp) summed in chunk order (`_merge_dWT`); returns
+    how many of its entries are NaN or infinite."""
+    K, d = dW.shape
+    block = _ks.merge_block(K)
+    return _ks._merge_dWT(_k.n_blocks(d, block), parts, 0, dW, block)
 
 
 def padded_transpose(W, S=None) -> np.ndarray:
@@ -196,7 +205,7 @@ def linear_hvp_checked(X: CsrInput, W, b, S, s_b, w, alpha, denom):
     )
     del WST
     HS = np.empty((K, d), dtype=dtype)
-    bad_HS = _ks._merge_dWT(_k.n_blocks(d, _ks.MERGE_BLOCK), parts, 0, HS)
+    bad_HS = merge_partials(parts, HS)
     del parts
     if bad:
         raise_nonfinite_sparse(X, W, b)
@@ -209,5 +218,5 @@ def linear_hvp_checked(X: CsrInput, W, b, S, s_b, w, alpha, denom):
             "reduction='sum' scale sample_weight down"
         )
     if alpha:
-        _k._axpy(alpha, S, HS)
+        add_l2(alpha, S, HS, name="S")
     return HS, (None if hsb is None else hsb.astype(dtype))

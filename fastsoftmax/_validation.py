@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastsoftmax import _kernels as _k
 from fastsoftmax import _kernels_sparse as _ks
 from fastsoftmax._kernels import n_blocks
 
@@ -194,6 +195,23 @@ def check_total(total: float, denom: float) -> float:
     loss = total / denom
     if np.isinf(loss) and np.isfinite(total):
         raise _weighted_overflow("the weighted sum of the losses")
+    return loss
+
+
+def add_l2(alpha: float, A: np.ndarray, G: np.ndarray, loss: float | None = None,
+           name: str = "W"):
+    """The L2 term, after the checks of the unpenalized results: ``G += alpha * A`` in place
+    (dW with W, or HS with the direction S) and, when ``loss`` is given, ``loss + alpha / 2
+    ||A||^2`` returned. A ValueError naming `name` when either leaves the dtype's range (a huge
+    alpha times a huge W): the check of G before the term could not see it."""
+    bad = _k._axpy(alpha, A, G)
+    if loss is not None:
+        loss += 0.5 * alpha * _k._sum_squares(A)
+    if bad or (loss is not None and not np.isfinite(loss)):
+        raise ValueError(
+            f"the L2 term alpha * {name} overflowed {G.dtype} (alpha = {alpha:.3g}, max |{name}| = "
+            f"{float(np.abs(A).max(initial=0.0)):.3g}): lower alpha or scale the data"
+        )
     return loss
 
 

@@ -31,6 +31,7 @@ from fastsoftmax import _kernels as _k
 from fastsoftmax import _sparse
 from fastsoftmax._threads import single_threaded_blas
 from fastsoftmax._validation import (
+    add_l2,
     as_float,
     check_direction,
     check_grad_range,
@@ -122,7 +123,8 @@ def softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
     out : ndarray of shape (n_samples, n_classes), optional
         Where to write the result, of the result's dtype; may be ``Z`` itself (an in-place
         softmax) but must not otherwise overlap ``Z``. When the call raises for bad rows of
-        ``Z``, ``out`` (``Z`` itself with ``out=Z``) already holds the other rows' results.
+        ``Z``, ``out`` (``Z`` itself with ``out=Z``) may already hold the other rows' results:
+        a C-contiguous one is checked in the pass that writes it.
 
     Returns
     -------
@@ -163,7 +165,8 @@ def log_softmax(Z, *, out: np.ndarray | None = None) -> np.ndarray:
     out : ndarray of shape (n_samples, n_classes), optional
         Where to write the result, of the result's dtype; may be ``Z`` itself but must not
         otherwise overlap it. When the call raises for bad rows of ``Z``, ``out`` (``Z`` itself
-        with ``out=Z``) already holds the other rows' results.
+        with ``out=Z``) may already hold the other rows' results: a C-contiguous one is checked
+        in the pass that writes it.
 
     Returns
     -------
@@ -303,8 +306,9 @@ def cross_entropy_grad(
     out : ndarray of shape (n_samples, n_classes), optional
         Where to write dZ, of its dtype; may be ``Z`` itself (overwritten by its gradient) but
         must not otherwise overlap ``Z``, nor overlap ``y`` or ``sample_weight``. When the call
-        raises for bad rows of ``Z``, ``out`` (``Z`` itself with ``out=Z``) already holds the
-        other rows' gradients: the rows are checked in the pass that writes them, not before.
+        raises for bad rows of ``Z``, ``out`` (``Z`` itself with ``out=Z``) may already hold the
+        other rows' gradients: a C-contiguous one is checked in the pass that writes it (with
+        ``"sum"`` and weights beyond 2**64, in a read-only pass before).
 
     Returns
     -------
@@ -506,8 +510,7 @@ def _linear_cross_entropy_checked(X, W, b, y, w, eps, alpha, denom, return_dX=Fa
         raise_nonfinite_params(X, W, b, logits=bool(bad) or bool(np.isnan(total)))
     loss = check_total(total, denom)
     if alpha:
-        loss += 0.5 * alpha * _k._sum_squares(W)
-        _k._axpy(alpha, W, dW)
+        loss = add_l2(alpha, W, dW, loss)
     return (loss, dW, db, dX) if return_dX else (loss, dW, db)
 
 
@@ -806,7 +809,7 @@ def _linear_hvp_checked(X, W, b, S, s_b, w, alpha, denom):
             "S down, or with reduction='sum' scale sample_weight down"
         )
     if alpha:
-        _k._axpy(alpha, S, HS)
+        add_l2(alpha, S, HS, name="S")
     return HS, (None if hsb is None else hsb.astype(X.dtype))
 
 

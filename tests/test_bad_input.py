@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from _reliability import run_python
 
 import fastsoftmax as fs
@@ -177,23 +178,45 @@ def test_overflowing_weighted_sum_leaves_out_unwritten(rng, in_place):
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax", "cross_entropy_grad"])
 def test_bad_rows_raise_after_the_good_rows_are_written_to_out(rng, name):
-    """As documented for ``out``: the rows are checked in the pass that writes them, so an error
-    for a NaN row comes with the other rows of ``out`` written (and Z overwritten for out=Z),
-    each as a call without the bad row writes it."""
+    """As documented for ``out``: a C-contiguous one is checked in the pass that writes it, so an
+    error for a NaN row comes with the other rows of ``out`` written, each as a call without the
+    bad row writes it (the same for Z itself with out=Z)."""
     Z = rng.normal(size=(300, 5))
     Z[123, 2] = np.nan
     y = rng.integers(0, 5, 300)
     good = np.arange(300) != 123
     f = getattr(fs, name)
     args = (y,) if name == "cross_entropy_grad" else ()
-    out = np.full_like(Z, 7.0)
-    with pytest.raises(ValueError, match="1 row"):
-        f(Z, *args, out=out)
     if name == "cross_entropy_grad":  # the mean's denominator counts the bad row too
         expected = fs.cross_entropy_grad(Z[good], y[good], reduction="sum")[1] / 300
     else:
         expected = f(Z[good])
+    out = np.full_like(Z, 7.0)
+    with pytest.raises(ValueError, match="1 row"):
+        f(Z, *args, out=out)
     np.testing.assert_allclose(out[good], expected, rtol=1e-12, atol=1e-15)
+    Z_in_place = Z.copy()
+    with pytest.raises(ValueError, match="1 row"):
+        f(Z_in_place, *args, out=Z_in_place)
+    np.testing.assert_allclose(Z_in_place[good], expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("k", [3, 40], ids=["small-K", "tiled"])
+def test_l2_term_beyond_the_dtype_is_an_error(sparse, k):
+    """Finite unpenalized results, but alpha * W (or alpha * S) beyond float32: a ValueError
+    naming the L2 term. The finite checks ran before the term was added: dW came back with
+    infinities, silently."""
+    X = np.full((4, 2), 1e-30, np.float32)
+    X = sp.csr_matrix(X) if sparse else X
+    W = np.full((k, 2), 1e30, np.float32)
+    y = np.zeros(4, dtype=int)
+    with pytest.raises(ValueError, match=r"L2 term alpha \* W overflowed float32"):
+        fs.linear_cross_entropy(X, W, None, y, alpha=1e10)
+    with pytest.raises(ValueError, match=r"L2 term alpha \* S overflowed float32"):
+        fs.linear_cross_entropy_hvp(X, W, None, y, W, None, alpha=1e10)
+    loss, dW, _ = fs.linear_cross_entropy(X, W, None, y, alpha=1e-10)
+    assert np.isfinite(loss) and np.isfinite(dW).all()
 
 
 def test_validated_labels_are_a_copy():

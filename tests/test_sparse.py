@@ -208,7 +208,7 @@ def test_parallel_and_serial_twins_are_bitwise_equal(rng, dtype):
         outs = [a.copy() for a in args[-3:]]
         assert twin(*args[:-3], *outs, 128, 9) == 0
         dW = np.empty((9, 40), dtype)
-        _ks._merge_dWT.serial(outs[1], 0, dW)
+        _ks._merge_dWT.serial(outs[1], 0, dW, _ks.merge_block(9))
         results.append([outs[0], dW, outs[2]])
     for a, c in zip(*results, strict=True):
         np.testing.assert_array_equal(a, c)
@@ -255,10 +255,12 @@ def test_softmax_and_merge_twins_are_bitwise_equal(rng, dtype):
     parts = rng.normal(size=(5, 600, 18)).astype(dtype)
     merged = []
     for twin in (_ks._merge_dWT.parallel, _ks._merge_dWT.serial):
-        dW = np.empty((9, 600), dtype)
-        twin(parts, 9, dW)
-        merged.append(dW)
-    np.testing.assert_array_equal(*merged)
+        for block in (_ks.merge_block(9), 1, 7):  # the bits do not depend on the block
+            dW = np.empty((9, 600), dtype)
+            assert twin(parts, 9, dW, block) == 0
+            merged.append(dW)
+    for other in merged[1:]:
+        np.testing.assert_array_equal(merged[0], other)
     np.testing.assert_allclose(merged[0], parts[:, :, 9:].astype(np.float64).sum(axis=0).T,
                                rtol=1e-6)
 
@@ -323,6 +325,13 @@ def test_gradient_beyond_float32_is_reported():
         fs.linear_cross_entropy(X, W, None, np.zeros(4, dtype=int), reduction="sum")
     loss, dW, _ = fs.linear_cross_entropy(X[:1], W, None, np.zeros(1, dtype=int), reduction="sum")
     assert np.isfinite(dW).all() and np.isfinite(loss)
+
+
+def test_merge_buffer_is_bounded_for_many_classes():
+    assert _ks.merge_block(20) == _ks.MERGE_BLOCK
+    for K in (1000, 10**5, 10**7):
+        block = _ks.merge_block(K)
+        assert block >= 1 and (block == 1 or block * K * 8 <= _ks.MERGE_BUFFER_BYTES)
 
 
 def test_chunks_depend_on_size_only_and_bound_memory():
