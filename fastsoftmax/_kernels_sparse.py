@@ -259,7 +259,7 @@ def _csr_row_logits_vec(indptr, indices, data, WT, i, A, r):
     `linear_softmax` all gather here, so their logits are the same bits."""
     Kp = A.shape[1]
     n = VECTOR_BYTES // A.itemsize
-    last = np.uint64(WT.shape[0] - 1)
+    last = np.uint64(max(WT.shape[0] - 1, 0))  # d = 0: no stored entries
     for k in range(Kp):
         A[r, k] = 0
     # Unsigned positions: signed ones made every access to indices and data check for a negative
@@ -292,7 +292,7 @@ def _csr_row_scatter_vec(indptr, indices, data, G, r, i, dWT):
     one fma per stored entry, in order."""
     Kp = G.shape[1]
     n = VECTOR_BYTES // G.itemsize
-    last = np.uint64(dWT.shape[0] - 1)
+    last = np.uint64(max(dWT.shape[0] - 1, 0))
     p, hi, ahead = np.uint64(indptr[i]), np.uint64(indptr[i + 1]), np.uint64(PREFETCH_AHEAD)
     while p + _U1 < hi:
         _prefetch_rows(dWT, indices, p + ahead, last, 2)

@@ -202,11 +202,12 @@ def test_strict_intrinsics_take_no_flags_from_their_caller():
 
 
 # Run by a fresh interpreter with NUMBA_DISABLE_JIT=1: every public function on both paths (small K
-# and tiled), both dtypes, against reference/. 70 rows make two row blocks, so the pairs' parallel
-# branch runs too (as plain Python).
+# and tiled) and the linear ones on CSR X, both dtypes, against reference/. 70 rows make two row
+# blocks, so the pairs' parallel branch runs too (as plain Python).
 DISABLED_JIT_CODE = """
 import numba
 import numpy as np
+import scipy.sparse
 from conftest import F64_ROUNDING, assert_close
 
 import fastsoftmax as fs
@@ -222,6 +223,7 @@ for dtype in (np.float64, np.float32):
         y = rng.integers(0, K, n)
         w = rng.uniform(0.5, 2.0, n)
         X = rng.normal(size=(n, d)).astype(dtype)
+        Xs = scipy.sparse.csr_matrix(np.where(X > 0, X, 0))  # the CSR kernels, as Python
         W = (rng.normal(size=(K, d)) / 2).astype(dtype)
         b = rng.normal(size=K).astype(dtype)
         smooth = dict(sample_weight=w, label_smoothing=0.1)
@@ -234,6 +236,8 @@ for dtype in (np.float64, np.float32):
             ("linear_cross_entropy", (X, W, b, y), dict(smooth, alpha=0.1, return_dX=True)),
             ("linear_cross_entropy", (X, W, None, y), {}),
             ("linear_softmax", (X, W, b), {}),
+            ("linear_cross_entropy", (Xs, W, b, y), dict(smooth, alpha=0.1)),
+            ("linear_softmax", (Xs, W, b), {}),
         ]
         for name, args, kwargs in calls:
             got = getattr(fs, name)(*args, **kwargs)
@@ -254,4 +258,4 @@ def test_package_works_with_the_jit_disabled():
     and every public function gives the reference's results."""
     result = run_python(DISABLED_JIT_CODE, env={"NUMBA_DISABLE_JIT": "1"}, timeout=300)
     assert result.returncode == 0, result.explain()
-    assert result.stdout.split()[-1] == str(2 * 2 * 8)
+    assert result.stdout.split()[-1] == str(2 * 2 * 10)
