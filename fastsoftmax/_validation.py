@@ -198,6 +198,11 @@ def check_total(total: float, denom: float) -> float:
     return loss
 
 
+class L2Overflow(ValueError):
+    """The L2 term left the dtype's range (`add_l2`): the solvers of gd and sgd turn it into their
+    message naming the learning rate, as for weights that overflowed."""
+
+
 def add_l2(alpha: float, A: np.ndarray, G: np.ndarray, loss: float | None = None,
            name: str = "W"):
     """The L2 term, after the checks of the unpenalized results: ``G += alpha * A`` in place
@@ -208,7 +213,7 @@ def add_l2(alpha: float, A: np.ndarray, G: np.ndarray, loss: float | None = None
     if loss is not None:
         loss += 0.5 * alpha * _k._sum_squares(A)
     if bad or (loss is not None and not np.isfinite(loss)):
-        raise ValueError(
+        raise L2Overflow(
             f"the L2 term alpha * {name} overflowed {G.dtype} (alpha = {alpha:.3g}, max |{name}| = "
             f"{float(np.abs(A).max(initial=0.0)):.3g}): lower alpha or scale the data"
         )

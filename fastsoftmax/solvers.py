@@ -49,6 +49,7 @@ from fastsoftmax import functional as F
 from fastsoftmax._threads import blas_limits
 from fastsoftmax._validation import (
     CsrInput,
+    L2Overflow,
     as_float,
     check_labels,
     check_linear,
@@ -423,8 +424,11 @@ def gd(
     """
     result = SolverResult()
     for _ in range(max_iter):
-        loss, dW, db = _loss_grad(X, W, b, y, sample_weight, alpha, label_smoothing)
-        if tol is not None and _max_abs(dW, db) <= tol:
+        try:
+            loss, dW, db = _loss_grad(X, W, b, y, sample_weight, alpha, label_smoothing)
+        except L2Overflow:  # alpha * W beyond the dtype: the steps overflowed the weights
+            loss, dW, db = np.inf, None, None
+        if dW is not None and tol is not None and _max_abs(dW, db) <= tol:
             result.converged = True
             result.message = f"gradient max-abs <= tol={tol}"
             break
@@ -623,10 +627,10 @@ def _sgd_epoch(data: _SgdData, W, b, alpha, label_smoothing, learning_rate, shuf
             loss, dW, db = _batch_loss_grad(
                 data, X_b, rows, y_b, w_b, label_smoothing, alpha, batch_weight
             )
-        except ValueError:
-            if _finite(W, b):
+        except ValueError as exc:
+            if _finite(W, b) and not isinstance(exc, L2Overflow):
                 raise
-            return None  # the previous step overflowed W: the logits are not representable
+            return None  # the previous step overflowed W: the logits (or alpha W) are not representable
         _step(W, dW, b, db, learning_rate)
         loss_sum += loss * batch_weight
         weight_sum += batch_weight
