@@ -327,6 +327,20 @@ def test_gradient_beyond_float32_is_reported():
     assert np.isfinite(dW).all() and np.isfinite(loss)
 
 
+def test_partials_finite_in_float32_whose_sum_is_not_are_reported():
+    """Two chunks, each partial finite in float32 (-2.56e38), their float64 sum (-5.12e38) beyond
+    float32: inf only once stored into dW, which the merge's count finds."""
+    n = 512
+    assert _sparse.sparse_chunks(n, n, 8, 1, 4) == 2
+    X = sp.csr_matrix(np.full((n, 1), 2e36, dtype=np.float32))
+    W = np.zeros((2, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="overflow"):
+        fs.linear_cross_entropy(X, W, None, np.zeros(n, dtype=int), reduction="sum")
+    loss, dW, _ = fs.linear_cross_entropy(X[: n // 2], W, None, np.zeros(n // 2, dtype=int),
+                                          reduction="sum")
+    assert np.isfinite(loss) and dW[0, 0] == pytest.approx(-2.56e38, rel=1e-5)
+
+
 def test_merge_buffer_is_bounded_for_many_classes():
     assert _ks.merge_block(20) == _ks.MERGE_BLOCK
     for K in (1000, 10**5, 10**7):
