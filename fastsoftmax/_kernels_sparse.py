@@ -330,7 +330,7 @@ def _csr_linear_xent(indptr, indices, data, WT, b, y, sample_weight, smoothing, 
     scale         IN  float: factor of the gradients (1 / the reduction's denominator)
     loss_parts    OUT (C,) float64: chunk c's sum of weighted per-sample losses (not scaled)
     parts         OUT (C, d, Kp) data dtype: chunk c's partial dW^T in columns 0..K-1 (merge with
-                      `_merge_dWT`, offset 0; the other columns are scratch)
+                      `_merge_dWT`; the other columns are scratch)
     db_parts      OUT (C, K) float64: chunk c's partial db; shape (C, 0): no bias gradient
     block         IN  int, a multiple of ROW_BLOCK: rows per block of a chunk (the bits do not
                       depend on it)
@@ -409,14 +409,13 @@ def merge_block(K: int) -> int:
 
 
 @_parallel_kernel
-def _merge_dWT(work, off, dW, block):
-    """dW[k, j] := sum over chunks c, in chunk order, of the partial work[c, j, off + k], summed in
+def _merge_dWT(work, dW, block):
+    """dW[k, j] := sum over chunks c, in chunk order, of the partial work[c, j, k], summed in
     float64; returns how many of the entries written are NaN or infinite (a float64 sum beyond
     float32's range becomes inf when stored), so that the caller needs no pass of its own.
 
-    work  IN  (C, d, m) data dtype: the chunks' partials in columns off..off+K-1 of each row:
-              `_csr_linear_xent`'s and `_csr_linear_hvp`'s parts (off 0)
-    off   IN  int: the partial's first column
+    work  IN  (C, d, Kp) data dtype: the chunks' partials in columns 0..K-1 of each row:
+              `_csr_linear_xent`'s and `_csr_linear_hvp`'s parts
     dW    OUT (K, d) data dtype, C-contiguous
     block IN  int >= 1: features per prange iteration (`merge_block`)
     """
@@ -424,12 +423,12 @@ def _merge_dWT(work, off, dW, block):
     bad = 0
     for blk in prange(_n_blocks(d, block)):
         lo = blk * block
-        bad += _merge_block(work, off, dW, lo, min(d, lo + block))
+        bad += _merge_block(work, dW, lo, min(d, lo + block))
     return bad
 
 
 @_jit()
-def _merge_block(work, off, dW, lo, hi):
+def _merge_block(work, dW, lo, hi):
     """Features lo..hi of `_merge_dWT` (one prange iteration, shared by both twins); returns the
     number of non-finite entries written. The block's sums are made in a (features, K) float64
     buffer (within MERGE_BUFFER_BYTES) from contiguous runs of the partials, then written out
@@ -438,12 +437,12 @@ def _merge_block(work, off, dW, lo, hi):
     `_count_outside_block`."""
     C = np.uint64(work.shape[0])
     K = np.uint64(dW.shape[0])
-    u_off, u_lo, n = np.uint64(off), np.uint64(lo), np.uint64(hi - lo)
+    u_lo, n = np.uint64(lo), np.uint64(hi - lo)
     acc = np.zeros((n, K), dtype=np.float64)
     for c in range(C):
         for j in range(n):
             for k in range(K):
-                acc[j, k] += work[c, u_lo + j, u_off + k]
+                acc[j, k] += work[c, u_lo + j, k]
     bad = 0
     for k in range(K):
         for j in range(n):
@@ -568,7 +567,7 @@ def _csr_linear_hvp(indptr, indices, data, WST, b, s_b, sample_weight, scale, pa
     sample_weight IN  (N,) float64; size 0: all ones
     scale         IN  float: 1 / the reduction's denominator
     parts         OUT (C, d, Kp) data dtype: chunk c's partial HS^T in columns 0..K-1 (merge with
-                      `_merge_dWT`, offset 0; the other columns are scratch)
+                      `_merge_dWT`; the other columns are scratch)
     hsb_parts     OUT (C, K) float64: chunk c's partial sum of r; shape (C, 0): no intercept
     block         IN  int: rows per block of a chunk (the bits do not depend on it)
     n_classes     IN  int: K

@@ -129,7 +129,7 @@ def merge_partials(parts, dW) -> int:
     how many of its entries are NaN or infinite."""
     K, d = dW.shape
     block = _ks.merge_block(K)
-    return _ks._merge_dWT(_k.n_blocks(d, block), parts, 0, dW, block)
+    return _ks._merge_dWT(_k.n_blocks(d, block), parts, dW, block)
 
 
 def padded_transpose(W, S=None) -> np.ndarray:

@@ -171,7 +171,7 @@ def test_twins_are_bitwise_equal(rng, dtype):
         assert twin(Xc.indptr, Xc.indices, Xc.data, WST, b, s_b, w, 1 / 3000, parts, hsb, 128,
                     9) == 0
         HS = np.empty((9, 40), dtype)
-        _ks._merge_dWT.serial(parts, 0, HS, _ks.merge_block(HS.shape[0]))
+        _ks._merge_dWT.serial(parts, HS, _ks.merge_block(HS.shape[0]))
         results.append((HS, hsb))
     for a, c in zip(*results, strict=True):
         np.testing.assert_array_equal(a, c)
