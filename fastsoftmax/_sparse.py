@@ -153,13 +153,15 @@ def linear_softmax(X, W, b) -> np.ndarray:
     return linear_softmax_checked(Xc, W, b)
 
 
-def linear_softmax_checked(X: CsrInput, W, b) -> np.ndarray:
-    """The sparse `linear_softmax` on validated arguments: (n_samples, n_classes) probabilities."""
+def linear_softmax_checked(X: CsrInput, W, b, WT=None) -> np.ndarray:
+    """The sparse `linear_softmax` on validated arguments: (n_samples, n_classes) probabilities.
+    WT, when given, is `padded_transpose(W)` (a caller running blocks of rows makes it once)."""
     N = X.shape[0]
     dtype = W.dtype
     out = np.empty((N, W.shape[0]), dtype=dtype)
     bias = readonly(b if b is not None else np.empty(0, dtype))  # see linear_cross_entropy_checked
-    WT = padded_transpose(W)
+    if WT is None:
+        WT = padded_transpose(W)
     bad = _ks._csr_linear_softmax(
         _k.n_blocks(N, _k.ROW_BLOCK), X.indptr, X.indices, X.data, WT, bias, out
     )

@@ -767,10 +767,12 @@ def _csr_feature_curvature(X: CsrInput, W, b, sample_weight, denom):
     N, d = X.shape
     rows = max(1, _CURVATURE_BLOCK_ELEMENTS // max(W.shape[0], 1))
     D, q_sum = np.zeros(d), 0.0
+    WT = _sparse.padded_transpose(W)  # once, not per block
     for lo in range(0, N, rows):
         hi = min(N, lo + rows)
         indptr = X.indptr[lo:hi + 1]
-        P = _sparse.linear_softmax_checked(X._replace(indptr=indptr, shape=(hi - lo, d)), W, b)
+        P = _sparse.linear_softmax_checked(X._replace(indptr=indptr, shape=(hi - lo, d)), W, b,
+                                           WT)
         q = _row_curvature(P, sample_weight[lo:hi], denom)
         start, stop = int(indptr[0]), int(indptr[-1])
         values = X.data[start:stop].astype(np.float64)
