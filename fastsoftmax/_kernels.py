@@ -34,8 +34,9 @@ Design
   compiled without fast-math flags, see ``_xent_grad_block_flat``): each row kernel comes in both
   variants (``_softmax_rows_flat``, ...), kernels of their own picked by the functional layer by
   K, so that a call compiles only the one it runs.
-* A row whose sum of exponentials is not >= 1 or whose raw sum is NaN held NaN or +inf (or was all
-  -inf); kernels count such rows and the functional layer turns a non-zero count into a ValueError.
+* A row whose sum of exponentials is not >= 1 (NaN: a NaN entry, or an all -inf row) or whose max is
+  +inf is bad (``_row_is_bad``); kernels count such rows and the functional layer turns a non-zero
+  count into a ValueError.
 * The small-K linear kernel (``_linear_xent_small``) skips BLAS: it reads each block of 4 rows of X
   once and uses it, while in L1, for both ``X W^T`` and ``G^T X``.
 * Above SMALL_K_MAX classes (``_linear_xent_tiled``, ``_linear_softmax_tiled``,
@@ -280,21 +281,27 @@ def _element_ptr(context, builder, arrty, ary, row, col):
     return builder.gep(builder.bitcast(arr.data, byte), [offset]), step
 
 
-def _row_lanes(context, builder, arrty, ary, i, u):
-    """The eight entries ary[i, u:u + 8] (u unsigned) as <8 x double>: one vector load (and one
-    conversion from float32) from a C-contiguous array, eight loads by the strides otherwise."""
+def _row_vector(context, builder, arrty, ary, i, u, n):
+    """The n entries ary[i, u:u + n] (u unsigned) as an LLVM vector of the array's dtype: one
+    vector load from a C-contiguous array, n loads by the strides otherwise."""
     elty = context.get_data_type(arrty.dtype)
-    vty = ir.VectorType(elty, 8)
+    vty = ir.VectorType(elty, n)
     ptr, step = _element_ptr(context, builder, arrty, ary, i, u)
     if arrty.layout == "C":
-        vec = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=arrty.dtype.bitwidth // 8)
-    else:
-        vec = ir.Constant(vty, ir.Undefined)
-        for j in range(8):
-            pj = builder.gep(ptr, [builder.mul(ir.Constant(step.type, j), step)])
-            vec = builder.insert_element(vec, builder.load(builder.bitcast(pj, elty.as_pointer())),
-                                         ir.Constant(ir.IntType(32), j))
-    return vec if isinstance(elty, ir.DoubleType) else builder.fpext(vec, _LANES_IR)
+        return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=arrty.dtype.bitwidth // 8)
+    vec = ir.Constant(vty, ir.Undefined)
+    for j in range(n):
+        pj = builder.gep(ptr, [builder.mul(ir.Constant(step.type, j), step)])
+        vec = builder.insert_element(vec, builder.load(builder.bitcast(pj, elty.as_pointer())),
+                                     ir.Constant(ir.IntType(32), j))
+    return vec
+
+
+def _row_lanes(context, builder, arrty, ary, i, u):
+    """The eight entries ary[i, u:u + 8] (u unsigned) as <8 x double> (`_row_vector`, converted
+    from float32 in one vector conversion)."""
+    vec = _row_vector(context, builder, arrty, ary, i, u, 8)
+    return vec if vec.type.element == ir.DoubleType() else builder.fpext(vec, _LANES_IR)
 
 
 @intrinsic
@@ -350,6 +357,60 @@ def _lanes_total(typingctx, acc):
                    add(add(lane[4], lane[5]), add(lane[6], lane[7])))
 
     return types.float64(acc), codegen
+
+
+# ------------------------------------------------------------------------------------------------
+# Sixteen lanes of the data dtype for a row's max (`_row_max`). Written as a scalar maxnum loop,
+# LLVM vectorized the loop but reduced its vector one lane at a time (a chain of 16 dependent
+# maxss with NaN selects) and took the K mod 16 remainder as a scalar loop: at 100 classes,
+# float32, a third of the gradient row pass. The max does not depend on the order in which it is
+# taken (maxnum ignores NaN; a tie of -0.0 and +0.0 may give either, which no result depends on
+# beyond the sign of an exactly zero log-probability), so the lanes reduce as a tree and the last
+# sixteen entries of the row cover the remainder, overlapping entries already taken.
+
+MAX_LANES = 16
+
+
+def _vector_maxnum(builder, a, b):
+    """llvm.maxnum lane by lane on two LLVM vectors."""
+    ty = a.type
+    name = f"llvm.maxnum.v{ty.count}{'f32' if ty.element == ir.FloatType() else 'f64'}"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty]), name)
+    return builder.call(fn, [a, b])
+
+
+@intrinsic
+def _row_max_lanes(typingctx, A, i, K):
+    """The max of A[i, :K] for K >= MAX_LANES (unsigned), one loop in IR: lanes of MAX_LANES
+    entries (maxnum lane by lane), the last MAX_LANES entries of the row for the remainder, then
+    a tree over the lanes (halves, then quarters, ...). The loop is built here rather than in
+    Python over intrinsics on (A, i, u): that way Numba kept reference-count updates of A in
+    every row (two NRT calls a row)."""
+    _check_row_args(A, i, K)
+
+    def codegen(context, builder, sig, args):
+        arrty, (ary, row, n) = sig.args[0], args
+        u64 = n.type
+        width = ir.Constant(u64, MAX_LANES)
+        acc = cgutils.alloca_once_value(
+            builder, _row_vector(context, builder, arrty, ary, row, ir.Constant(u64, 0), MAX_LANES))
+        # k = MAX_LANES, 2 MAX_LANES, ... while k + MAX_LANES <= n; then k = n - MAX_LANES
+        full = builder.mul(builder.udiv(n, width), width)
+        with cgutils.for_range_slice(builder, width, full, width, inc=True) as (k, _):
+            vec = _row_vector(context, builder, arrty, ary, row, k, MAX_LANES)
+            builder.store(_vector_maxnum(builder, builder.load(acc), vec), acc)
+        vec = _row_vector(context, builder, arrty, ary, row, builder.sub(n, width), MAX_LANES)
+        vec = _vector_maxnum(builder, builder.load(acc), vec)
+        i32, m = ir.IntType(32), MAX_LANES
+        while m > 1:
+            m //= 2
+            lo = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(i32, m), list(range(m))))
+            hi = builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(i32, m),
+                                                              list(range(m, 2 * m))))
+            vec = _vector_maxnum(builder, lo, hi)
+        return builder.extract_element(vec, ir.Constant(i32, 0))
+
+    return A.dtype(A, i, K), codegen
 
 
 @intrinsic
@@ -521,6 +582,9 @@ if config.DISABLE_JIT:
     def _lanes_total(acc):  # noqa: F811
         return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
+    def _row_max_lanes(A, i, K):  # noqa: F811
+        return np.fmax.reduce(A[i, :K])
+
 
 # ------------------------------------------------------------------------------------------------
 # Row helpers: all work in place on row i of the output A (C-contiguous, 2-D). They index (A, i)
@@ -542,17 +606,20 @@ def _row_load(A, i, Z, zi, b, copy):
 
 
 @_jit(inline=True)
-def _row_max_sum(A, i):
-    """(max, float64 sum of row - max) of row i; the sum is NaN exactly when the row holds NaN or
-    +inf (or is all -inf), which maxnum skips. Shifted by the max it cannot overflow to +inf for
-    finite rows. Two loops: fused, the max does not vectorize."""
-    m = A[i, 0]
-    for k in range(A.shape[1]):
-        m = _maxnum(m, A[i, k])
-    t = 0.0
-    for k in range(A.shape[1]):
-        t += np.float64(A[i, k]) - np.float64(m)
-    return m, t
+def _row_max(A, i):
+    """The max of row i (maxnum: NaN entries skipped, NaN only for an all-NaN row)."""
+    return _row_max_n(A, i, A.shape[1])
+
+
+@_jit(inline=True)
+def _row_max_n(A, i, K):
+    """`_row_max` of A[i, :K]: from MAX_LANES columns on in vector lanes (`_max_lanes`)."""
+    if K < MAX_LANES:
+        m = A[i, 0]
+        for k in range(K):
+            m = _maxnum(m, A[i, k])
+        return m
+    return _row_max_lanes(A, i, np.uint64(K))
 
 
 @_jit(inline=True)
@@ -621,9 +688,14 @@ def _row_sum_exp(A, i, m, E):
 
 
 @_jit(inline=True)
-def _row_is_bad(m, t, s):
-    """NaN or +inf somewhere in the row, or every entry -inf."""
-    return not (s >= 1.0) or t != t or m == np.inf
+def _row_is_bad(m, s):
+    """NaN or +inf somewhere in the row, or every entry -inf, from the row's max m and its sum s
+    of exp(z - m). The max skips NaN (maxnum) and is +inf when an entry is; a NaN entry, and
+    every entry of an all -inf row (-inf - -inf), make a NaN z - m, whose exp is NaN
+    (`_exp_nonpos` propagates it), and so is s. A good row has s >= 1: its max gives exp(0) = 1.
+    (A separate float64 sum of z - m made the NaN test until the sum alone was seen to make it:
+    that pass was a sixth of the gradient row pass at 100 classes.)"""
+    return not (s >= 1.0) or m == np.inf
 
 
 @_jit(inline=True)
@@ -665,11 +737,11 @@ def _row_grad_stats(A, i, Z, zi, b, copy, yi, weight, smoothing, scale):
     """A[i] := gradient of weight * scale * cross-entropy of logits Z[zi] (+ b) with label yi;
     returns what the loss needs, (s, m, zy, mean shifted), and whether the row is bad."""
     _row_load(A, i, Z, zi, b, copy)
-    m, t = _row_max_sum(A, i)
+    m = _row_max(A, i)
     zy = A[i, yi]
     ms = _row_mean_shifted(A, i, m) if smoothing != 0.0 else 0.0
     s = _row_exp_inplace(A, i, m)
-    bad = _row_is_bad(m, t, s)
+    bad = _row_is_bad(m, s)
     _row_scale_grad(A, i, yi, s, weight, smoothing, scale)
     return s, m, zy, ms, bad
 
@@ -782,10 +854,10 @@ def _softmax_block_rows(Z, out, b, copy, lo, hi):
     bad = 0
     for i in range(lo, hi):
         _row_load(out, i, Z, i, b, copy)
-        m, t = _row_max_sum(out, i)
+        m = _row_max(out, i)
         s = _row_exp_inplace(out, i, m)
         _row_scale_inplace(out, i, out.dtype.type(1.0 / s))
-        bad += 1 if _row_is_bad(m, t, s) else 0
+        bad += 1 if _row_is_bad(m, s) else 0
     return bad
 
 
@@ -799,21 +871,20 @@ def _log_softmax_block_rows(Z, out, b, copy, lo, hi):
     E = np.empty((1, out.shape[1]), dtype=out.dtype)
     for i in range(lo, hi):
         _row_load(out, i, Z, i, b, copy)
-        m, t = _row_max_sum(out, i)
+        m = _row_max(out, i)
         s = _row_sum_exp(out, i, m, E)
         _row_sub_inplace(out, i, m, out.dtype.type(_log_pos(s)))
-        bad += 1 if _row_is_bad(m, t, s) else 0
+        bad += 1 if _row_is_bad(m, s) else 0
     return bad
 
 
 @_jit(inline=True)
 def _shift_rows(Z, out, b, copy, lo, hi, stats):
-    """out[i] := Z[i] (+ b) - its max for rows lo..hi; stats[:, r] := (max, float64 sum of the
-    row - max) of row lo + r (`_row_max_sum`)."""
+    """out[i] := Z[i] (+ b) - its max for rows lo..hi; stats[0, r] := the max of row lo + r."""
     for r in range(hi - lo):
         i = lo + r
         _row_load(out, i, Z, i, b, copy)
-        m, stats[1, r] = _row_max_sum(out, i)
+        m = _row_max(out, i)
         stats[0, r] = m
         for k in range(out.shape[1]):
             out[i, k] = out[i, k] - m
@@ -824,7 +895,7 @@ def _softmax_block_flat(Z, out, b, copy, lo, hi):
     """Rows lo..hi of `_softmax_rows_flat`: exps in one flat loop over the block (see
     `_flat_grad_rows`), the same values as row by row."""
     K = out.shape[1]
-    stats = np.empty((2, hi - lo))
+    stats = np.empty((1, hi - lo))
     _shift_rows(Z, out, b, copy, lo, hi, stats)
     flat = out.reshape(out.shape[0] * K)
     for j in range(np.uint64(lo * K), np.uint64(hi * K)):
@@ -832,7 +903,7 @@ def _softmax_block_flat(Z, out, b, copy, lo, hi):
     bad = 0
     for r in range(hi - lo):
         s = _row_sum(out, lo + r)
-        bad += 1 if _row_is_bad(stats[0, r], stats[1, r], s) else 0
+        bad += 1 if _row_is_bad(stats[0, r], s) else 0
         _row_scale_inplace(out, lo + r, out.dtype.type(1.0 / s))
     return bad
 
@@ -861,12 +932,11 @@ def _log_softmax_block_flat(Z, out, b, copy, lo, hi):
 @_jit(inline=True)
 def _log_sums(e, stats):
     """stats[1, r] := log of the sum of e[r] (rows of exps, summed as `_row_sum`), the logs in one
-    loop across rows; stats[0, r], stats[1, r] hold row r's max and the sum of its row - max on
-    entry (the NaN test). Returns the number of bad rows."""
+    loop across rows; stats[0, r] holds row r's max. Returns the number of bad rows."""
     bad = 0
     for r in range(e.shape[0]):
         s = _row_sum(e, r)
-        bad += 1 if _row_is_bad(stats[0, r], stats[1, r], s) else 0
+        bad += 1 if _row_is_bad(stats[0, r], s) else 0
         stats[1, r] = s
     for r in range(e.shape[0]):
         stats[1, r] = _log_pos(stats[1, r])
@@ -930,12 +1000,12 @@ def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
     bad = 0
     E = np.empty((1, Z.shape[1]), dtype=Z.dtype)
     for i in range(lo, hi):
-        m, t = _row_max_sum(Z, i)
+        m = _row_max(Z, i)
         s = _row_sum_exp(Z, i, m, E)
         wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
         ms = _row_mean_shifted(Z, i, m) if smoothing != 0.0 and wi != 0.0 else 0.0
         losses[i] = 0.0 if wi == 0.0 else wi * _xent_from_stats(m, ms, s, Z[i, y[i]], smoothing)
-        bad += 1 if _row_is_bad(m, t, s) else 0
+        bad += 1 if _row_is_bad(m, s) else 0
     return bad
 
 
@@ -946,9 +1016,9 @@ def _xent_block_flat(Z, y, sample_weight, smoothing, losses, lo, hi):
     (the same bits as `_row_sum_exp`), then the logs across rows and the losses."""
     n, K = hi - lo, Z.shape[1]
     shifted = np.empty((n, K), Z.dtype)
-    stats = np.empty((2, n))  # row max; sum of the row - max (the NaN test), then the log-sum-exp
+    stats = np.empty((2, n))  # row max; the log-sum-exp
     for r in range(n):
-        m, stats[1, r] = _row_max_sum(Z, lo + r)
+        m = _row_max(Z, lo + r)
         stats[0, r] = m
         for k in range(K):
             shifted[r, k] = Z[lo + r, k] - m  # in the data dtype, as `_row_exp_inplace`
@@ -1064,8 +1134,8 @@ def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, l
     the one computed whatever module the block is compiled in."""
     n, K = hi - lo, out.shape[1]
     # T rows 0..K-1: the block transposed; K: row max; K + 1: label entry; K + 2: 1 / sum; K + 3:
-    # weight * scale. F (float64) rows 0..7: the eight lanes of the sums; 8: sum of the row - max
-    # (the NaN test); 9: sum of exps, then its log; 10: label logit; 11: mean of row - max;
+    # weight * scale. F (float64) rows 0..7: the eight lanes of the sums; 8: unused; 9: sum of
+    # exps, then its log; 10: label logit; 11: mean of row - max;
     # 12: weight * scale. Indexed (array, row): views would cost reference counts.
     T = np.empty((K + 4, ROW_BLOCK), out.dtype)
     F = np.empty((13, ROW_BLOCK))
@@ -1078,7 +1148,7 @@ def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, l
         for k in range(K):
             for r in range(ROW_BLOCK):
                 T[k, r] += b[k]
-    _col_max_sum(T, K, F)
+    _col_max(T, K)
     for r in range(n):
         F[10, r] = T[y[lo + r], r]
     if smoothing != 0.0:
@@ -1086,7 +1156,7 @@ def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, l
     _col_exp_sum(T, K, F)
     bad = 0
     for r in range(n):
-        bad += 1 if _row_is_bad(T[K, r], F[8, r], F[9, r]) else 0
+        bad += 1 if _row_is_bad(T[K, r], F[9, r]) else 0
     for r in range(n):
         T[K + 1, r] = T[y[lo + r], r]
     _col_scale_grad(T, K, n, lo, sample_weight, smoothing, scale, F)
@@ -1141,17 +1211,13 @@ def _transpose_out(T, K, n, A, lo):
 
 
 @_jit(inline=True)
-def _col_max_sum(T, K, F):
-    """T[K, r], F[8, r] := `_row_max_sum` of column r of T[:K]."""
+def _col_max(T, K):
+    """T[K, r] := `_row_max` of column r of T[:K]."""
     for r in range(ROW_BLOCK):
         T[K, r] = T[0, r]
-        F[8, r] = 0.0
     for k in range(K):
         for r in range(ROW_BLOCK):
             T[K, r] = _maxnum(T[K, r], T[k, r])
-    for k in range(K):
-        for r in range(ROW_BLOCK):
-            F[8, r] += np.float64(T[k, r]) - np.float64(T[K, r])
 
 
 @_jit(inline=True)
@@ -1484,7 +1550,7 @@ def _row_hvp(Z, T, i, b, s_b, ws):
     if s_b.shape[0] > 0:
         for k in range(K):
             T[i, k] += s_b[k]
-    m, t = _row_max_sum(Z, i)
+    m = _row_max(Z, i)
     s = _row_exp_inplace(Z, i, m)
     pt = _row_dot(Z, i, 0, T, i, 0, K)
     # pt * (1 / s), not pt / s: with arcp, pt / s became pt * inv in some modules only.
@@ -1494,7 +1560,7 @@ def _row_hvp(Z, T, i, b, s_b, ws):
     wsd = Z.dtype.type(ws)
     for k in range(K):  # strict products: see `_row_hvp_into`
         T[i, k] = _mul(_mul(Z[i, k], inv), T[i, k] - ptd) * wsd
-    return _row_is_bad(m, t, s)
+    return _row_is_bad(m, s)
 
 
 @_jit(inline=True)
@@ -1506,22 +1572,15 @@ def _row_hvp_into(A, i, K, b, s_b, ws, hsb):
     The dense paths' row pass (the sparse kernel keeps `_row_hvp`): one array, since two
     arguments that are the same array fail LLVM's runtime alias check and lose vectorization;
     T's columns indexed unsigned, since the negative-index test on K + k did too; the bias of the
-    direction added in the p.t loop; the NaN test in the exp loop.
+    direction added in the p.t loop.
     """
     c0 = np.uint64(K)
     if b.shape[0] > 0:
         for k in range(K):
             A[i, k] += b[k]
-    m = A[i, 0]
+    m = _row_max_n(A, i, K)
     for k in range(K):
-        m = _maxnum(m, A[i, k])
-    # u (data dtype) is NaN exactly when the row holds NaN or is all -inf: maxnum skips NaN, and
-    # every other z - m is <= 0 or -inf, whose sum is never NaN.
-    u = A.dtype.type(0.0)
-    for k in range(K):
-        x = A[i, k] - m
-        u += x
-        A[i, k] = _exp_nonpos(x)
+        A[i, k] = _exp_nonpos(A[i, k] - m)
     # The sums are strict (`_row_sum_n`, `_row_dot`): reassociated, they came out 1 ulp apart
     # between a twin loaded from the cache and one compiled in the process (float64, 40 classes).
     s = _row_sum_n(A, i, 0, K)
@@ -1543,7 +1602,7 @@ def _row_hvp_into(A, i, K, b, s_b, ws, hsb):
     if hsb.shape[0] > 0:
         for k in range(K):
             hsb[k] += A[i, c0 + np.uint64(k)]
-    return not (s >= 1.0) or u != u or m == np.inf
+    return _row_is_bad(m, s)
 
 
 @_jit()
