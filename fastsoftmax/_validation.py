@@ -408,6 +408,13 @@ def check_sparse_X(X, dtype: np.dtype) -> CsrInput:
     nnz = int(indptr[-1]) if indptr.shape[0] == n + 1 else -1
     if nnz < 0 or nnz > indices.shape[0] or indptr[0] != 0 or (np.diff(indptr) < 0).any():
         raise ValueError("X is not a valid CSR matrix: its indptr is inconsistent")
+    if X.indices.ndim != 1 or X.data.ndim != 1 or X.data.shape[0] < nnz:
+        # scipy checks none of this when .data or .indices is reassigned; the kernels read
+        # data[p] for every stored entry p < indptr[-1], unchecked.
+        raise ValueError(
+            f"X is not a valid CSR matrix: its indptr ends at {nnz} stored entries, its data "
+            f"holds {X.data.size} in {X.data.ndim} dimension(s) and its indices "
+            f"{X.indices.size} in {X.indices.ndim}")
     indices = indices[:nnz]
     if nnz and _ks._count_outside(n_blocks(nnz, _ks.INDEX_BLOCK), indices, d):
         raise ValueError(f"X is not a valid CSR matrix: a column index lies outside [0, {d})")

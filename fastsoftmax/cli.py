@@ -275,7 +275,10 @@ def _load_training_sets(args, dtype) -> tuple[Any, _Sets]:
     data = _load(args, args.data, labels=True, split="train", dtype=dtype)
     X, y = data.X, data.y
     if args.test_data is not None:
-        test = _load(args, args.test_data, labels=True, split="test", dtype=dtype)
+        # The training width, as predict and evaluate pass the model's: an svmlight test file
+        # need not mention the last features.
+        test = _load(args, args.test_data, labels=True, split="test", dtype=dtype,
+                     n_features=X.shape[1])
         if test.X.shape[1] != X.shape[1]:
             raise CLIError(
                 f"test data {args.test_data} has {test.X.shape[1]} features, "

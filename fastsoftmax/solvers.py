@@ -108,7 +108,8 @@ _NORM_BLOCK = 2048
 def squared_row_norms(X: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
     """``||x_i||^2`` in float64 (no float32 overflow), over rows of positive weight only."""
     if is_sparse(X):  # the squares of the stored entries only: X stays sparse
-        squares = X.tocsr().astype(np.float64)
+        squares = X.tocsr().astype(np.float64)  # a copy
+        squares.sum_duplicates()  # (v1 + v2)^2 of an entry stored twice, not v1^2 + v2^2
         squares.data **= 2
         norms = np.asarray(squares.sum(axis=1)).ravel()
         return norms if sample_weight is None else norms[sample_weight > 0]

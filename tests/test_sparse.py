@@ -432,6 +432,19 @@ def bad_index(X, value=None):
     return Y
 
 
+def short_data(X):
+    """X whose data lost its last stored entries (scipy checks nothing when .data is assigned)."""
+    Y = X.copy()
+    Y.data = Y.data[:-3].copy()
+    return Y
+
+
+def data_2d(X):
+    Y = X.copy()
+    Y.data = Y.data.reshape(-1, 1)
+    return Y
+
+
 BAD = [
     ("return_dX", lambda X, W, b, y: dict(X=X, return_dX=True), ValueError, "return_dX"),
     ("nan", lambda X, W, b, y: dict(X=with_data(X, np.nan)), ValueError, "X contains NaN"),
@@ -453,6 +466,10 @@ BAD = [
     ("nan-W", lambda X, W, b, y: dict(W=np.where(W > 1, np.nan, W)), ValueError,
      "W contains NaN"),
     ("labels", lambda X, W, b, y: dict(y=y + 10), ValueError, "y holds label"),
+    ("short-data", lambda X, W, b, y: dict(X=short_data(X)), ValueError,
+     "indptr ends at .* its data holds"),
+    ("2-D-data", lambda X, W, b, y: dict(X=data_2d(X)), ValueError,
+     "indptr ends at .* its data holds"),
 ]
 
 
@@ -465,7 +482,7 @@ def test_bad_input(rng, case, change, exc, match):
     with pytest.raises(exc, match=match):
         fs.linear_cross_entropy(*args, **kw)
     if case in ("nan", "inf", "sparse-W", "sparse-b", "1-D", "complex", "features", "bad-index",
-                "negative-index", "index-at-d"):
+                "negative-index", "index-at-d", "short-data", "2-D-data"):
         with pytest.raises(exc, match=match):
             fs.linear_softmax(*args[:3])
 

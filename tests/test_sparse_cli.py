@@ -48,3 +48,17 @@ def test_standardize_of_sparse_data_is_refused(cli_env, tmp_path, rng):  # noqa:
     assert result.returncode != 0
     assert "--standardize centers every feature" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_test_data_that_omits_the_last_features_is_padded(cli_env, tmp_path, rng):  # noqa: F811
+    """`train --test-data` reads an svmlight test file at the training width, as evaluate and
+    predict do: a test file need not mention the highest feature index."""
+    _write_wide_svmlight(tmp_path / "wide.svm", rng, n=60)
+    lines = (tmp_path / "wide.svm").read_text().splitlines()
+    (tmp_path / "test.svm").write_text("\n".join(lines[:-1]) + "\n")  # without the last feature
+    result = run(cli_env, "train", "--data", "wide.svm", "--test-data", "test.svm",
+                 "--zero-based", "no", "--json", "--no-plot", "--max-iter", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n_features"] == N_FEATURES
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
