@@ -71,6 +71,16 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 FASTMATH_EXP = {"contract", "nsz", "arcp", "afn"}
 
 ROW_BLOCK = 64  # rows per prange iteration of the row kernels
+# Software prefetch of the rows ahead in the row-by-row passes (`_prefetch_ahead`): about
+# PREFETCH_BYTES ahead, at most PREFETCH_MAX_ROWS rows, and none for rows longer than
+# PREFETCH_MAX_ROW_BYTES (there a row is a long stream the hardware prefetcher follows, and whole
+# rows prefetched ahead crowded L2: 32000 classes 1.44x -> 1.55x the copy floor). Measured
+# (cross_entropy_grad, interleaved processes, 2 threads): 100000 x 100 float64 1.76x -> 1.54x the
+# copy floor, 20000 x 1000 float32 1.55x -> 1.27x, float64 1.44x -> 1.28x; one row ahead beat two
+# at 4 and 8 KB rows, four rows matched two at 400-800 B rows.
+PREFETCH_BYTES = 4096
+PREFETCH_MAX_ROWS = 4
+PREFETCH_MAX_ROW_BYTES = 8192
 FLAT_K_MAX = 32  # up to this many classes the cross-entropy blocks take exps over the whole block
 SMALL_K_GROUP = 4  # rows of X processed together by the small-K kernels (divides ROW_BLOCK)
 
@@ -413,6 +423,49 @@ def _row_max_lanes(typingctx, A, i, K):
     return A.dtype(A, i, K), codegen
 
 
+def _row_prefetch(rw):
+    """An intrinsic f(A, i): llvm.prefetch of every 64-byte line of row i of the 2-D C-contiguous
+    A (a loop in IR, so that no reference count of A is taken per row), for writing (rw = 1) or
+    reading (rw = 0). A hint: it never faults and changes no result."""
+
+    def typer(typingctx, A, i):
+        def codegen(context, builder, sig, args):
+            arrty = sig.args[0]
+            ary = context.make_array(arrty)(context, builder, args[0])
+            i64 = ir.IntType(64)
+            row = args[1] if args[1].type.width == 64 else builder.zext(args[1], i64)
+            stride = builder.extract_value(ary.strides, 0)
+            nbytes = builder.mul(builder.extract_value(ary.shape, 1),
+                                 ir.Constant(i64, arrty.dtype.bitwidth // 8))
+            i8p = ir.IntType(8).as_pointer()
+            base = builder.gep(builder.bitcast(ary.data, i8p), [builder.mul(row, stride)])
+            i32 = ir.IntType(32)
+            fn = builder.module.declare_intrinsic(
+                "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+            with cgutils.for_range_slice(builder, ir.Constant(i64, 0), nbytes,
+                                         ir.Constant(i64, 64), inc=True) as (off, _):
+                builder.call(fn, [builder.gep(base, [off]), ir.Constant(i32, rw),
+                                  ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return types.void(A, i), codegen
+
+    return intrinsic(typer)
+
+
+_prefetch_row_read = _row_prefetch(0)
+_prefetch_row_write = _row_prefetch(1)
+
+
+if config.DISABLE_JIT:
+
+    def _prefetch_row_read(A, i):  # noqa: F811
+        pass
+
+    def _prefetch_row_write(A, i):  # noqa: F811
+        pass
+
+
 @intrinsic
 def _float_to_bits(typingctx, x):
     """Reinterpret a float64 as int64 (the inverse of `_bits_to_float`, for log)."""
@@ -603,6 +656,15 @@ def _row_load(A, i, Z, zi, b, copy):
     if b.shape[0] > 0:
         for k in range(K):
             A[i, k] += b[k]
+
+
+@_jit(inline=True)
+def _prefetch_distance(A):
+    """How many rows ahead the row passes over A prefetch (0: none), see PREFETCH_BYTES."""
+    row_bytes = max(A.shape[1] * A.itemsize, 1)
+    if row_bytes > PREFETCH_MAX_ROW_BYTES:
+        return 0
+    return min(PREFETCH_MAX_ROWS, max(1, PREFETCH_BYTES // row_bytes))
 
 
 @_jit(inline=True)
@@ -852,7 +914,12 @@ def _softmax_block_rows(Z, out, b, copy, lo, hi):
     if out.shape[1] <= FLAT_K_MAX:
         return _softmax_block_flat(Z, out, b, copy, lo, hi)
     bad = 0
+    ahead = _prefetch_distance(out)
     for i in range(lo, hi):
+        if ahead > 0 and i + ahead < out.shape[0]:
+            if copy:
+                _prefetch_row_read(Z, i + ahead)
+            _prefetch_row_write(out, i + ahead)
         _row_load(out, i, Z, i, b, copy)
         m = _row_max(out, i)
         s = _row_exp_inplace(out, i, m)
@@ -869,7 +936,12 @@ def _log_softmax_block_rows(Z, out, b, copy, lo, hi):
         return _log_softmax_block_flat(Z, out, b, copy, lo, hi)
     bad = 0
     E = np.empty((1, out.shape[1]), dtype=out.dtype)
+    ahead = _prefetch_distance(out)
     for i in range(lo, hi):
+        if ahead > 0 and i + ahead < out.shape[0]:
+            if copy:
+                _prefetch_row_read(Z, i + ahead)
+            _prefetch_row_write(out, i + ahead)
         _row_load(out, i, Z, i, b, copy)
         m = _row_max(out, i)
         s = _row_sum_exp(out, i, m, E)
@@ -999,7 +1071,10 @@ def _xent_block(Z, y, sample_weight, smoothing, losses, lo, hi):
         return _xent_block_flat(Z, y, sample_weight, smoothing, losses, lo, hi)
     bad = 0
     E = np.empty((1, Z.shape[1]), dtype=Z.dtype)
+    ahead = _prefetch_distance(Z)
     for i in range(lo, hi):
+        if ahead > 0 and i + ahead < Z.shape[0]:
+            _prefetch_row_read(Z, i + ahead)
         m = _row_max(Z, i)
         s = _row_sum_exp(Z, i, m, E)
         wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
@@ -1107,8 +1182,13 @@ def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi
     n = hi - lo
     stats = np.empty((4, n))  # sum of exps (then its log), max, label logit, mean of row - max
     bad = 0
+    ahead = _prefetch_distance(out)
     for r in range(n):
         i = lo + r
+        if ahead > 0 and i + ahead < out.shape[0]:
+            if copy:
+                _prefetch_row_read(Z, i + ahead)
+            _prefetch_row_write(out, i + ahead)
         wi = sample_weight[i] if sample_weight.shape[0] > 0 else 1.0
         stats[0, r], stats[1, r], stats[2, r], stats[3, r], row_bad = _row_grad_stats(
             out, i, Z, i, b, copy, y[i], wi, smoothing, scale)
