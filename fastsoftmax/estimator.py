@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from numbers import Integral, Real
@@ -18,6 +19,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from fastsoftmax import functional as F
 from fastsoftmax import solvers
 from fastsoftmax._threads import single_threaded_blas, thread_limits
+from fastsoftmax._validation import is_sparse
 
 __all__ = ["SOLVERS", "SoftmaxRegression"]
 
@@ -49,6 +51,51 @@ def _refuse_one_class(label, where: str = "") -> None:
     """fit and partial_fit refuse a single class with one message (softmax needs two)."""
     raise ValueError(
         f"SoftmaxRegression needs at least 2 classes{where}; got 1 class: {label!r}"
+    )
+
+
+def _refuse_nonfinite_init(name: str, values: np.ndarray) -> None:
+    """A starting point the solvers cannot start from: named here, not as their internal W, b."""
+    n_bad = int(np.count_nonzero(~np.isfinite(values)))
+    if n_bad:
+        raise ValueError(
+            f"{name} must be finite in {values.dtype} (the dtype of X); {n_bad} of its entries "
+            "are NaN or infinite"
+        )
+
+
+def _is_fitted_attribute(name: str) -> bool:
+    """The attributes a fit sets: scikit-learn's trailing underscore (what ``check_is_fitted``
+    looks for; ``n_features_in_`` and ``feature_names_in_`` from ``validate_data`` too), and the
+    shuffling generator that ``partial_fit`` carries from call to call."""
+    return (name.endswith("_") and not name.startswith("__")) or name == "_rng"
+
+
+def _refuse_unsquarable_scale(X, sample_weight, solver: str) -> None:
+    """lbfgs and newton-cg follow the curvature of the objective, which grows as the squared row
+    norms of X: when those overflow float64, the solver fails deep inside (a NaN iterate W, an
+    overflowing Hessian-vector product) with a message about its own arrays. Say what to change
+    instead, before the solver starts.
+
+    A float32 X cannot get there (its squares stay far inside float64); the exact norms are only
+    computed when the largest entry allows an overflow: ``||x||^2 <= (entries per row * max
+    |X|)^2``, also for a sparse row that stores a column twice.
+    """
+    if X.dtype != np.float64:
+        return
+    values = X.data if is_sparse(X) else X
+    largest = max(float(values.max(initial=0.0)), -float(values.min(initial=0.0)))
+    per_row = int(np.diff(X.indptr).max(initial=0)) if is_sparse(X) else X.shape[1]
+    if largest * max(per_row, 1) <= np.sqrt(np.finfo(np.float64).max):
+        return
+    with np.errstate(over="ignore"):
+        norms = solvers.squared_row_norms(X, sample_weight)
+    if np.isfinite(norms).all():
+        return
+    raise ValueError(
+        f"X is too large in scale for solver={solver!r}: the squared norms of its rows overflow "
+        f"float64 (max |X| = {largest:.3g}), and so does the curvature the solver works with; "
+        "standardize X (e.g. sklearn.preprocessing.StandardScaler) or divide it by a constant"
     )
 
 
@@ -155,7 +202,8 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         current solution (so ``estimator.predict`` and ``estimator.score`` work) and
         ``estimator.loss_curve_`` the objective values so far. If it returns True, training
         stops at once, without a ``ConvergenceWarning`` (the return value is ignored by
-        ``partial_fit``).
+        ``partial_fit``). If it raises, the exception propagates and the estimator keeps the
+        state it had before the call, as after any ``fit`` or ``partial_fit`` that raises.
 
     Attributes
     ----------
@@ -275,9 +323,21 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                     self.class_weight, classes=self.classes_, y=self.classes_[y_codes],
                     sample_weight=sample_weight,
                 )
-            # A class whose samples all weigh 0 gets weight inf from "balanced"; its samples
-            # carry no weight either way.
-            per_class = np.where(np.isfinite(per_class), per_class, 0.0)
+            if isinstance(self.class_weight, str):
+                # A class whose samples all weigh 0 gets weight inf from "balanced"; its samples
+                # carry no weight either way.
+                per_class = np.where(np.isfinite(per_class), per_class, 0.0)
+            else:
+                # A dict's weights are used as given: NaN or inf must not become the 0 that
+                # "balanced"'s inf becomes (the class would be dropped without a word), and a
+                # negative weight would be refused later under sample_weight's name.
+                bad = ~(np.isfinite(per_class) & (per_class >= 0))
+                if np.any(bad):
+                    first = int(np.flatnonzero(bad)[0])
+                    raise ValueError(
+                        f"class_weight must map every class to a finite, non-negative weight; "
+                        f"got {per_class[first]} for class {self.classes_[first]!r}"
+                    )
             class_sw = per_class[y_codes]
             sample_weight = class_sw if sample_weight is None else sample_weight * class_sw
         if sample_weight is not None:
@@ -319,6 +379,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self : SoftmaxRegression
         """
         _check_param_combinations(self, partial=False)
+        with self._fitted_state_kept_on_error():
+            result = self._fit(X, y, sample_weight, coef_init, intercept_init)
+        self._warn_outcome(result, self.solver, self.tol)
+        return self
+
+    def _fit(self, X, y, sample_weight, coef_init, intercept_init) -> solvers.SolverResult:
+        """The body of fit: sets the fitted attributes, returns the solver's report."""
         # C order once here: the kernels want rows contiguous, and would otherwise copy an
         # F-ordered X at every evaluation.
         X, y = validate_data(self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C")
@@ -333,6 +400,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         W, b = self._initial_params(X, n_classes, coef_init, intercept_init, previous)
         self._rng = check_random_state(self.random_state)
         if self.solver in ("lbfgs", "newton-cg"):
+            _refuse_unsquarable_scale(X, sample_weight, self.solver)
             self.__dict__.pop("learning_rate_", None)  # a stale step from an earlier fit
         else:
             # one batch per epoch (batch_size >= n_samples) is full-batch descent
@@ -341,8 +409,29 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         with thread_limits(self.n_jobs):
             result = self._run_solver(X, y_codes, sample_weight, W, b)
         self._set_solution(W, b, result.n_iter, result.loss_curve)
-        self._warn_outcome(result, self.solver, self.tol)
-        return self
+        return result
+
+    @contextlib.contextmanager
+    def _fitted_state_kept_on_error(self):
+        """Put the fitted attributes back as they were when the body raises.
+
+        fit and partial_fit set them on the way: ``validate_data`` sets ``n_features_in_`` first,
+        ``classes_`` comes before the checks of y and the weights, and the callback sees the
+        current solution as ``coef_``. A call that failed after that would leave new classes
+        next to the old coefficients, and ``predict`` would answer with the wrong labels without
+        an error: a call that raises (the callback's own exceptions included) leaves the earlier
+        model whole, or the estimator unfitted. The saved values are the arrays themselves: a fit
+        never writes into the arrays of an earlier one (a warm start copies them). The shuffling
+        generator's draws are not taken back.
+        """
+        saved = {name: value for name, value in vars(self).items() if _is_fitted_attribute(name)}
+        try:
+            yield
+        except BaseException:
+            for name in [name for name in vars(self) if _is_fitted_attribute(name)]:
+                delattr(self, name)
+            vars(self).update(saved)
+            raise
 
     def _learning_rate(self, X, sample_weight, full_batch: bool) -> float:
         if self.learning_rate != "auto":
@@ -387,7 +476,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             coef_init = np.asarray(coef_init)
             if coef_init.shape != shape:
                 raise ValueError(f"coef_init must have shape {shape}, got {coef_init.shape}")
-            W[...] = coef_init
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+                W[...] = coef_init
+            _refuse_nonfinite_init("coef_init", W)
         if intercept_init is not None:
             intercept_init = np.asarray(intercept_init)
             if intercept_init.shape != (n_classes,):
@@ -396,7 +487,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 )
             if b is None:
                 raise ValueError("intercept_init was given but fit_intercept=False")
-            b[...] = intercept_init
+            with np.errstate(over="ignore"):
+                b[...] = intercept_init
+            _refuse_nonfinite_init("intercept_init", b)
         return W, b
 
     def _run_solver(self, X, y_codes, sample_weight, W, b):
@@ -483,7 +576,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         Uses ``learning_rate``, ``batch_size``, ``shuffle`` and ``random_state`` whatever the
         ``solver``, continues from the current solution (also one found by ``fit``), appends the
         epoch loss to ``loss_curve_`` and adds 1 to ``n_iter_``. As in scikit-learn, the
-        parameters are validated on the first call only.
+        parameters are validated on the first call only. A ``ConvergenceWarning`` reports
+        divergence: an epoch loss clearly above the loss at the start (first call) or above
+        ``log(n_classes)``, that of uniform probabilities (later calls), with a step larger than
+        ``2 / L`` for the chunk (smaller steps cannot raise the loss of a batch; see
+        ``learning_rate``).
 
         Parameters
         ----------
@@ -502,6 +599,13 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         self : SoftmaxRegression
         """
         _check_param_combinations(self, partial=True)
+        with self._fitted_state_kept_on_error():
+            result = self._partial_fit(X, y, classes, sample_weight)
+        self._warn_outcome(result, "sgd", None)  # one epoch: only divergence
+        return self
+
+    def _partial_fit(self, X, y, classes, sample_weight) -> solvers.SolverResult:
+        """The body of partial_fit: sets the fitted attributes, returns the epoch's report."""
         first_call = not hasattr(self, "classes_")
         X, y = validate_data(
             self, X, y, accept_sparse="csr", dtype=_FLOAT_DTYPES, order="C", reset=first_call
@@ -538,13 +642,17 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                 rng=self._rng,
                 callback=self._solver_callback(n_iter, loss_curve),
                 n_iter_start=n_iter,
-                # worse than uniform probabilities: without a pass over the chunk at the start
-                # (which would double the cost of a call), the reference for divergence
+                # Later calls: divergence is an epoch loss worse than uniform probabilities. The
+                # loss of the current weights on the chunk would cost a pass of its own, and is
+                # the epoch loss itself for a chunk of one batch: against it, a stream of such
+                # calls with too large a step would never be reported. A chunk that the model
+                # fits worse than uniform (hard, mislabeled) is not reported when the step is
+                # too small to diverge: sgd checks that before it reports.
                 initial_loss=None if first_call else float(np.log(n_classes)),
+                reference=None if first_call else "log(n_classes), the loss of uniform probabilities",
             )
         self._set_solution(W, b, n_iter + result.n_iter, loss_curve + result.loss_curve)
-        self._warn_outcome(result, "sgd", None)  # one epoch: only divergence
-        return self
+        return result
 
     def _partial_fit_codes(self, y, classes, first_call: bool) -> np.ndarray:
         """Set ``classes_`` on the first call, check ``classes`` later; y's integer codes."""

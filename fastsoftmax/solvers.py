@@ -30,8 +30,9 @@ place (lbfgs writes its result into them) and return a :class:`SolverResult`.
 Step sizes: the objective's gradient is Lipschitz with constant at most
 ``0.5 * max_i (||x_i||^2 + fit_intercept) + alpha`` (see :func:`lipschitz_bound`), so a step of
 ``1 / L`` never overshoots. sgd and gd stop with ``diverged=True`` once the loss rises clearly
-above the starting loss, and raise ``ValueError`` naming the learning rate and the data scale
-when the iterates become non-finite, instead of returning a model that is worse than the start.
+above the starting loss (sgd: only with a step above ``2 / L``, the only steps that can raise a
+batch's loss), and raise ``ValueError`` naming the learning rate and the data scale when the
+iterates become non-finite, instead of returning a model that is worse than the start.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class SolverResult:
         The callback asked to stop.
     diverged : bool
         The objective rose instead of falling (sgd, gd: the loss went clearly above the starting
-        loss; lbfgs: the line search found no decrease from the start). ``message`` says why.
+        loss, sgd with a step that can raise it; lbfgs: the line search found no decrease from
+        the start). ``message`` says why.
     message : str
         The optimizer's own account of why it stopped.
     """
@@ -176,6 +178,23 @@ def _divergence_message(X, sample_weight, learning_rate, fit_intercept, alpha, w
         f"row norm of X = {max_norm:.3g}; steps up to 1/L = {1 / L:.3g} are stable, "
         "learning_rate='auto' takes one); standardize X or lower learning_rate"
     )
+
+
+def _step_cannot_diverge(X, sample_weight, learning_rate, alpha, fit_intercept, *,
+                         full_batch: bool) -> bool:
+    """True when no step of ``learning_rate`` can raise the objective of the batch it is taken on.
+
+    A batch's objective has a gradient Lipschitz with constant at most L
+    (:func:`lipschitz_bound`: any mini-batch, or all the rows with ``full_batch``), and a
+    gradient step of at most ``2 / L`` never raises an L-smooth function (the descent lemma).
+    An epoch loss above the reference then comes from the data, not from the step: a chunk that
+    the model fits worse than the earlier ones (partial_fit on mislabeled rows), batches of one
+    class each without shuffling. The advice of a divergence report, a smaller learning_rate,
+    would be wrong there, so there is none.
+    """
+    with np.errstate(over="ignore"):
+        L = lipschitz_bound(X, sample_weight, alpha, fit_intercept, full_batch=full_batch)
+    return bool(learning_rate * L <= 2.0)
 
 
 def _finite(W, b) -> bool:
@@ -484,6 +503,7 @@ def sgd(
     callback: Callback | None = None,
     n_iter_start: int = 0,
     initial_loss: float | None = None,
+    reference: str | None = None,
 ) -> SolverResult:
     """Mini-batch SGD: ``max_iter`` epochs of batches of ``batch_size``, reshuffled each epoch.
 
@@ -497,8 +517,11 @@ def sgd(
 
     Divergence: training stops with ``diverged=True`` once an epoch loss rises clearly above
     ``initial_loss``, the objective at the start (``log(n_classes)`` from all-zero weights;
-    computed with one pass when None and the start is not zero), and raises ValueError when a
-    step overflows the weights.
+    computed with one pass when None and the start is not zero), unless ``learning_rate`` is too
+    small for any step to raise the objective of its batch (:func:`_step_cannot_diverge`: the
+    rise is then the data's, as on a chunk that the model fits badly). It raises ValueError when
+    a step overflows the weights. ``reference`` names what ``initial_loss`` is in the message,
+    when it is not the loss at the start (partial_fit's later calls).
     """
     batch_size = max(1, min(batch_size, X.shape[0]))
     data = _SgdData(X, y, sample_weight, W, b, batch_size)
@@ -506,6 +529,7 @@ def sgd(
         initial_loss = _starting_loss(data, W, b, alpha, label_smoothing)
     result = SolverResult()
     best_loss, n_bad_epochs = np.inf, 0
+    stable_step = None  # computed when an epoch loss first rises (a pass over X's rows)
     for _ in range(max_iter):
         with _quiet_overflow():  # once per epoch, not per batch
             epoch_loss = _sgd_epoch(
@@ -526,13 +550,24 @@ def sgd(
             result.message = "stopped by the callback"
             break
         if _rose_above(epoch_loss, initial_loss, W.shape[0]):
-            result.diverged = True
-            result.message = _divergence_message(
-                X, sample_weight, learning_rate, b is not None, alpha,
-                f"the epoch loss rose from {initial_loss:.4g} at the start to {epoch_loss:.4g} "
-                f"in epoch {n_iter_start + result.n_iter}",
-            )
-            break
+            if stable_step is None:
+                stable_step = _step_cannot_diverge(
+                    X, sample_weight, learning_rate, alpha, b is not None,
+                    full_batch=batch_size >= data.n_samples,
+                )
+            if not stable_step:
+                epoch = n_iter_start + result.n_iter
+                rise = (
+                    f"the epoch loss rose from {initial_loss:.4g} at the start to "
+                    f"{epoch_loss:.4g} in epoch {epoch}" if reference is None else
+                    f"the epoch loss {epoch_loss:.4g} of epoch {epoch} is clearly above "
+                    f"{initial_loss:.4g} = {reference}"
+                )
+                result.diverged = True
+                result.message = _divergence_message(
+                    X, sample_weight, learning_rate, b is not None, alpha, rise
+                )
+                break
         if tol is not None:
             n_bad_epochs = n_bad_epochs + 1 if epoch_loss > best_loss - tol else 0
             best_loss = min(best_loss, epoch_loss)

@@ -1,12 +1,14 @@
 """SoftmaxRegression: the textbook recipe, scikit-learn's optimum, the API, the contracts."""
 
 import contextlib
+import copy
 import pickle
 import warnings
 
 import numba
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from _reliability import blas_threads
 from conftest import assert_close
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine, make_blobs
@@ -418,6 +420,23 @@ def test_class_weight_dict_multiplies_sample_weight(rng):
     assert_close(a.coef_, b.coef_)
 
 
+@pytest.mark.parametrize("weight", [np.nan, np.inf, -1.0], ids=["nan", "inf", "negative"])
+def test_class_weight_dict_must_be_finite_and_non_negative(weight):
+    """NaN and inf silently dropped the class (the fit was bit for bit class_weight={0: 0, ...});
+    -1 raised "sample_weight must be non-negative", an argument the user had not passed."""
+    X, y = standardized("iris")
+    est = SoftmaxRegression(class_weight={0: weight, 1: 1.0, 2: 1.0})
+    match = (r"class_weight must map every class to a finite, non-negative weight; "
+             rf"got {weight} for class .*0")
+    with pytest.raises(ValueError, match=match):
+        est.fit(X, y)
+    with pytest.raises(ValueError, match=match):
+        est.partial_fit(X, y, classes=[0, 1, 2])
+    # 0 drops a class on purpose; "balanced" gives a class of zero total weight inf, read as 0
+    SoftmaxRegression(class_weight={0: 0.0, 1: 1.0, 2: 1.0}).fit(X, y)
+    SoftmaxRegression(class_weight="balanced").fit(X, y, sample_weight=(y != 0).astype(float))
+
+
 # ---------------------------------------------------------------- callback, warnings, pickle
 
 
@@ -596,6 +615,11 @@ def test_bad_fit_inputs_raise():
         SoftmaxRegression().fit(X, y, sample_weight=-np.ones(len(y)))
     with pytest.raises(ValueError, match="coef_init"):
         SoftmaxRegression().fit(X, y, coef_init=np.zeros((2, 4)))
+    # named as the user passed them (the solvers said "W contains NaN or infinity")
+    with pytest.raises(ValueError, match="coef_init must be finite in float64"):
+        SoftmaxRegression().fit(X, y, coef_init=np.full((3, 4), np.nan))
+    with pytest.raises(ValueError, match="intercept_init must be finite in float32"):
+        SoftmaxRegression().fit(X.astype(np.float32), y, intercept_init=[1e300, 0.0, 0.0])
 
 
 # ---------------------------------------------------------------- issue 10: scale, steps, rules
@@ -611,6 +635,19 @@ def test_lbfgs_warns_when_extreme_scale_stops_it_at_the_start():
     with pytest.warns(ConvergenceWarning, match=r"did not decrease.*max \|X\| = 7\.9e\+60"):
         est = SoftmaxRegression().fit(X * 1e60, y)
     assert est.n_iter_ == 0 and not est.coef_.any()  # the starting model, and the user is told
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("solver", ["lbfgs", "newton-cg"])
+def test_second_order_solvers_name_the_scale_of_X(solver, sparse):
+    """iris * 1e160: the squared row norms overflow float64. lbfgs failed with "W contains NaN or
+    infinity" and newton-cg with an overflowing Hessian-vector product of "S" (after a numpy
+    RuntimeWarning): arrays of the solvers, not arguments of the user."""
+    X, y = load_iris(return_X_y=True)
+    X = X * 1e160
+    with pytest.raises(ValueError, match=rf"X is too large in scale for solver='{solver}': the "
+                                         r"squared norms .*\(max \|X\| = 7\.9e\+160\).*standardize X"):
+        SoftmaxRegression(solver=solver).fit(sp.csr_matrix(X) if sparse else X, y)
 
 
 @pytest.mark.parametrize("solver", ["sgd", "gd"])
@@ -679,6 +716,66 @@ def test_too_large_fixed_step_stops_with_a_warning_naming_it(solver):
                                                 r"max squared row norm of X = 2\.98e\+03"):
         est.fit(X, y)
     assert est.n_iter_ < 5  # stopped as soon as the loss rose, not after max_iter
+
+
+@pytest.mark.parametrize(("chunk", "batch_size"), [(100, 16), (100, 256), (10, 32)],
+                         ids=["batches", "one-batch", "one-small-batch"])
+def test_partial_fit_reports_a_too_large_step(chunk, batch_size):
+    """The same step diverges in partial_fit: reported within two calls, also when every call is
+    one batch (its epoch loss is then its loss at the start, so only a reference across calls,
+    uniform probabilities, can show the rise)."""
+    X, y = noisy_blobs()
+    est = SoftmaxRegression(learning_rate=0.1, batch_size=batch_size, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for call in range(2):
+            rows = np.arange(call * chunk, (call + 1) * chunk) % len(y)
+            est.partial_fit(X[rows], y[rows], classes=[0, 1, 2])
+            if caught:
+                break
+    assert [w.category for w in caught] == [ConvergenceWarning]
+    message = str(caught[0].message)
+    assert "diverged" in message and "learning_rate=0.1 is too large" in message
+    if call:  # a later call names its reference, not "the start"
+        assert "above 1.099 = log(n_classes), the loss of uniform probabilities" in message
+
+
+def test_partial_fit_does_not_call_a_hard_chunk_divergence(rng):
+    """A well-trained model (loss 0.2) meets mislabeled points: their loss (about 9) is far above
+    log 2, the reference of later calls, but the automatic step is too small to diverge. Before:
+    "diverged: the epoch loss rose from 0.6931 at the start to 8.785 ... learning_rate=0.122 is
+    too large", a start loss the model never had and a step that was fine."""
+    X = rng.normal(size=(600, 2))
+    y = (X[:, 0] > 0).astype(int)
+    est = SoftmaxRegression(random_state=0)
+    for _ in range(30):
+        order = rng.permutation(len(y))
+        est.partial_fit(X[order], y[order], classes=[0, 1])
+    assert est.loss_curve_[-1] < 0.25
+    hard = np.array([[3.0, 0.0], [2.5, 0.0], [4.0, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est.partial_fit(hard, [0, 0, 0])  # one batch
+        est.set_params(batch_size=2).partial_fit(np.repeat(hard, 4, axis=0), np.zeros(12, int))
+    assert min(est.loss_curve_[-2:]) > 1.1 * np.log(2)  # where the old test fired
+
+
+def test_sgd_reports_a_rise_only_for_a_step_that_can_diverge(rng):
+    """Every step of at most 2 / L lowers the objective of its batch (the descent lemma): an epoch
+    loss above the reference is then the data's, not divergence. The same rise with a larger
+    step is reported."""
+    X = rng.normal(size=(40, 3))
+    y = rng.integers(0, 3, 40)
+    W0 = rng.normal(0.0, 3.0, (3, 3))  # a model that fits these rows badly
+    L = solvers.lipschitz_bound(X, None, 0.0, True)
+    for learning_rate, diverged in [(2 / L, False), (20 / L, True)]:
+        W, b = W0.copy(), np.zeros(3)
+        result = solvers.sgd(X, y, None, W, b, alpha=0.0, label_smoothing=0.0,
+                             learning_rate=learning_rate, batch_size=8, max_iter=1, tol=None,
+                             n_iter_no_change=5, shuffle=True, rng=np.random.RandomState(0),
+                             initial_loss=0.1)
+        assert result.loss_curve[0] > 0.1 + 0.1 * np.log(3)  # above the reference either way
+        assert result.diverged is diverged
 
 
 @pytest.mark.parametrize("solver", ["sgd", "gd"])
@@ -780,3 +877,111 @@ def test_balanced_class_weight_uses_weighted_counts(rng):
     assert_close(balanced.coef_, weighted.coef_)
     unweighted_counts = compute_class_weight("balanced", classes=np.arange(3), y=y)
     assert not np.allclose(per_class, unweighted_counts, rtol=0.1)  # the test can tell them apart
+
+
+# ---------------------------------------------------------------- a call that raises changes nothing
+
+
+def fitted_state(est):
+    """Copies of the fitted attributes (the trailing underscore that check_is_fitted looks for)."""
+    return {name: copy.deepcopy(value) for name, value in vars(est).items() if name.endswith("_")}
+
+
+def assert_state(est, state):
+    now = fitted_state(est)
+    assert now.keys() == state.keys()
+    for name, value in state.items():
+        np.testing.assert_array_equal(now[name], value, err_msg=name)
+
+
+def raise_at(iteration):
+    def callback(i, est):
+        if i == iteration:
+            raise RuntimeError("stop here")
+
+    return callback
+
+
+LABELS = np.array(["x", "y", "z"])
+FAILING_REFITS = {
+    "one class with positive weight":
+        lambda est, X, y: est.fit(X, LABELS[y], sample_weight=(y == 0).astype(float)),
+    "weights overflow in gd":
+        lambda est, X, y: est.set_params(solver="gd", learning_rate=1e300).fit(X * 10, LABELS[y]),
+    "fewer features and classes":
+        lambda est, X, y: est.fit(X[:, :2], y % 2, sample_weight=-np.ones(len(y))),
+    "nan coef_init":
+        lambda est, X, y: est.fit(X, LABELS[y], coef_init=np.full((3, 4), np.nan)),
+    "callback raises in a warm start":
+        lambda est, X, y: est.set_params(warm_start=True, solver="gd", learning_rate=0.5, tol=None,
+                                         callback=raise_at(3)).fit(X, y),
+}
+
+
+@pytest.mark.parametrize("failing_fit", FAILING_REFITS.values(), ids=FAILING_REFITS.keys())
+def test_a_failed_fit_keeps_the_earlier_model(failing_fit):
+    """classes_ (and n_features_in_) were set before the checks: a refit that raised left the new
+    labels next to the old coefficients, and predict answered "z", "y", ... for a model trained
+    on 0, 1, 2 (or raised IndexError when the number of classes changed)."""
+    X, y = standardized("iris")
+    est = SoftmaxRegression(alpha=1e-2, random_state=0).fit(X, y)
+    est.partial_fit(X, y)  # learning_rate_ too
+    before, predictions = fitted_state(est), est.predict(X)
+    with pytest.raises((ValueError, RuntimeError)):
+        failing_fit(est, X, y)
+    assert_state(est, before)
+    np.testing.assert_array_equal(est.predict(X), predictions)
+
+
+def test_a_failed_partial_fit_keeps_the_earlier_model():
+    X, y = standardized("iris")
+    est = SoftmaxRegression(random_state=0, batch_size=16)
+    est.partial_fit(X, y, classes=[0, 1, 2])
+    before, predictions = fitted_state(est), est.predict(X)
+    failing = [
+        lambda: est.partial_fit(X, y + 1),  # a label not in classes
+        lambda: est.partial_fit(X[:, :3], y),
+        lambda: est.partial_fit(X, y, sample_weight=-np.ones(len(y))),
+        # a smaller automatic step (learning_rate_), and an epoch done when the callback raises
+        lambda: est.set_params(callback=raise_at(2)).partial_fit(X * 3, y),
+    ]
+    for call in failing:
+        with pytest.raises((ValueError, RuntimeError)):
+            call()
+        assert_state(est, before)
+        np.testing.assert_array_equal(est.predict(X), predictions)
+
+
+def test_a_failed_first_call_leaves_the_estimator_unfitted():
+    """A first fit or partial_fit that raised left classes_ without coef_: predict, and a
+    corrected partial_fit, raised AttributeError."""
+    X, y = standardized("iris")
+    labels = np.array(["a", "b", "c"])
+    attempts = [
+        (lambda est: est.fit(X, y, sample_weight=(y == 0).astype(float)),
+         lambda est: est.fit(X, y)),
+        (lambda est: est.partial_fit(X, y, classes=labels),  # y's labels are not the classes
+         lambda est: est.partial_fit(X, labels[y], classes=labels)),
+    ]
+    for fail, retry in attempts:
+        est = SoftmaxRegression()
+        with pytest.raises(ValueError):
+            fail(est)
+        assert fitted_state(est) == {}
+        with pytest.raises(NotFittedError):
+            est.predict(X)
+        retry(est)
+        assert est.predict(X).shape == y.shape and est.n_iter_ >= 1
+
+
+def test_a_failed_fit_keeps_the_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, y = standardized("iris")
+    names = ["sepal_len", "sepal_wid", "petal_len", "petal_wid"]
+    frame = pd.DataFrame(X, columns=names)
+    est = SoftmaxRegression().fit(frame, y)
+    with pytest.raises(ValueError, match="needs at least 2 classes"):
+        est.fit(X[:, :3], np.zeros(len(y)))  # an array: validate_data dropped the names
+    np.testing.assert_array_equal(est.feature_names_in_, names)
+    assert est.n_features_in_ == 4
+    est.predict(frame)
