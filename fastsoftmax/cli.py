@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import inspect
 import io
 import json
@@ -33,6 +34,7 @@ from fastsoftmax import estimator as estimator_module
 from fastsoftmax.datasets import (
     FORMATS,
     DataError,
+    _is_number,
     _reason,
     has_test_split,
     load_dataset,
@@ -88,6 +90,7 @@ def _note(args, message: str) -> None:
 
 
 _ZERO_BASED = {"auto": "auto", "yes": True, "no": False}
+_CSV_HEADER = {"auto": None, "yes": True, "no": False}
 
 
 def _load(args, source, *, labels: bool, split: str, dtype, n_features=None):
@@ -100,6 +103,7 @@ def _load(args, source, *, labels: bool, split: str, dtype, n_features=None):
         split=split,
         n_features=n_features,
         zero_based=_ZERO_BASED[args.zero_based],
+        header=_CSV_HEADER[args.csv_header],
         note=lambda message: _note(args, message),
     )
 
@@ -141,6 +145,23 @@ def _labels_like(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
         except ValueError:
             return y
     return y
+
+
+def _labels_for(y: np.ndarray, classes: np.ndarray, what: str, against: str) -> np.ndarray:
+    """:func:`_labels_like`, refusing labels that cannot be compared with numeric classes.
+
+    Strings that are not all numbers could never be predicted by a model of numeric classes, and
+    scikit-learn refuses to compare them: a CLIError naming one (``what`` names the data,
+    ``against`` the classes).
+    """
+    y = _labels_like(y, classes)
+    if y.dtype.kind != "U" or classes.dtype.kind == "U":
+        return y
+    bad = [str(label) for label in np.unique(y) if not _is_number(label)]
+    if not bad:
+        return y.astype(np.float64)  # numbers, not all of the classes' type ("1.5" for ints)
+    shown = ", ".join(str(c) for c in classes[:5]) + (", ..." if len(classes) > 5 else "")
+    raise CLIError(f"{what}: label {bad[0]!r} is not a number, but {against} are ({shown})")
 
 
 def _subsample(X, y, n_rows: int, seed: int):
@@ -242,13 +263,19 @@ def _plot_path(args) -> str | None:
 
 
 def _inputs(args) -> list[tuple[str, str]]:
-    """``(option, path)`` of every file the command reads."""
+    """``(option, path)`` of every file the command reads.
+
+    A glob (Dask reads the shards it matches) stands for the files it matches as well: a literal
+    pattern exists as no file, so it alone would protect none of them from being overwritten.
+    """
     pairs = []
     for option in ("--data", "--test-data", "--model"):
         value = getattr(args, option[2:].replace("-", "_"), None)
         if value is not None:
             fmt = "auto" if option == "--model" else args.format
-            pairs += [(option, path) for path in source_files(value, fmt)]
+            matches = sorted(glob.glob(os.path.expanduser(value))) if glob.has_magic(value) else []
+            for source in [value, *matches]:
+                pairs += [(option, path) for path in source_files(source, fmt)]
     return pairs
 
 
@@ -293,7 +320,9 @@ def _load_training_sets(args, dtype) -> tuple[Any, _Sets]:
         sets = _Sets(*_split(X, y, test_size, args.seed, args), _held_out_text(test_size, args))
     _check_training_sets(sets)
     if sets.y_test.dtype.kind != sets.y_train.dtype.kind:
-        sets = sets._replace(y_test=_labels_like(sets.y_test, np.unique(sets.y_train)))
+        what = f"test data {args.test_data}" if args.test_data is not None else args.data
+        y_test = _labels_for(sets.y_test, np.unique(sets.y_train), what, "the training labels")
+        sets = sets._replace(y_test=y_test)
     return data, sets
 
 
@@ -493,7 +522,10 @@ def _write_train_outputs(args, data, sets: _Sets, fit: _Fit, stats, plot_path) -
             float(estimator.score(sets.X_test, sets.y_test)) if sets.X_test.shape[0] else None
         ),
     }
-    outputs = {args.model_out: model_bytes(estimator, *stats, info)}
+    try:
+        outputs = {args.model_out: model_bytes(estimator, *stats, info)}
+    except ValueError as exc:  # non-finite coefficients or statistics: a file load_model refuses
+        raise CLIError(f"cannot write the model {args.model_out}: {_reason(exc)}") from None
     if plot_path is not None:
         title = (
             f"{data.description}: softmax regression, {args.solver}, "
@@ -636,7 +668,8 @@ def _evaluation(estimator, X, y) -> dict:
         "confusion_matrix": confusion_matrix(y, predicted, labels=labels),
         "precision": precision,
         "recall": recall,
-        "support": support,
+        # Counts: scikit-learn returns them as floats when every precision and recall is 0.
+        "support": support.astype(np.int64),
         "unknown_labels": names[len(estimator.classes_) :],
     }
 
@@ -684,7 +717,9 @@ def cmd_evaluate(args) -> int:
             f"note: {args.data} is the data the model was trained on{trained}: this accuracy "
             "is not a held-out score",
         )
-    result = _evaluation(model.estimator, X, _labels_like(data.y, model.estimator.classes_))
+    classes = model.estimator.classes_
+    y = _labels_for(data.y, classes, f"data {args.data}", "the model's classes")
+    result = _evaluation(model.estimator, X, y)
     if not args.json:
         _print_evaluation(data.description, result)
         return 0
@@ -808,6 +843,7 @@ examples:
   fastsoftmax predict --model model.npz --data new.csv              # features only, one label/line
   fastsoftmax predict --model model.npz --data new.csv --proba --header --out proba.csv
   fastsoftmax predict --model model.npz --data labelled.csv --label-column 64  # drop a column
+  fastsoftmax predict --model model.npz --data counts.csv --csv-header no  # row 1 0,1,2 is data
 """
 
 
@@ -819,6 +855,15 @@ def _add_data_options(parser, *, label_help: str) -> None:
         help="data file format (default: from the file name)",
     )
     parser.add_argument("--label-column", type=_label_column, metavar="COL", help=label_help)
+    parser.add_argument(
+        "--csv-header",
+        choices=tuple(_CSV_HEADER),
+        default="auto",
+        help="CSV/TSV input: whether the first row names the columns (default: auto: a header "
+        "when a feature field is not a number, when the label field alone is not one (over "
+        "numeric labels), or when it is pandas' default names 0,1,2,... over decimals; an error "
+        "when such names could as well be a row of integer data)",
+    )
     parser.add_argument(
         "--zero-based",
         choices=tuple(_ZERO_BASED),
@@ -975,7 +1020,9 @@ def _add_predict(commands) -> None:
     _add_model_input_options(predict, data_help="input features")
     _add_data_options(predict, label_help="CSV/TSV: a column to ignore (e.g. labels); default: none")
     predict.add_argument("--proba", action="store_true", help="class probabilities")
-    predict.add_argument("--header", action="store_true", help="first line names the columns")
+    predict.add_argument(
+        "--header", action="store_true", help="write a first line naming the output's columns"
+    )
     predict.add_argument("--out", metavar="FILE", help="write here instead of stdout")
 
 

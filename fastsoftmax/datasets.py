@@ -16,7 +16,8 @@ Sources understood by :func:`load_dataset`:
 ``*.npz``
     arrays ``X`` and ``y`` (``y`` optional when labels are not wanted).
 ``*.csv``, ``*.tsv`` (optionally ``.gz``)
-    with or without a header row; the label column is chosen by ``label_column``.
+    with or without a header row (told by ``header``, else recognized: see :func:`load_csv`);
+    the label column is chosen by ``label_column``.
 ``*.svm``, ``*.svmlight``, ``*.libsvm``
     svmlight / libsvm text, read with :func:`sklearn.datasets.load_svmlight_file`; X stays a
     scipy.sparse CSR matrix.
@@ -113,6 +114,7 @@ def load_dataset(
     split: str = "train",
     n_features: int | None = None,
     zero_based: str | bool = "auto",
+    header: bool | None = None,
     note: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Load ``digits``, ``synthetic:N,d,K[,seed]`` or a data file.
@@ -137,8 +139,12 @@ def load_dataset(
         svmlight only: the number of features (the file may not mention the last ones).
     zero_based : {"auto", True, False}
         svmlight only: whether feature indices start at 0 (see :func:`load_svmlight`).
+    header : bool or None
+        CSV/TSV only: whether the first row is a header; None recognizes it (see
+        :func:`load_csv`).
     note : callable or None
-        Called with a one-line message when the loader had to guess (the svmlight index base).
+        Called with a one-line message when the loader had to guess (the svmlight index base,
+        a CSV header of pandas' default column names).
 
     Returns
     -------
@@ -159,7 +165,7 @@ def load_dataset(
         raise DataError(f"{source}: no such file or directory{hint}")
     if fmt == "auto":
         fmt = guess_format(source)
-    options = {"n_features": n_features, "zero_based": zero_based, "note": note}
+    options = {"n_features": n_features, "zero_based": zero_based, "header": header, "note": note}
     path = _readable(source) if fmt != "idx" else source
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, by file and row
         X, y = _load_file(path, fmt, dtype, labels, label_column, split, options)
@@ -197,7 +203,7 @@ def _check_finite(X, source, where: Callable[[int, int], str] | None = None) -> 
     )
 
 
-def _load_file(source, fmt, dtype, labels, label_column, split, svmlight_options):
+def _load_file(source, fmt, dtype, labels, label_column, split, options):
     if fmt == "npz":
         X, y = load_npz(source, dtype=dtype, labels=labels)
     elif fmt in ("csv", "tsv"):
@@ -207,8 +213,11 @@ def _load_file(source, fmt, dtype, labels, label_column, split, svmlight_options
             labels=labels,
             label_column=label_column,
             delimiter="\t" if fmt == "tsv" else ",",
+            header=options["header"],
+            note=options["note"],
         )
     elif fmt == "svmlight":
+        svmlight_options = {k: options[k] for k in ("n_features", "zero_based", "note")}
         X, y = load_svmlight(source, dtype=dtype, **svmlight_options)
         y = y if labels else None
     else:
@@ -446,6 +455,9 @@ def _loadtxt(path, **kwargs) -> np.ndarray:
     with warnings.catch_warnings():
         # An empty table is reported as a DataError by the caller, not as a UserWarning.
         warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+        # Blank lines are skipped, as csv.reader skips them; numpy warns that they do not count
+        # towards max_rows (which it uses itself, reading strings in chunks).
+        warnings.filterwarnings("ignore", "Input line .* contained no data", UserWarning)
         if isinstance(path, _Buffered):
             with _open_text(path, newline=None) as f:
                 return np.loadtxt(f, comments=None, quotechar='"', **kwargs)
@@ -453,6 +465,10 @@ def _loadtxt(path, **kwargs) -> np.ndarray:
 
 
 def _is_number(text: str) -> bool:
+    """Whether np.loadtxt reads ``text`` as a number (Python's float() also takes ``1_000`` and
+    digits of other scripts, which np.loadtxt refuses)."""
+    if not text.isascii() or "_" in text:
+        return False
     try:
         float(text)
     except ValueError:
@@ -467,6 +483,9 @@ class _Layout(NamedTuple):
     label_index: int | None
     feature_index: list[int]
     names: list[str] | None  # the header's names, or None without a header
+    # Lines up to the end of the header, blank ones before it included (np.loadtxt's skiprows
+    # counts lines, csv.reader skips blank ones); 0 without a header.
+    skiprows: int = 0
 
     def column(self, j: int) -> str:
         """Field ``j`` as messages name it: 1-based, with its header name when there is one."""
@@ -481,25 +500,45 @@ def load_csv(
     label_column: int | str | None = None,
     delimiter: str = ",",
     header: bool | None = None,
+    note: Callable[[str], None] | None = None,
 ):
     """Features and labels from delimited text.
 
-    The first row is a header when ``header`` is True, or, when ``header`` is None, when one of its
-    feature fields is not a number (or when ``label_column`` is a name). ``label_column`` is a
-    0-based index (negative counts from the end) or a header name; None means the last column when
-    ``labels`` and no label column otherwise. Every row must have as many fields as the first;
-    feature fields must be finite numbers. Messages name rows and columns from 1, as a
+    The first row is a header when ``header`` is True or ``label_column`` is a name, and data when
+    ``header`` is False. When ``header`` is None it is a header when
+
+    - one of its feature fields is not a number (``width,height,species``);
+    - its label field is not a number while every later row's is (``0,1,2,label`` over numeric
+      labels);
+    - it is exactly pandas' default column names, the integers ``0,1,2,...`` in order (in all its
+      fields, or in its feature fields beside a label column's name), over rows written with
+      decimals (``df.to_csv(index=False)`` of a frame of floats); ``note`` is called to say so.
+
+    Pandas' default names over rows of integers could as well be a row of data: that is a
+    DataError asking which (``header=True`` or False). ``label_column`` is a 0-based index
+    (negative counts from the end) or a header name; None means the last column when ``labels``
+    and no label column otherwise. Every row must have as many fields as the first; feature fields
+    must be finite numbers. Blank lines are skipped. Messages name rows and columns from 1, as a
     spreadsheet or an editor shows them (the header is row 1).
     """
+    if header not in (None, True, False):
+        raise DataError(f"header must be None, True or False, got {header!r}")
     path = _readable(path)
     try:
         with _open_text(path) as f:
-            first = next((row for row in csv.reader(f, delimiter=delimiter) if row), None)
+            reader = csv.reader(f, delimiter=delimiter)
+            first = next((row for row in reader if row), None)
+            first_line = reader.line_num
     except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
         raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
     if first is None:
         raise DataError(f"{path}: empty file, no data rows")
     layout = _csv_layout(path, first, labels, label_column, header)
+    if header is None and layout.names is None and _is_header(path, delimiter, first, first_line,
+                                                              layout, note):
+        layout = layout._replace(names=[name.strip() for name in first])
+    if layout.names:
+        layout = layout._replace(skiprows=first_line)
     X, y_raw = _read_table(path, delimiter, layout)
     if len(X) == 0:
         raise DataError(f"{path}: no data rows")
@@ -517,12 +556,18 @@ def load_csv(
 
 
 def _csv_layout(path, first: list[str], labels: bool, label_column, header) -> _Layout:
-    """The label and feature columns, and whether ``first`` is a header."""
+    """The label and feature columns, and whether ``first`` is a header as far as it alone tells:
+    told so, a label column named, or a feature field that is not a number."""
     n_fields = len(first)
     if label_column is None and labels:
         label_column = -1
     if isinstance(label_column, str):
         names = [name.strip() for name in first]
+        if header is False:
+            raise DataError(
+                f"{path}: label column {label_column!r} is a header name, but the file is read "
+                "without a header (--csv-header no, header=False): give the column's index"
+            )
         if label_column not in names:
             raise DataError(
                 f"{path}: unknown label column {label_column!r} (columns: {', '.join(names)})"
@@ -548,9 +593,83 @@ def _csv_layout(path, first: list[str], labels: bool, label_column, header) -> _
     return _Layout(n_fields, label_index, feature_index, names)
 
 
+def _is_header(path, delimiter: str, first: list[str], first_line: int, layout: _Layout,
+               note) -> bool:
+    """Whether ``first``, a row of numeric features ending on line ``first_line``, is a header
+    all the same: over numeric labels, or pandas' default names over decimals (see load_csv)."""
+    label = first[layout.label_index] if layout.label_index is not None else None
+    if label is not None and not _is_number(label):
+        if _numeric_column(path, delimiter, layout.label_index, first_line):
+            return True  # a name over numeric labels (a string label would not be alone)
+    if not _default_names(first, layout):
+        return False
+    shown = _shown(first)
+    if _integer_rows(path, delimiter, layout, first_line):
+        raise DataError(
+            f"{path}: the first row ({shown}) may be a header (pandas' default column names) or "
+            "a row of data, as the other rows hold integers too; say which (--csv-header yes/no, "
+            "header=True/False)"
+        )
+    if note is not None:
+        note(
+            f"{path}: the first row ({shown}) is read as a header: pandas' default column "
+            "names over rows of decimals (--csv-header no, header=False, reads it as data)"
+        )
+    return True
+
+
+def _numeric_column(path, delimiter: str, j: int, skiprows: int) -> bool:
+    """Whether field ``j`` of every row after line ``skiprows`` is a number (and there is a row)."""
+    try:
+        column = _loadtxt(
+            path, dtype=np.float64, ndmin=1, delimiter=delimiter, usecols=[j], skiprows=skiprows
+        )
+    except ValueError:
+        return False  # a string label, or a ragged row (reported when the table is read)
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
+    return column.size > 0
+
+
+def _default_names(first: list[str], layout: _Layout) -> bool:
+    """Whether ``first`` is pandas' default column names: the integers 0, 1, 2, ... written in
+    order, in all its fields or in its feature fields beside a label column's name."""
+    if first == [str(i) for i in range(len(first))]:
+        return True
+    if layout.label_index is None or _is_number(first[layout.label_index]):
+        return False
+    return [first[j] for j in layout.feature_index] == [str(i) for i in range(len(layout.feature_index))]
+
+
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def _integer_rows(path, delimiter: str, layout: _Layout, first_line: int) -> bool:
+    """Whether every feature field after line ``first_line`` is written as an integer.
+
+    Stops at the first that is not: in a file of decimals, the first row after the header.
+    """
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            for row in reader:
+                if reader.line_num <= first_line or not row:
+                    continue
+                if not all(_INTEGER.fullmatch(row[j]) for j in layout.feature_index if j < len(row)):
+                    return False
+        except csv.Error as exc:
+            raise DataError(f"{path}: row {reader.line_num}: malformed row ({exc})") from None
+    return True
+
+
+def _shown(fields: list[str]) -> str:
+    """A row as messages quote it: its fields, or the first three and the last of many."""
+    return ",".join(fields if len(fields) <= 6 else [*fields[:3], "...", fields[-1]])
+
+
 def _read_table(path, delimiter: str, layout: _Layout):
     """Features ``X`` (float64) and the raw label column (None without one)."""
-    options = {"delimiter": delimiter, "skiprows": 1 if layout.names else 0}
+    options = {"delimiter": delimiter, "skiprows": layout.skiprows}
     try:
         table = _loadtxt(path, dtype=np.float64, ndmin=2, **options)
     except ValueError:
@@ -560,8 +679,14 @@ def _read_table(path, delimiter: str, layout: _Layout):
     if table is None:
         _scan_delimited(path, delimiter, layout)
         # Only the label column holds non-numbers: string labels.
-        X = _loadtxt(path, dtype=np.float64, ndmin=2, usecols=layout.feature_index, **options)
-        y_raw = _loadtxt(path, dtype=str, ndmin=1, usecols=[layout.label_index], **options)
+        try:
+            X = _loadtxt(path, dtype=np.float64, ndmin=2, usecols=layout.feature_index, **options)
+            y_raw = None
+            if layout.label_index is not None:
+                y_raw = _loadtxt(path, dtype=str, ndmin=1, usecols=[layout.label_index], **options)
+        except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
+            # What the scan accepts and np.loadtxt does not (Python's float() is more lenient).
+            raise DataError(f"{path}: cannot read ({_reason(exc)})") from None
         return X, y_raw
     if table.shape[0] == 0:
         raise DataError(f"{path}: no data rows")

@@ -71,35 +71,110 @@ def save_model(path, estimator, *, mean=None, scale=None, info: dict | None = No
         A fitted estimator: ``coef_ (n_classes, n_features)``, ``intercept_ (n_classes,)``,
         ``classes_ (n_classes,)``.
     mean, scale : ndarray of shape (n_features,) or None
-        Standardization statistics applied to the features before the estimator.
+        Standardization statistics applied to the features before the estimator: both or
+        neither; ``scale`` positive, both finite.
     info : dict or None
-        JSON-serializable facts about the training run.
+        JSON-serializable facts about the training run (``n_iter``, if there, an int).
+
+    Raises
+    ------
+    ValueError
+        An argument :func:`load_model` would refuse to read back (the message names it): nothing
+        is written.
     """
     write_atomically({os.fspath(path): model_bytes(estimator, mean, scale, info)})
 
 
 def model_bytes(estimator, mean, scale, info) -> bytes:
-    """The bytes of the model file :func:`save_model` writes."""
+    """The bytes of the model file :func:`save_model` writes (ValueError as it raises)."""
     coef = np.asarray(estimator.coef_)
     classes = np.asarray(estimator.classes_)
     if classes.dtype.kind == "O":
         classes = classes.astype(str)  # object arrays would need pickle to load
-    empty = np.zeros(0, dtype=np.float64)
+    intercept = np.asarray(estimator.intercept_).reshape(-1)
+    _check_estimator(coef, intercept, classes)
+    mean, scale = _statistics(mean, scale, coef.shape[1])
     buffer = io.BytesIO()
     np.savez(
         buffer,
         format=np.array(MODEL_FORMAT),
         format_version=np.array(MODEL_VERSION, dtype=np.int64),
         coef=coef,
-        intercept=np.asarray(estimator.intercept_, dtype=coef.dtype).reshape(-1),
+        intercept=intercept.astype(coef.dtype),
         classes=classes,
-        mean=empty if mean is None else np.asarray(mean, dtype=np.float64),
-        scale=empty if scale is None else np.asarray(scale, dtype=np.float64),
+        mean=mean,
+        scale=scale,
         dtype=np.array(coef.dtype.name),
         n_features=np.array(coef.shape[1], dtype=np.int64),
-        info=np.array(json.dumps(info or {})),
+        info=np.array(_info_json(info)),
     )
     return buffer.getvalue()
+
+
+# What a written model must be for load_model to read it back: checked before writing, so a bad
+# argument is a ValueError naming it, not a file that load_model reports as damaged.
+
+
+def _check_estimator(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray) -> None:
+    if coef.ndim != 2 or coef.shape[1] < 1 or coef.dtype not in (np.float32, np.float64):
+        raise ValueError(
+            f"estimator.coef_ must be float32 or float64 of shape (n_classes, n_features), got "
+            f"{coef.dtype} of shape {coef.shape}: is the estimator fitted?"
+        )
+    if classes.ndim != 1 or len(classes) != coef.shape[0] or classes.dtype.kind not in "biufU":
+        raise ValueError(
+            f"estimator.classes_ must be {coef.shape[0]} numbers or strings (one per row of "
+            f"coef_), got {classes.dtype} of shape {classes.shape}"
+        )
+    if intercept.shape != (coef.shape[0],) or intercept.dtype.kind not in "biuf":
+        raise ValueError(
+            f"estimator.intercept_ must be {coef.shape[0]} numbers (one per class), got "
+            f"{intercept.dtype} of shape {intercept.shape}"
+        )
+    for name, value in (("coef_", coef), ("intercept_", intercept)):
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"estimator.{name} holds NaN or infinite values")
+
+
+def _statistics(mean, scale, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """``mean`` and ``scale`` as float64 arrays of shape (n_features,), or both empty."""
+    if mean is None and scale is None:
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
+    if mean is None or scale is None:
+        given, missing = ("mean", "scale") if scale is None else ("scale", "mean")
+        raise ValueError(
+            f"{given} is given but {missing} is None: standardization needs both (or neither)"
+        )
+    checked = []
+    for name, value in (("mean", mean), ("scale", scale)):
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be an array of numbers ({_reason(exc)})") from None
+        if array.shape != (n_features,):
+            raise ValueError(
+                f"{name} must have shape ({n_features},), one value per feature of the "
+                f"estimator, got shape {array.shape}"
+            )
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} holds NaN or infinite values")
+        checked.append(array)
+    if np.any(checked[1] <= 0):
+        raise ValueError("scale holds values <= 0: the features are divided by it")
+    return checked[0], checked[1]
+
+
+def _info_json(info) -> str:
+    if info is None:
+        info = {}
+    if not isinstance(info, dict):
+        raise ValueError(f"info must be a dict (or None), got {type(info).__name__}")
+    if type(info.get("n_iter", 0)) is not int:
+        raise ValueError(f"info['n_iter'] must be an int, got {info['n_iter']!r}")
+    try:
+        return json.dumps(info)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"info is not JSON-serializable ({_reason(exc)})") from None
 
 
 # ----------------------------------------------------------------------------- reading

@@ -452,6 +452,114 @@ def test_without_tqdm_and_matplotlib(cli_env, tmp_path):
     assert_one_line_error(explicit, "--plot needs matplotlib", INSTALL_HINT)
 
 
+def _pandas_csv(path, X, y=None):
+    """What ``pd.DataFrame(X).assign(label=y).to_csv(path, index=False)`` writes (float repr)."""
+    lines = [",".join([str(j) for j in range(X.shape[1])] + ([] if y is None else ["label"]))]
+    for i, x in enumerate(X):
+        lines.append(",".join([repr(float(v)) for v in x] + ([] if y is None else [str(y[i])])))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_pandas_csv_header_is_not_a_data_row(cli_env, tmp_path, rng):
+    """pandas' default column names 0,1,2 head the file: 40 samples of 2 classes, 5 predictions
+    (they were a sample of class 'label', and a prediction that shifted all the others)."""
+    X, y = blobs(rng, n=45, d=3, k=2)
+    _pandas_csv(tmp_path / "train_pd.csv", X[:40], y[:40])
+    _pandas_csv(tmp_path / "new_pd.csv", X[40:])
+    train = run(cli_env, "train", "--data", "train_pd.csv", "--no-plot", "--model-out", "m.npz",
+                "--test-size", "0", "--json", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    summary = json.loads(train.stdout)
+    assert summary["n_train"] == 40 and summary["n_classes"] == 2
+    assert summary["train_accuracy"] == 1.0
+    predict = run(cli_env, "predict", "--model", "m.npz", "--data", "new_pd.csv", cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr
+    assert predict.stdout.splitlines() == [str(label) for label in y[40:]]
+    assert "new_pd.csv: the first row (0,1,2) is read as a header" in predict.stderr
+    as_data = run(cli_env, "predict", "--model", "m.npz", "--data", "new_pd.csv", "--csv-header",
+                  "no", cwd=tmp_path)
+    assert as_data.returncode == 0 and as_data.stderr == ""
+    assert len(as_data.stdout.splitlines()) == 6 and as_data.stdout.endswith(predict.stdout)
+
+    # Over integers the names could be data: say which.
+    (tmp_path / "counts.csv").write_text("0,1,2\n3,0,1\n0,4,1\n")
+    ambiguous = run(cli_env, "predict", "--model", "m.npz", "--data", "counts.csv", cwd=tmp_path)
+    assert_one_line_error(ambiguous, "counts.csv: the first row (0,1,2) may be a header",
+                          "say which (--csv-header yes/no")
+    for answer, n_rows in (("yes", 2), ("no", 3)):
+        told = run(cli_env, "predict", "--model", "m.npz", "--data", "counts.csv",
+                   "--csv-header", answer, cwd=tmp_path)
+        assert told.returncode == 0 and len(told.stdout.splitlines()) == n_rows
+
+
+def test_blank_lines_before_the_header(cli_env, tmp_path):
+    """The header after a blank line is skipped by its line (it was read as data: a traceback)."""
+    (tmp_path / "blank_first.csv").write_text("\na,b,label\n1.0,2.0,0\n4.0,5.0,1\n2.0,1.0,0\n")
+    result = run(cli_env, "train", "--data", "blank_first.csv", "--no-plot", "--test-size", "0",
+                 "--json", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n_train"] == 3 and summary["n_classes"] == 2
+
+
+def test_evaluate_when_every_prediction_is_wrong(cli_env, digits_run, tmp_path):
+    """scikit-learn returns the support as floats when all precisions and recalls are 0: it is
+    still printed as counts (it was a traceback)."""
+    from sklearn.datasets import load_digits
+
+    X, _ = load_digits(return_X_y=True)
+    np.savetxt(tmp_path / "unknown.csv", np.column_stack([X[:5] / 16.0, np.full(5, 11)]),
+               delimiter=",", fmt="%.6g")
+    result = run(cli_env, "evaluate", "--model", digits_run[0] / "model.npz", "--data",
+                 "unknown.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "accuracy:  0.0000 (0/5)" in result.stdout
+    assert "labels the model never saw: 11" in result.stdout
+    assert result.stdout.rstrip().endswith("11     0.0000  0.0000        5")
+
+
+def test_save_model_refuses_what_load_model_would_refuse(tmp_path):
+    """A bad argument is a ValueError naming it, and no file: not a file load_model calls damaged."""
+    from types import SimpleNamespace
+
+    from fastsoftmax.model_io import load_model, save_model
+
+    def fitted(**changes):
+        arrays = {"coef_": np.ones((2, 3)), "intercept_": np.zeros(2), "classes_": np.array([0, 1])}
+        return SimpleNamespace(**{**arrays, **changes})
+
+    path = tmp_path / "m.npz"
+    for kwargs, message in (
+        ({"mean": np.zeros(3)}, "mean is given but scale is None"),
+        ({"scale": np.ones(3)}, "scale is given but mean is None"),
+        ({"mean": np.zeros(4), "scale": np.ones(4)}, r"mean must have shape \(3,\)"),
+        ({"mean": np.zeros(3), "scale": np.ones((3, 1))}, r"scale must have shape \(3,\)"),
+        ({"mean": [0, np.nan, 0], "scale": np.ones(3)}, "mean holds NaN or infinite values"),
+        ({"mean": np.zeros(3), "scale": [1, 0, 1]}, "scale holds values <= 0"),
+        ({"mean": ["a", "b", "c"], "scale": np.ones(3)}, "mean must be an array of numbers"),
+        ({"info": [1, 2]}, "info must be a dict"),
+        ({"info": {"n_iter": 2.0}}, r"info\['n_iter'\] must be an int"),
+        ({"info": {"when": object()}}, "info is not JSON-serializable"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            save_model(path, fitted(), **kwargs)
+        assert not path.exists()
+    for estimator, message in (
+        (fitted(coef_=np.full((2, 3), np.nan)), r"estimator.coef_ holds NaN"),
+        (fitted(intercept_=np.array([0.0, np.inf])), r"estimator.intercept_ holds NaN"),
+        (fitted(intercept_=np.zeros(3)), r"estimator.intercept_ must be 2 numbers"),
+        (fitted(classes_=np.array([0, 1, 2])), r"estimator.classes_ must be 2 numbers or strings"),
+        (fitted(coef_=np.ones(3)), r"estimator.coef_ must be float32 or float64 of shape"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            save_model(path, estimator)
+        assert not path.exists()
+    save_model(path, fitted(), mean=[0, 1, 2], scale=[1, 2, 3], info={"n_iter": 4})
+    model = load_model(path)
+    assert model.mean.tolist() == [0, 1, 2] and model.scale.tolist() == [1, 2, 3]
+    assert model.info == {"n_iter": 4}
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -470,6 +578,17 @@ def error_dir(tmp_path, digits_run, rng):
     (tmp_path / "truncated.npz").write_bytes((tmp_path / "model.npz").read_bytes()[:2000])
     (tmp_path / "huge.csv").write_text("a,b,y\n1,2,0\n3,1e300,1\n5,6,0\n7,8,1\n")
     (tmp_path / "nan.csv").write_text("1,2,3,4,5\n1,2,nan,4,5\n")
+    (tmp_path / "cat-label.csv").write_text("a,b,y\n1,2,0\n3,4,cat\n")
+    # 64 features (the digits model's) and a label that is not a number (not in the first row:
+    # a word there over numeric labels would be a header).
+    np.savetxt(tmp_path / "cat64.csv", rng.random((3, 64)), delimiter=",", fmt="%.4f")
+    rows = (tmp_path / "cat64.csv").read_text().splitlines()
+    (tmp_path / "cat64.csv").write_text(
+        "\n".join(f"{row},{label}" for row, label in zip(rows, ["3", "cat", "4"], strict=True))
+    )
+    integer_rows = rng.integers(0, 17, size=(3, 64))
+    np.savetxt(tmp_path / "counts64.csv", integer_rows, delimiter=",", fmt="%d",
+               header=",".join(map(str, range(64))), comments="")
     X = rng.random((6, 64))
     X[4, 9] = np.nan
     np.savez(tmp_path / "nan.npz", X=X, y=np.arange(6) % 2)
@@ -668,6 +787,29 @@ ERRORS = {
     "idx-unknown-type": (
         ["train", "--data", "idx-type"],
         "not an IDX file (unknown element type code 0x07)",
+    ),
+    "pandas-names-over-integers": (
+        ["predict", "--model", "model.npz", "--data", "counts64.csv"],
+        "counts64.csv: the first row (0,1,2,...,63) may be a header (pandas' default column "
+        "names) or a row of data",
+    ),
+    "label-name-without-header": (
+        ["train", "--data", "good.csv", "--label-column", "y", "--csv-header", "no"],
+        "good.csv: label column 'y' is a header name, but the file is read without a header",
+    ),
+    "bad-csv-header": (["train", "--csv-header", "maybe"], "argument --csv-header"),
+    "test-label-not-a-number": (
+        ["train", "--data", "good.csv", "--test-data", "cat-label.csv", "--quiet", "--no-plot"],
+        "test data cat-label.csv: label 'cat' is not a number, but the training labels are (0, 1)",
+    ),
+    "evaluate-label-not-a-number": (
+        ["evaluate", "--model", "model.npz", "--data", "cat64.csv"],
+        "data cat64.csv: label 'cat' is not a number, but the model's classes are (0, 1, 2, 3, 4, "
+        "...)",
+    ),
+    "model-out-matched-by-a-glob": (
+        ["train", "--data", "goo*.csv", "--model-out", "good.csv", "--no-plot"],
+        "--model-out good.csv is the same file as --data good.csv",
     ),
     "predict-no-output-dir": (
         ["predict", "--model", "model.npz", "--data", "five.csv", "--out", "nodir/p.csv"],

@@ -270,6 +270,117 @@ def test_csv_errors(tmp_path):
         load_csv(header_only)
 
 
+def test_csv_numeric_header_names_over_numeric_labels(tmp_path):
+    """A header of numbers (pandas' default names, wavelengths) is recognized by its label field:
+    not a number, while every later row's label is. It used to be read as a row of class
+    'label'."""
+    rows = "0.5,1.5,2.5,1\n-1.25,0.25,3,0\n2,1e-3,4.75,1\n"
+    expected_X = [[0.5, 1.5, 2.5], [-1.25, 0.25, 3], [2, 1e-3, 4.75]]
+    for first in ("0,1,2,label", "400,410.5,420,species"):
+        path = _write(tmp_path / "d.csv", f"{first}\n{rows}")
+        X, y = load_csv(path)
+        np.testing.assert_array_equal(X, expected_X)
+        np.testing.assert_array_equal(y, [1, 0, 1])
+        assert y.dtype == np.int64
+    label_first = _write(tmp_path / "first.csv", "label,0,1,2\n1,0.5,1.5,2.5\n0,-1.25,0.25,3\n")
+    X, y = load_csv(label_first, label_column=0)
+    np.testing.assert_array_equal(X, [[0.5, 1.5, 2.5], [-1.25, 0.25, 3]])
+    np.testing.assert_array_equal(y, [1, 0])
+    # String labels: a first row with a word in the label field is data like the others.
+    X, y = load_csv(_write(tmp_path / "s.csv", "1,2,cat\n3,4,dog\n"))
+    np.testing.assert_array_equal(y, ["cat", "dog"])
+    # One row: nothing to compare its label with, so it stays data (a string label).
+    X, y = load_csv(_write(tmp_path / "one.csv", "1,2,label\n"))
+    assert X.tolist() == [[1, 2]] and y.tolist() == ["label"]
+
+
+def test_csv_pandas_default_column_names(tmp_path):
+    """``DataFrame(X).to_csv(index=False)`` writes the column names 0,1,2,... as the first row:
+    over decimals it is a header (with a note), as pandas reads it back."""
+    pd = pytest.importorskip("pandas")
+    X = np.array([[0.125, -1.5, 2.0], [1.0, 0.25, -0.5], [3.5, 4.0, 0.0], [-2.0, 1.75, 0.5]])
+    y = np.array([1, 0, 1, 0])
+    frames = {
+        "features.csv": (pd.DataFrame(X), {"labels": False}),
+        "stacked.csv": (pd.DataFrame(np.column_stack([X, y])), {}),  # names 0,1,2,3; y floats
+        "assigned.csv": (pd.DataFrame(X).assign(label=y), {}),
+        "species.csv": (pd.DataFrame(X).assign(species=np.array(["a", "b"])[y]), {}),
+    }
+    for name, (frame, options) in frames.items():
+        frame.to_csv(tmp_path / name, index=False)
+        notes = []
+        X_read, y_read = load_csv(tmp_path / name, note=notes.append, **options)
+        np.testing.assert_array_equal(X_read, X, err_msg=name)
+        if name == "features.csv":
+            assert y_read is None
+        elif name == "species.csv":
+            np.testing.assert_array_equal(y_read, np.array(["a", "b"])[y])
+        else:
+            np.testing.assert_array_equal(y_read, y)
+            assert y_read.dtype == np.int64
+        if name != "assigned.csv":  # its label name tells, no guess
+            assert len(notes) == 1 and "is read as a header: pandas' default column names" in notes[0]
+    # Told otherwise, the first row is data.
+    X_data, _ = load_csv(tmp_path / "features.csv", labels=False, header=False)
+    np.testing.assert_array_equal(X_data, np.vstack([[0, 1, 2], X]))
+
+
+def test_csv_pandas_names_over_integers_are_ambiguous(tmp_path):
+    """Over rows of integers the names 0,1,2 could as well be a row of data: an error asking
+    which, and either answer is taken."""
+    path = _write(tmp_path / "counts.csv", "0,1,2\n3,4,5\n6,7,8\n")
+    with pytest.raises(DataError, match=r"counts.csv: the first row \(0,1,2\) may be a header .*"
+                       r"say which \(--csv-header yes/no, header=True/False\)"):
+        load_csv(path, labels=False)
+    with pytest.raises(DataError, match="may be a header"):
+        load_dataset(path, labels=False)
+    told = load_dataset(path, labels=False, header=True)
+    np.testing.assert_array_equal(told.X, [[3, 4, 5], [6, 7, 8]])
+    assert load_dataset(path, labels=False, header=False).X.shape == (3, 3)
+    # Other integer rows stay data, as before: only pandas' exact names are in doubt.
+    X, y = load_csv(_write(tmp_path / "d.csv", "1,2,3\n0,1,2\n"))
+    np.testing.assert_array_equal(X, [[1, 2], [0, 1]])
+    np.testing.assert_array_equal(y, [3, 2])
+    wide = _write(tmp_path / "wide.csv", ",".join(map(str, range(10))) + "\n" + "1," * 9 + "1\n")
+    with pytest.raises(DataError, match=r"the first row \(0,1,2,...,9\)"):
+        load_csv(wide, labels=False)
+
+
+def test_csv_header_told(tmp_path):
+    path = _write(tmp_path / "d.csv", "a,b,y\n1,2,0\n3,4,1\n")
+    with pytest.raises(DataError, match=r"row 1, column 1: 'a' is not a number"):
+        load_csv(path, header=False)
+    with pytest.raises(DataError, match="label column 'y' is a header name, but the file is read "
+                       "without a header"):
+        load_csv(path, header=False, label_column="y")
+    plain = _write(tmp_path / "plain.csv", "1,2,0\n3,4,1\n")
+    X, y = load_csv(plain, header=True)
+    assert X.tolist() == [[3, 4]] and y.tolist() == [1]
+    with pytest.raises(DataError, match="header must be None, True or False"):
+        load_csv(plain, header="yes")
+
+
+@pytest.mark.parametrize("labels", ["0,1", "x,y"], ids=["numeric", "string"])
+def test_csv_blank_lines_before_the_header(tmp_path, labels):
+    """csv.reader skips blank lines and np.loadtxt counts them: the header is skipped by its line
+    (it used to be read as data, a plain ValueError)."""
+    first, second = labels.split(",")
+    path = _write(tmp_path / "d.csv", f"\n\r\na,b,label\n1.0,2.0,{first}\n\n4.0,5.0,{second}\n")
+    X, y = load_csv(path)
+    np.testing.assert_array_equal(X, [[1, 2], [4, 5]])
+    assert y.tolist() == ([0, 1] if first == "0" else ["x", "y"])
+    bad = _write(tmp_path / "bad.csv", f"\n\na,b,label\n1.0,2.0,{first}\n4.0,oops,{second}\n")
+    with pytest.raises(DataError, match=r"bad.csv: row 5, column 2 \('b'\): 'oops' is not a number"):
+        load_csv(bad)
+
+
+def test_csv_numbers_as_np_loadtxt_reads_them(tmp_path):
+    """Python's float() takes 1_000, np.loadtxt does not: the field is named, not a traceback."""
+    path = _write(tmp_path / "d.csv", "a,b,y\n1_000,2,cat\n3,4,dog\n")
+    with pytest.raises(DataError, match=r"d.csv: row 2, column 1 \('a'\): '1_000' is not a number"):
+        load_csv(path)
+
+
 @pytest.mark.parametrize("fmt", ["csv", "npz", "svmlight"])
 def test_a_pipe_is_read_once(tmp_path, fmt):
     """A named pipe can be read only once: every loader must read it once, then parse."""

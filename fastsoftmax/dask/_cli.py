@@ -5,6 +5,11 @@ labels in ``--label-column``, default the last column), of ``.npz`` shards (arra
 ``y``, as the in-memory loader reads them), of Parquet files (dask.dataframe with pyarrow; labels
 in ``--label-column``, default the last column), or ``synthetic:N,d,K[,seed]`` generated chunk by
 chunk on the workers. Any other ``--data`` is loaded here and split into chunks.
+
+Labels of shards become what the in-memory loader makes of the same labels in one file
+(``datasets._as_labels``: whole numbers int64, other numbers float64, strings of numbers numbers,
+other strings stripped strings), decided over all the shards' labels; test labels are converted to
+the type of the training classes as the in-memory command converts them.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ import time
 import warnings
 import zipfile
 from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastsoftmax.cli import CLIError, _load, _note, _reason
-from fastsoftmax.datasets import DataError, parse_synthetic
+from fastsoftmax.cli import CLIError, _labels_for, _load, _note, _reason
+from fastsoftmax.datasets import DataError, _as_labels, has_test_split, parse_synthetic
 from fastsoftmax.model_io import model_bytes, write_atomically
 
 __all__ = ["train"]
@@ -57,8 +63,12 @@ def _files(source: str) -> list[str]:
         [source] if os.path.isfile(source) else [])
 
 
-def load(args, source: str, dtype, n_workers: int):
-    """Lazy (X, y, description) of ``source`` as row-chunked dask collections."""
+def load(args, source: str, dtype, n_workers: int, *, split: str = "train", n_features=None):
+    """Lazy (X, y, description) of ``source`` as row-chunked dask collections.
+
+    ``split`` picks the train or t10k files of an IDX directory; ``n_features`` is the width of
+    an svmlight file (as the in-memory command passes the training width for test data).
+    """
     import dask.array as da
 
     if source.startswith("synthetic:"):
@@ -78,7 +88,8 @@ def load(args, source: str, dtype, n_workers: int):
         if kind == ".npz":
             return (*_npz_shards(files, dtype), what)
         return (*_parquet(files, args.label_column, dtype), what)
-    data = _load(args, source, labels=True, split="train", dtype=np.dtype(dtype))
+    data = _load(args, source, labels=True, split=split, dtype=np.dtype(dtype),
+                 n_features=n_features)
     rows = _chunk_rows(data.X.shape[1], data.X.dtype.itemsize)
     n_chunks = max(n_workers, -(-data.X.shape[0] // rows))
     rows = max(1, -(-data.X.shape[0] // n_chunks))
@@ -110,39 +121,54 @@ def _label_index(label_column, n_columns: int, path: str) -> int:
     return index % n_columns
 
 
-def _read_npy(path: str, label: int, dtype):
+def _npy_labels(path: str, label: int) -> np.ndarray:
+    return np.asarray(np.load(path, mmap_mode="r")[:, label])
+
+
+def _read_npy(path: str, label: int, dtype, label_dtype):
     A = np.load(path, mmap_mode="r")
     features = np.delete(np.arange(A.shape[1]), label)
-    return np.ascontiguousarray(A[:, features], dtype=dtype), np.asarray(A[:, label])
+    return (np.ascontiguousarray(A[:, features], dtype=dtype),
+            _labels_as(np.asarray(A[:, label]), label_dtype))
 
 
 def _npy_shards(files, label_column, dtype):
     import dask
     import dask.array as da
 
-    xs, ys = [], []
+    shards = []
     for path in files:
         shape, kind = _npy_header(path)
         if len(shape) != 2 or shape[1] < 2 or kind.kind not in "biuf":
             raise DataError(f"{path}: a shard must be a 2-D numeric array with a label column, "
                             f"got shape {shape} of {kind}")
-        label = _label_index(label_column, shape[1], path)
-        part = dask.delayed(_read_npy, pure=True, nout=2)(path, label, dtype)
+        shards.append((path, shape, kind, _label_index(label_column, shape[1], path)))
+    label_dtype = _label_dtype([(_npy_labels, path, label) for path, _, _, label in shards],
+                               [kind for _, _, kind, _ in shards])
+    xs, ys = [], []
+    for path, shape, _, label in shards:
+        part = dask.delayed(_read_npy, pure=True, nout=2)(path, label, dtype, label_dtype)
         xs.append(da.from_delayed(part[0], (shape[0], shape[1] - 1), dtype=dtype))
-        ys.append(da.from_delayed(part[1], (shape[0],), dtype=kind))
+        ys.append(da.from_delayed(part[1], (shape[0],), dtype=label_dtype))
     return _concatenate(xs, ys)
 
 
-def _read_npz(path: str, dtype):
+def _npz_labels(path: str) -> np.ndarray:
     with np.load(path, allow_pickle=False) as f:
-        return np.ascontiguousarray(f["X"], dtype=dtype), np.asarray(f["y"]).ravel()
+        return np.asarray(f["y"]).ravel()
+
+
+def _read_npz(path: str, dtype, label_dtype):
+    with np.load(path, allow_pickle=False) as f:
+        X = np.ascontiguousarray(f["X"], dtype=dtype)
+        return X, _labels_as(np.asarray(f["y"]).ravel(), label_dtype)
 
 
 def _npz_shards(files, dtype):
     import dask
     import dask.array as da
 
-    xs, ys = [], []
+    shards = []
     for path in files:
         try:
             with zipfile.ZipFile(path) as z:
@@ -155,10 +181,51 @@ def _npz_shards(files, dtype):
                             f"({_reason(exc)})") from None
         if len(x_shape) != 2 or int(np.prod(y_shape)) != x_shape[0]:
             raise DataError(f"{path}: X of shape {x_shape} and y of shape {y_shape} do not match")
-        part = dask.delayed(_read_npz, pure=True, nout=2)(path, dtype)
+        shards.append((path, x_shape, y_kind))
+    label_dtype = _label_dtype([(_npz_labels, path) for path, _, _ in shards],
+                               [y_kind for _, _, y_kind in shards])
+    xs, ys = [], []
+    for path, x_shape, _ in shards:
+        part = dask.delayed(_read_npz, pure=True, nout=2)(path, dtype, label_dtype)
         xs.append(da.from_delayed(part[0], x_shape, dtype=dtype))
-        ys.append(da.from_delayed(part[1], (x_shape[0],), dtype=y_kind))
+        ys.append(da.from_delayed(part[1], (x_shape[0],), dtype=label_dtype))
     return _concatenate(xs, ys)
+
+
+def _label_dtype(readers, kinds) -> np.dtype:
+    """The dtype ``_as_labels`` gives the labels of all the shards together.
+
+    Integer labels are int64. Otherwise the type depends on the values (whole numbers or not,
+    strings of numbers or not), which depends only on the distinct labels: each shard's are
+    found where it is read, on the workers. ``readers`` are ``(function, *arguments)`` reading
+    one shard's labels.
+    """
+    import dask
+
+    if all(np.dtype(kind).kind in "biu" for kind in kinds):
+        return np.dtype(np.int64)
+    try:
+        distinct = dask.compute(*[dask.delayed(_distinct, pure=True)(*r) for r in readers])
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read the labels of the shards ({_reason(exc)})") from None
+    if any(d.dtype.kind not in "biuf" for d in distinct):
+        distinct = [d.astype(str) for d in distinct]  # numbers beside strings: all text
+    return _as_labels(np.concatenate(distinct)).dtype
+
+
+def _distinct(read, *args) -> np.ndarray:
+    return np.unique(read(*args))
+
+
+def _labels_as(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """One shard's labels converted as ``_as_labels`` converts all of them, to ``dtype``."""
+    if dtype.kind == "U" or values.dtype.kind not in "biuf":
+        values = np.char.strip(values.astype(str))
+    if dtype.kind == "U":
+        return values.astype(dtype)  # the longest label of all the shards fits
+    if values.dtype.kind == "U":
+        values = values.astype(np.float64)  # "2" -> 2.0 -> 2, as _as_labels reads it
+    return values.astype(dtype)
 
 
 def _concatenate(xs, ys):
@@ -221,7 +288,7 @@ def train(args) -> int:
     with cluster(args) as client:
         n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
         X, y, description = load(args, args.data, args.dtype, n_workers)
-        test = None if args.test_data is None else load(args, args.test_data, args.dtype, n_workers)
+        test = _load_test(args, X, n_workers)
         mean = scale = None
         if args.standardize:
             X, mean, scale = _standardize(X)
@@ -242,27 +309,80 @@ def train(args) -> int:
         print(json.dumps(summary, indent=2))
     else:
         _note(args, f"trained on {n_workers} Dask worker(s)")
-        for key in ("data", "n_train", "n_features", "n_classes", "n_chunks", "n_iter",
+        for key in ("data", "test_data", "n_train", "n_features", "n_classes", "n_chunks", "n_iter",
                     "final_objective", "train_accuracy", "test_accuracy", "fit_seconds", "model"):
             print(f"{key + ':':18}{summary[key]}")
     return 0
 
 
-def _summary(args, estimator, X, y, test, description, mean, scale) -> dict:
+class _Test(NamedTuple):
+    """The test set (lazy), what the messages call it, and its description."""
+
+    X: Any
+    y: Any
+    name: str
+    description: str
+
+
+def _load_test(args, X, n_workers: int) -> _Test | None:
+    """The test set the in-memory command would use: --test-data (the t10k files of an IDX
+    directory), else the t10k files of an IDX --data (unless --test-size 0), else none."""
+    if args.test_data is not None:
+        name = f"test data {args.test_data}"
+        X_test, y_test, description = load(args, args.test_data, args.dtype, n_workers,
+                                           split="test", n_features=int(X.shape[1]))
+    elif args.test_size is None and has_test_split(args.data):
+        name = description = f"{args.data} (t10k files)"
+        X_test, y_test, _ = load(args, args.data, args.dtype, n_workers, split="test")
+    else:
+        return None
+    if X_test.shape[1] != X.shape[1]:
+        raise CLIError(f"{name} has {X_test.shape[1]} features, training data has {X.shape[1]}")
+    return _Test(X_test, y_test, name, description)
+
+
+def _test_labels(y, classes: np.ndarray, name: str):
+    """Test labels compared with the training classes as the in-memory command compares them
+    (``cli._labels_for``), converted lazily. Strings against numeric classes are checked on
+    their distinct values, found on the workers."""
+    kind = getattr(y.dtype, "kind", "O")  # a Parquet string column has a pandas dtype
+    if classes.dtype.kind == "U":
+        return y.astype(str) if kind in "biuf" else y
+    if kind in "biuf":
+        return y
+    import dask.array as da
+
+    distinct = y.unique() if hasattr(y, "to_dask_array") else da.unique(y)
+    _labels_for(np.asarray(distinct.compute()).astype(str), classes, name, "the training labels")
+    return y.astype(np.float64)  # every one a number (else _labels_for raised)
+
+
+def _summary(args, estimator, X, y, test: _Test | None, description, mean, scale) -> dict:
     """Accuracies (computed on the cluster), the model written, the summary record."""
     train_accuracy = float(estimator.score(X, y))
     test_accuracy = None
     if test is not None:
-        X_test = test[0] if mean is None else (test[0] - mean) / scale
-        test_accuracy = float(estimator.score(X_test, test[1]))
+        X_test = test.X if mean is None else (test.X - mean) / scale
+        y_test = _test_labels(test.y, estimator.classes_, test.name)
+        try:
+            test_accuracy = float(estimator.score(X_test, y_test))
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"{test.name}: {_reason(exc)}") from None
     info = {"solver": "lbfgs", "n_iter": int(estimator.n_iter_), "data": description,
             "data_source": args.data, "n_train": int(estimator.n_samples_seen_),
             "train_accuracy": train_accuracy,
             "test_accuracy": test_accuracy, "dask": True}
-    write_atomically({args.model_out: model_bytes(estimator, mean, scale, info)})
+    try:
+        model = model_bytes(estimator, mean, scale, info)
+    except ValueError as exc:  # non-finite coefficients or statistics: a file load_model refuses
+        raise CLIError(f"cannot write the model {args.model_out}: {_reason(exc)}") from None
+    write_atomically({args.model_out: model})
     curve = estimator.loss_curve_
     return {
-        "command": "train", "data": description, "n_features": int(estimator.n_features_in_),
+        "command": "train", "data": description,
+        "test_data": test.description if test is not None else (
+            "none (--test-size 0)" if args.test_size == 0 else "none (no --test-data)"),
+        "n_features": int(estimator.n_features_in_),
         "n_classes": len(estimator.classes_), "n_chunks": int(estimator.n_chunks_),
         "n_train": int(estimator.n_samples_seen_),
         "dtype": estimator.coef_.dtype.name, "n_iter": int(estimator.n_iter_),
