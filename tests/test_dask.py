@@ -17,6 +17,7 @@ import dask.array as da  # noqa: E402
 import dask.dataframe as dd  # noqa: E402
 import pandas as pd  # noqa: E402
 from distributed import Client, LocalCluster, WorkerPlugin  # noqa: E402
+from sklearn.exceptions import NotFittedError  # noqa: E402
 
 from fastsoftmax import functional as F  # noqa: E402
 from fastsoftmax.dask import (  # noqa: E402
@@ -281,6 +282,89 @@ def test_bad_dask_input_raises(data):
         SoftmaxRegression().fit(Xd, yd[1:])
     with pytest.raises(ValueError, match="at least 2 classes"):
         SoftmaxRegression().fit(Xd, da.zeros(3000, chunks=500, dtype=int))
+
+
+# A small problem for the tests of failed fits (dask's local scheduler, three chunks).
+SMALL = make_in_memory(600, 4, 3, seed=1)
+LABELS = np.array(["x", "y", "z"])
+
+
+def _raise_at(iteration):
+    def callback(i, est):
+        if i == iteration:
+            raise RuntimeError("stop here")
+
+    return callback
+
+
+def _fitted_state(est):
+    """Copies of the fitted attributes (the trailing underscore that check_is_fitted looks for)."""
+    return {name: np.array(value, copy=True) for name, value in vars(est).items()
+            if name.endswith("_")}
+
+
+def _with_nan(X):
+    X = X.copy()
+    X[5, 0] = np.nan
+    return X
+
+
+FAILING_REFITS = {
+    "one class with positive weight":
+        lambda est, X, y: est.fit(*_chunked(X, LABELS[y], 200),
+                                  da.from_array((y == 0).astype(float), chunks=200)),
+    "fewer features, NaN in X":  # raised by the first evaluation, on the workers
+        lambda est, X, y: est.fit(*_chunked(_with_nan(X[:, :2]), LABELS[y], 200)),
+    "callback raises":
+        lambda est, X, y: est.set_params(callback=_raise_at(2)).fit(*_chunked(X, LABELS[y], 200)),
+}
+
+
+@pytest.mark.parametrize("failing_fit", FAILING_REFITS.values(), ids=FAILING_REFITS.keys())
+def test_a_failed_refit_keeps_the_earlier_model(failing_fit):
+    """feature_names_in_, n_features_in_ and classes_ were set before the chunks were checked: a
+    refit that raised left "x", "y", "z" next to the coefficients of 0, 1, 2, and predict answered
+    with them (or refused X of the width the model was trained on)."""
+    X, y = SMALL
+    frame = dd.from_pandas(pd.DataFrame(X, columns=["a", "b", "c", "d"]), npartitions=3)
+    est = SoftmaxRegression(alpha=1e-2).fit(frame, dd.from_pandas(pd.Series(y), npartitions=3))
+    before, predictions = _fitted_state(est), est.predict(frame).compute()
+    with pytest.raises((ValueError, RuntimeError)):
+        failing_fit(est, X, y)
+    now = _fitted_state(est)
+    assert now.keys() == before.keys()
+    for name, value in before.items():
+        np.testing.assert_array_equal(now[name], value, err_msg=name)
+    np.testing.assert_array_equal(est.predict(frame).compute(), predictions)
+
+
+def test_a_failed_first_fit_leaves_the_estimator_unfitted():
+    """It left classes_ and n_features_in_ without coef_: predict raised AttributeError."""
+    X, y = SMALL
+    est = SoftmaxRegression()
+    with pytest.raises(ValueError, match="at least 2 classes with positive weight"):
+        est.fit(*_chunked(X, y, 200), da.from_array((y == 0).astype(float), chunks=200))
+    assert _fitted_state(est) == {}
+    with pytest.raises(NotFittedError):
+        est.predict(_chunked(X, y, 200)[0])
+
+
+@pytest.mark.parametrize("weight", [np.nan, np.inf, -1.0], ids=["nan", "inf", "negative"])
+def test_class_weight_dict_must_be_finite_and_non_negative(weight):
+    """The dict was not checked: NaN or inf raised "sample_weight must be finite" from a chunk of X
+    (an argument never passed), or NaN parameters for a class absent from y (given in classes),
+    whose negative weight was taken without a word. Now the in-memory error, before any pass."""
+    X, y = SMALL
+    Xd, yd = _chunked(X, y, 200)
+    match = (r"class_weight must map every class to a finite, non-negative weight; "
+             rf"got {weight} for class .*{{}}")
+    with pytest.raises(ValueError, match=match.format(0)):
+        SoftmaxRegression(class_weight={0: weight, 1: 1.0, 2: 1.0}).fit(Xd, yd)
+    with pytest.raises(ValueError, match=match.format(7)):
+        SoftmaxRegression(class_weight={7: weight}, classes=[0, 1, 2, 7]).fit(Xd, yd)
+    # 0 drops a class on purpose, as in memory
+    est = SoftmaxRegression(class_weight={0: 0.0, 1: 1.0, 2: 1.0}).fit(Xd, yd)
+    assert np.isfinite(est.coef_).all() and list(est.classes_) == [0, 1, 2]
 
 
 def test_numpy_input_is_the_in_memory_fit(data):

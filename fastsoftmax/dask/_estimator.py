@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import _fit_context
-from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 
 from fastsoftmax import estimator as _estimator
@@ -100,7 +99,8 @@ class SoftmaxRegression(_InMemory):
     sums run in another order), and bitwise the same ``coef_`` and ``intercept_`` for the same
     chunks whatever the number of workers and threads per worker. ``predict``,
     ``predict_proba``, ``predict_log_proba`` and ``decision_function`` return lazy dask arrays
-    on dask input, numpy arrays on numpy input.
+    on dask input, numpy arrays on numpy input. A fit that raises, on either input, keeps the
+    earlier model (or leaves the estimator unfitted), as the in-memory fit does.
 
     Attributes
     ----------
@@ -154,6 +154,16 @@ class SoftmaxRegression(_InMemory):
         _estimator._check_param_combinations(self, partial=False)
         if self.solver != "lbfgs":
             raise ValueError(f"solver={self.solver!r} is not available on dask input; use 'lbfgs'")
+        # feature_names_in_, n_features_in_ and classes_ are set before the chunks are checked
+        # (and coef_ by the callback): a fit that raises keeps the earlier model whole, as the
+        # in-memory fit does, not new classes_ next to the old coef_.
+        with self._fitted_state_kept_on_error():
+            result = self._fit_dask(X, y, sample_weight)
+        self._warn_outcome(result, "lbfgs", self.tol)
+        return self
+
+    def _fit_dask(self, X, y, sample_weight) -> solvers.SolverResult:
+        """The body of fit on dask input: sets the fitted attributes, returns lbfgs's report."""
         self._set_feature_names(X)
         X, y, sample_weight = frame_rows(X, y, sample_weight)
         X = as_rows(X)
@@ -162,12 +172,11 @@ class SoftmaxRegression(_InMemory):
         backend = current_backend()
         xs, ys, sws = backend.persist([X, y, sample_weight])
         try:
-            self._fit_chunks(backend, X, xs, ys, sws)
+            return self._fit_chunks(backend, X, xs, ys, sws)
         finally:
             backend.release([xs, ys, sws])
-        return self
 
-    def _fit_chunks(self, backend, X, xs, ys, sws):
+    def _fit_chunks(self, backend, X, xs, ys, sws) -> solvers.SolverResult:
         previous = self._warm_start_params()
         given = None if self.classes is None else np.unique(np.asarray(self.classes))
         stats = backend.map(_chunks.stats, [xs, ys, sws], given)
@@ -205,7 +214,7 @@ class SoftmaxRegression(_InMemory):
         self._set_solution(W, b, result.n_iter, result.loss_curve)
         self.n_evaluations_, self.n_chunks_ = objective.n_evaluations, len(xs)
         self.n_samples_seen_ = int(row_starts[-1])
-        self._warn_outcome(result, "lbfgs", self.tol)
+        return result
 
     @staticmethod
     def _check_classes(given, stats) -> np.ndarray:
@@ -227,7 +236,14 @@ class SoftmaxRegression(_InMemory):
             with np.errstate(divide="ignore"):
                 per_class = totals.sum() / (n_classes * totals)
             return np.where(np.isfinite(per_class), per_class, 0.0)
-        return compute_class_weight(self.class_weight, classes=self.classes_, y=self.classes_)
+        # A dict: the in-memory rule, on one stand-in row per class (whose per-row weights are
+        # then the class weights): the weights as given, each finite and non-negative, else the
+        # in-memory ValueError naming the class. Unchecked, NaN or inf reached the chunks as a
+        # "sample_weight must be finite" error in a chunk of X (an argument never passed), or as
+        # NaN parameters for a class absent from y, and a negative weight of such a class was
+        # taken without a word.
+        stand_in = np.empty((n_classes, 0))
+        return self._sample_weight(stand_in, np.arange(n_classes), None, n_classes)[0]
 
     @staticmethod
     def _weight_scale(stats, class_weight) -> float:
