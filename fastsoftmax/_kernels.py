@@ -71,7 +71,7 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 FASTMATH_EXP = {"contract", "nsz", "arcp", "afn"}
 
 ROW_BLOCK = 64  # rows per prange iteration of the row kernels
-# Software prefetch of the rows ahead in the row-by-row passes (`_prefetch_ahead`): about
+# Software prefetch of the rows ahead in the row-by-row passes (`_prefetch_distance`): about
 # PREFETCH_BYTES ahead, at most PREFETCH_MAX_ROWS rows, and none for rows longer than
 # PREFETCH_MAX_ROW_BYTES (there a row is a long stream the hardware prefetcher follows, and whole
 # rows prefetched ahead crowded L2: 32000 classes 1.44x -> 1.55x the copy floor). Measured
@@ -681,7 +681,7 @@ def _row_max(A, i):
 
 @_jit(inline=True)
 def _row_max_n(A, i, K):
-    """`_row_max` of A[i, :K]: from MAX_LANES columns on in vector lanes (`_max_lanes`)."""
+    """`_row_max` of A[i, :K]: from MAX_LANES columns on in vector lanes (`_row_max_lanes`)."""
     if K < MAX_LANES:
         m = A[i, 0]
         for k in range(K):
