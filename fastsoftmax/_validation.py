@@ -67,6 +67,12 @@ def as_float(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return readonly(np.ascontiguousarray(arr, dtype=dtype))
 
 
+# From this many labels on, `check_labels` copies and checks intp labels in one parallel pass
+# (`_kernels._copy_labels`); fewer go through numpy, which also spares small problems (the command
+# line's digits) that kernel's compilation.
+LABEL_KERNEL_MIN = 2**16
+
+
 def check_labels(y, n_samples: int, n_classes: int) -> np.ndarray:
     """Labels as a new read-only intp array, every entry checked to lie in [0, n_classes).
 
@@ -85,7 +91,13 @@ def check_labels(y, n_samples: int, n_classes: int) -> np.ndarray:
         raise ValueError(f"y has {y.shape[0]} labels but there are {n_samples} samples")
     if n_samples and y.dtype.kind == "u" and y.max() > np.iinfo(np.intp).max:
         raise ValueError(f"y holds label {y.max()}, outside [0, n_classes={n_classes})")
-    labels = np.array(y, dtype=np.intp, order="C", copy=True)
+    if (n_samples >= LABEL_KERNEL_MIN and y.dtype == np.intp and y.flags.c_contiguous
+            and y.dtype.isnative):
+        labels = np.empty(n_samples, dtype=np.intp)
+        if not _k._copy_labels(n_blocks(n_samples, _k.LABEL_BLOCK), y, labels, n_classes):
+            return readonly(labels)
+    else:
+        labels = np.array(y, dtype=np.intp, order="C", copy=True)
     if n_samples:
         lo, hi = labels.min(), labels.max()
         if lo < 0 or hi >= n_classes:

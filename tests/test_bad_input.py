@@ -230,6 +230,29 @@ def test_validated_labels_are_a_copy():
     assert not np.shares_memory(w, y)
 
 
+@pytest.mark.parametrize("layout", ["intp", "int32", "strided"])
+@pytest.mark.parametrize("bad", [None, -1, -(2**31), 7, 2**31 - 1])
+def test_many_labels_checked_as_few(layout, bad):
+    """From LABEL_KERNEL_MIN labels on, intp labels are copied and checked by a parallel kernel:
+    the same copy, the same refusal naming the label, wherever it sits, as numpy's path (int32
+    and strided labels still take it)."""
+    n = V.LABEL_KERNEL_MIN + 1001
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 7, 2 * n).astype(np.int32 if layout == "int32" else np.intp)
+    y = base[::2] if layout == "strided" else base[:n].copy()
+    if bad is not None:
+        y[n - 1 if bad > 0 else 12345] = bad
+    before = y.copy()
+    if bad is None:
+        labels = V.check_labels(y, n, 7)
+        assert labels.dtype == np.intp and not np.shares_memory(labels, y)
+        assert np.array_equal(labels, y) and not labels.flags.writeable
+    else:
+        with pytest.raises(ValueError, match=rf"y holds label {bad}, outside \[0, n_classes=7\)"):
+            V.check_labels(y, n, 7)
+    assert np.array_equal(y, before)
+
+
 def test_labels_beyond_intp_are_refused():
     with pytest.raises(ValueError, match=f"label {2**64 - 1}, outside"):
         fs.cross_entropy(Z, np.array([0, 2**64 - 1], dtype=np.uint64))

@@ -63,7 +63,7 @@ def _assert_bitwise(a, b, what):
     (k, {"_softmax_rows", "_softmax_rows_flat", "_log_softmax_rows", "_log_softmax_rows_flat",
          "_xent_rows", "_xent_rows_flat", "_xent_grad_rows", "_xent_grad_rows_flat",
          "_linear_xent_small",
-         "_linear_softmax_small", "_linear_hvp_small", "_linear_xent_tiled",
+         "_linear_softmax_small", "_linear_hvp_small", "_linear_xent_tiled", "_copy_labels",
          "_linear_softmax_tiled", "_linear_hvp_tiled", "_feature_curvature_small"}),
     (ks, {"_csr_linear_xent", "_merge_dWT", "_csr_linear_softmax", "_csr_linear_hvp",
           "_transpose_padded", "_count_outside"}),
