@@ -1183,7 +1183,8 @@ def _xent_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, losses,
     sample_weight IN    (N,) float64; size 0: all ones
     smoothing     IN    float in [0, 1]: label smoothing
     scale         IN    float: factor of the gradient (1 / the reduction's denominator)
-    losses        OUT   (N,) float64: weighted per-sample losses (not scaled)
+    losses        OUT   (n_blocks(N, ROW_BLOCK),) float64: block j's sum of its weighted
+                        per-sample losses (not scaled), in the order of `_block_loss_sum`
     db_parts      INOUT (n_blocks(N, ROW_BLOCK), K) float64, zeros on entry: block j adds the
                         column sums of its gradient rows to row j; shape (n_blocks, 0): no db
     """
@@ -1191,8 +1192,10 @@ def _xent_grad_rows(Z, out, b, copy, y, sample_weight, smoothing, scale, losses,
     bad = 0
     for blk in prange(_n_blocks(N, ROW_BLOCK)):
         lo = blk * ROW_BLOCK
-        bad += _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo,
-                                min(N, lo + ROW_BLOCK), losses, db_parts[blk])
+        block_bad, losses[blk] = _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing,
+                                                  scale, lo, min(N, lo + ROW_BLOCK),
+                                                  db_parts[blk])
+        bad += block_bad
     return bad
 
 
@@ -1205,13 +1208,15 @@ def _xent_grad_rows_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, lo
     bad = 0
     for blk in prange(_n_blocks(N, ROW_BLOCK)):
         lo = blk * ROW_BLOCK
-        bad += _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, lo,
-                                     min(N, lo + ROW_BLOCK), losses, db_parts[blk], tab)
+        block_bad, losses[blk] = _xent_grad_block_flat(Z, out, b, copy, y, sample_weight,
+                                                       smoothing, scale, lo,
+                                                       min(N, lo + ROW_BLOCK), db_parts[blk], tab)
+        bad += block_bad
     return bad
 
 
 @_jit()
-def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, losses, db):
+def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, db):
     """Rows lo..hi of `_xent_grad_rows` (one prange iteration, shared by both twins).
 
     The gradient rows first, keeping each row's sum of exps, max, label logit and mean in `stats`;
@@ -1222,9 +1227,10 @@ def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi
     1.48x to 1.15x the copy floor in float64 and 1.51x to 1.17x in float32."""
     if out.shape[1] <= FLAT_K_MAX:
         return _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi,
-                                     losses, db, np.empty(0, np.int32))
+                                     db, np.empty(0, np.int32))
     n = hi - lo
-    stats = np.empty((4, n))  # sum of exps (then its log), max, label logit, mean of row - max
+    # sum of exps (then its log), max, label logit, mean of row - max, weighted loss
+    stats = np.empty((5, ROW_BLOCK))
     bad = 0
     ahead = _prefetch_distance(out)
     if copy and b.shape[0] == 0:
@@ -1248,13 +1254,11 @@ def _xent_grad_block(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi
             stats[0, r], stats[1, r], stats[2, r], stats[3, r], row_bad = _row_grad_stats(
                 out, i, Z, i, b, copy, y[i], wi, smoothing, scale)
             bad += row_bad
-    _grad_block_losses(out, sample_weight, smoothing, lo, hi, losses, db, stats)
-    return bad
+    return bad, _grad_block_losses(out, sample_weight, smoothing, lo, hi, db, stats)
 
 
 @_jit(fastmath=False)
-def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, losses,
-                          db, tab):
+def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, lo, hi, db, tab):
     """Rows lo..hi (at most ROW_BLOCK) of `_xent_grad_rows_flat`: `_xent_grad_block` with the
     block transposed, T[k, r] holding class k of row lo + r, so that the max, the exps, the sums,
     the scaling and the losses run across the block's rows in loops of ROW_BLOCK iterations known
@@ -1269,8 +1273,8 @@ def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, l
     the one computed whatever module the block is compiled in."""
     n, K = hi - lo, out.shape[1]
     # T rows 0..K-1: the block transposed; K: row max; K + 1: label entry; K + 2: 1 / sum; K + 3:
-    # weight * scale. F (float64) rows 0..7: the eight lanes of the sums; 8: unused; 9: sum of
-    # exps, then its log; 10: label logit; 11: mean of row - max;
+    # weight * scale. F (float64) rows 0..7: the eight lanes of the sums; 8: weighted losses; 9:
+    # sum of exps, then its log; 10: label logit; 11: mean of row - max;
     # 12: weight * scale. Indexed (array, row): views would cost reference counts.
     T = np.empty((K + 4, ROW_BLOCK), out.dtype)
     F = np.empty((13, ROW_BLOCK))
@@ -1306,16 +1310,16 @@ def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, l
         for i in range(lo, hi):
             for k in range(K):
                 db[k] += out[i, k]
-    _col_losses(T, K, n, lo, sample_weight, smoothing, F, losses)
-    return bad
+    return bad, _col_losses(T, K, n, lo, sample_weight, smoothing, F)
 
 
 @_jit(inline=True)
-def _grad_block_losses(out, sample_weight, smoothing, lo, hi, losses, db, stats):
-    """db += the column sums of gradient rows lo..hi of out (db size 0: not); losses[lo:hi] from
-    `stats` (per row: sum of exps, max, label logit, mean of row - max), the logs of the sums in
-    one loop (`_log_pos` vectorizes across rows, where a scalar log per row cost as much as the
-    rest of a row of 10 classes)."""
+def _grad_block_losses(out, sample_weight, smoothing, lo, hi, db, stats):
+    """db += the column sums of gradient rows lo..hi of out (db size 0: not); returns the sum of
+    the rows' weighted losses (`_block_loss_sum` of stats[4]) from `stats` (per row: sum of
+    exps, max, label logit, mean of row - max), the logs of the sums in one loop (`_log_pos`
+    vectorizes across rows, where a scalar log per row cost as much as the rest of a row of 10
+    classes)."""
     if db.shape[0] > 0:
         for i in range(lo, hi):
             for k in range(out.shape[1]):
@@ -1324,8 +1328,26 @@ def _grad_block_losses(out, sample_weight, smoothing, lo, hi, losses, db, stats)
         stats[0, r] = _log_pos(stats[0, r])
     for r in range(hi - lo):
         wi = sample_weight[lo + r] if sample_weight.shape[0] > 0 else 1.0
-        losses[lo + r] = 0.0 if wi == 0.0 else wi * _xent_from_log(
+        stats[4, r] = 0.0 if wi == 0.0 else wi * _xent_from_log(
             stats[0, r], stats[1, r], stats[3, r], stats[2, r], smoothing)
+    return _block_loss_sum(stats, 4, hi - lo)
+
+
+@_jit(inline=True)
+def _block_loss_sum(S, j, n):
+    """The sum of S[j, :n] (n <= ROW_BLOCK; S[j, n:ROW_BLOCK] is overwritten with zeros) as a fixed
+    tree: halves of ROW_BLOCK entries added entry by entry (strict adds, vector loops), down to
+    one. The gradient kernels return each block's loss this way: per-sample losses in an N-long
+    array cost its allocation (page faults for every call's fresh pages), write and a pass of
+    numpy's sum (at 1e6 x 10 float32 about a tenth of the call)."""
+    for r in range(n, ROW_BLOCK):
+        S[j, r] = 0.0
+    h = ROW_BLOCK // 2
+    while h > 0:
+        for r in range(h):
+            S[j, r] = _add(S[j, r], S[j, r + h])
+        h //= 2
+    return S[j, 0]
 
 
 @_jit(inline=True)
@@ -1446,9 +1468,10 @@ def _col_scale_grad(T, K, n, lo, sample_weight, smoothing, scale, F):
 
 
 @_jit(inline=True)
-def _col_losses(T, K, n, lo, sample_weight, smoothing, F, losses):
-    """losses[lo + r] := the weighted loss of row lo + r from F (sum of exps, label logit,
-    mean of row - max) and its max T[K, r], as `_grad_block_losses`; the logs across rows."""
+def _col_losses(T, K, n, lo, sample_weight, smoothing, F):
+    """The sum of the block's weighted losses, as `_grad_block_losses`: F[8, r] := the weighted
+    loss of row lo + r from F (sum of exps, label logit, mean of row - max) and its max T[K, r]
+    (the logs across rows), then their `_block_loss_sum`."""
     for r in range(ROW_BLOCK):
         F[9, r] = _log_pos(F[9, r])
     for r in range(n):
@@ -1456,7 +1479,8 @@ def _col_losses(T, K, n, lo, sample_weight, smoothing, F, losses):
         m = np.float64(T[K, r])
         x = (F[9, r] - (F[10, r] - m) if smoothing == 0.0
              else _xent_from_log(F[9, r], m, F[11, r], F[10, r], smoothing))
-        losses[lo + r] = 0.0 if wi == 0.0 else wi * x
+        F[8, r] = 0.0 if wi == 0.0 else wi * x
+    return _block_loss_sum(F, 8, n)
 
 
 # ------------------------------------------------------------------------------------------------

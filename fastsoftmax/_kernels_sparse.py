@@ -360,18 +360,17 @@ def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, s
     db[:] = 0.0
     Gp = np.zeros((block, Kp), dtype=dWT.dtype)
     G = np.empty((block, K), dtype=dWT.dtype)
-    losses = np.empty(block)
     bad = 0
     total = 0.0
     for blo in range(lo, hi, block):
         n = min(hi, blo + block) - blo
         for r in range(n):
             _csr_row_logits_vec(indptr, indices, data, WT, blo + r, Gp, r)
-        bad += _block_grad(Gp, G, b, y[blo:blo + n], sample_weight[blo:blo + n]
-                           if sample_weight.shape[0] > 0 else sample_weight,
-                           smoothing, scale, n, losses, db)
-        for r in range(n):
-            total += losses[r]
+        block_bad, block_loss = _block_grad(Gp, G, b, y[blo:blo + n], sample_weight[blo:blo + n]
+                                            if sample_weight.shape[0] > 0 else sample_weight,
+                                            smoothing, scale, n, db)
+        bad += block_bad
+        total += block_loss
         for r in range(n):
             if sample_weight.shape[0] == 0 or sample_weight[blo + r] != 0.0:
                 _csr_row_scatter_vec(indptr, indices, data, Gp, r, blo + r, dWT)
@@ -380,25 +379,29 @@ def _csr_xent_chunk(indptr, indices, data, WT, b, y, sample_weight, smoothing, s
 
 
 @_jit(inline=True)
-def _block_grad(Gp, G, b, y, sample_weight, smoothing, scale, n, losses, db):
+def _block_grad(Gp, G, b, y, sample_weight, smoothing, scale, n, db):
     """Rows 0..n of Gp (logits, Kp columns) := their gradients (zeros from column K on), through
     G (first n rows, K columns): `_xent_grad_block`, ROW_BLOCK rows a call (a short row's exp,
-    sums and log run across rows there); losses[:n] := the weighted losses, db += the column sums
-    of the gradient rows. Returns the number of bad rows."""
+    sums and log run across rows there); db += the column sums of the gradient rows. Returns the
+    number of bad rows and the sum of the rows' weighted losses (ROW_BLOCK rows a tree, see
+    `_kernels._block_loss_sum`, then added in order)."""
     K, Kp = G.shape[1], Gp.shape[1]
     for r in range(n):
         for k in range(K):
             G[r, k] = Gp[r, k]
     bad = 0
+    total = 0.0
     for s in range(0, n, ROW_BLOCK):
-        bad += _xent_grad_block(G, G, b, False, y, sample_weight, smoothing, scale, s,
-                                min(n, s + ROW_BLOCK), losses, db)
+        block_bad, block_loss = _xent_grad_block(G, G, b, False, y, sample_weight, smoothing,
+                                                 scale, s, min(n, s + ROW_BLOCK), db)
+        bad += block_bad
+        total += block_loss
     for r in range(n):
         for k in range(K):
             Gp[r, k] = G[r, k]
         for k in range(K, Kp):
             Gp[r, k] = 0
-    return bad
+    return bad, total
 
 
 def merge_block(K: int) -> int:

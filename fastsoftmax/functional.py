@@ -353,23 +353,23 @@ def cross_entropy_grad(
     target, copy = check_out(out, Zc.shape, Zc.dtype, Zc, y=labels_given,
                              sample_weight=sample_weight)
     N = Zc.shape[0]
-    losses = np.empty(N, dtype=np.float64)
     # Only "sum" with a denominator below 1 (weights beyond 2**WEIGHT_EXP, rescaled by
     # `check_weights`) can make the reduced loss overflow from finite per-sample losses. Then the
     # loss is computed and checked first, by the read-only pass of `cross_entropy`: raised after
     # the gradient pass, the error came with `out` (Z itself, for out=Z) already overwritten.
     # Elsewhere no extra pass: the loss comes with the gradient.
     first = reduction == "sum" and denom < 1.0
-    loss = _checked_loss_before_writing(Zc, y, w, eps, denom, losses) if first else None
+    loss = _checked_loss_before_writing(Zc, y, w, eps, denom, np.empty(N)) if first else None
     no_db = np.empty((_row_blocks(N), 0), dtype=np.float64)
     kernel = _by_width(Zc.shape[1], _k._xent_grad_rows_flat, _k._xent_grad_rows)
+    block_losses = np.empty(no_db.shape[0], dtype=np.float64)  # not N per-sample losses
     bad = kernel(
-        no_db.shape[0], Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom, losses,
-        no_db,
+        no_db.shape[0], Zc, target, np.empty(0, Zc.dtype), copy, y, w, eps, 1.0 / denom,
+        block_losses, no_db,
     )
     raise_bad_logits(bad)
     if loss is None:
-        loss = check_total(float(losses.sum()), denom)
+        loss = check_total(float(block_losses.sum()), denom)
     return loss, finish_out(target, out)
 
 

@@ -114,8 +114,9 @@ def test_row_kernel_twins_are_bitwise_equal(K, dtype):
             _run_variants("xent", 1, lambda weights=weights, smoothing=smoothing:
                           (Z, y, weights, smoothing, np.empty(N)), "xent_rows " + what)
             _run_variants("xent_grad", 3, lambda weights=weights, smoothing=smoothing: (
-                Z, np.empty_like(Z), b, True, y, weights, smoothing, 1 / N, np.empty(N),
-                np.zeros((k.n_blocks(N, k.ROW_BLOCK), K))), "xent_grad_rows " + what)
+                Z, np.empty_like(Z), b, True, y, weights, smoothing, 1 / N,
+                np.empty(k.n_blocks(N, k.ROW_BLOCK)), np.zeros((k.n_blocks(N, k.ROW_BLOCK), K))),
+                "xent_grad_rows " + what)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -158,15 +158,50 @@ def test_flat_gradient_block_follows_the_documented_arithmetic(rng, dtype, K, sm
     y = rng.integers(0, K, N)
     w = rng.uniform(0.5, 2.0, N)
     scale = 1.0 / w.sum()
-    out, losses = np.empty_like(Z), np.empty(N)
     blocks = k.n_blocks(N, k.ROW_BLOCK)
+    out, losses = np.empty_like(Z), np.empty(blocks)
     bad = k._xent_grad_rows_flat.serial(Z, out, np.empty(0, dtype), True, y, w, smoothing, scale,
                                         losses, np.empty((blocks, 0)))
     want, want_losses = flat_grad_model(Z, y, w, smoothing, scale)
     assert bad == 0
     np.testing.assert_array_equal(out, want)
     if smoothing == 0.0:
-        np.testing.assert_array_equal(losses, want_losses)
+        np.testing.assert_array_equal(losses, block_loss_model(want_losses))
+
+
+def block_loss_model(losses):
+    """Per-block sums of per-sample losses as the gradient kernels return them: ROW_BLOCK rows a
+    block (zeros past the end), halves added entry by entry down to one."""
+    blocks = k.n_blocks(len(losses), k.ROW_BLOCK)
+    S = np.zeros((blocks, k.ROW_BLOCK))
+    S.ravel()[: len(losses)] = losses
+    h = k.ROW_BLOCK // 2
+    while h:
+        S[:, :h] = S[:, :h] + S[:, h: 2 * h]
+        h //= 2
+    return S[:, 0]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("K", [3, 10, 40, 100])
+def test_gradient_block_losses_are_summed_as_a_fixed_tree(rng, dtype, K):
+    """Both gradient kernels (flat up to FLAT_K_MAX classes, row by row above) return each block's
+    loss as `block_loss_model` sums the per-sample losses that `_xent_rows` computes, bitwise: the
+    order is fixed by ROW_BLOCK alone. 150 rows: two full blocks and a short one. Without label
+    smoothing: with it the per-sample losses of the two kernels may differ in the last bit."""
+    N = 150
+    Z = (rng.standard_normal((N, K)) * 3).astype(dtype)
+    y = rng.integers(0, K, N)
+    blocks = k.n_blocks(N, k.ROW_BLOCK)
+    per_sample, losses = np.empty(N), np.empty(blocks)
+    smoothing = 0.0
+    for w in (np.empty(0), rng.uniform(0.5, 2.0, N)):
+        kernel = k._xent_rows_flat if K <= k.FLAT_K_MAX else k._xent_rows
+        assert kernel.serial(Z, y, w, smoothing, per_sample) == 0
+        grad = k._xent_grad_rows_flat if K <= k.FLAT_K_MAX else k._xent_grad_rows
+        assert grad.serial(Z, np.empty_like(Z), np.empty(0, dtype), True, y, w, smoothing,
+                           1.0 / N, losses, np.empty((blocks, 0))) == 0
+        np.testing.assert_array_equal(losses, block_loss_model(per_sample))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
