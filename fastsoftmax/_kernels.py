@@ -901,11 +901,10 @@ def _softmax_rows(Z, out, b, copy):
 def _softmax_rows_flat(Z, out, b, copy):
     """`_softmax_rows` up to FLAT_K_MAX classes (`_softmax_block_flat`); the same arguments."""
     N = out.shape[0]
-    tab = _transpose_table(out.shape[1])
     bad = 0
     for blk in prange(_n_blocks(N, ROW_BLOCK)):
         lo = blk * ROW_BLOCK
-        bad += _softmax_block_flat(Z, out, b, copy, lo, min(N, lo + ROW_BLOCK), tab)
+        bad += _softmax_block_flat(Z, out, b, copy, lo, min(N, lo + ROW_BLOCK))
     return bad
 
 
@@ -943,7 +942,7 @@ def _softmax_block_rows(Z, out, b, copy, lo, hi):
     K > FLAT_K_MAX and leaves out the row loops' short-trip-count paths (without it, softmax at
     20000 x 100 float64 took 1.06x as long)."""
     if out.shape[1] <= FLAT_K_MAX:
-        return _softmax_block_flat(Z, out, b, copy, lo, hi, np.empty(0, np.int32))
+        return _softmax_block_flat(Z, out, b, copy, lo, hi)
     bad = 0
     ahead = _prefetch_distance(out)
     if copy and b.shape[0] == 0:  # read from Z, no copy (see `_xent_grad_block`)
@@ -1003,45 +1002,10 @@ def _shift_rows(Z, out, b, copy, lo, hi, stats):
             out[i, k] = out[i, k] - m
 
 
-@_jit(fastmath=False)
-def _softmax_block_flat(Z, out, b, copy, lo, hi, tab):
-    """Rows lo..hi (at most ROW_BLOCK) of `_softmax_rows_flat`, transposed as in
-    `_xent_grad_block_flat` (`_block_in`, `_col_max`, `_col_exp_sum`): exp(z - max) in the data
-    dtype, the float64 sum in `_row_sum`'s order, each exp times 1 / sum rounded to the data
-    dtype; the same values as `_softmax_group_flat` and as row by row. tab: `_transpose_table(K)`
-    or size 0 (see `_transpose_out`). Compiled without fast-math flags, as the gradient block.
-
-    Only for rows of up to FLAT_DIRECT_ROW_BYTES, which it reads straight from Z; longer ones go
-    to `_softmax_group_flat`. Interleaved processes, 2 threads, against the copy floor: float32
-    2e6 x 5 9.8x -> 3.5x, 1e6 x 10 4.95x -> 2.93x, 1e6 x 16 3.59x -> 2.44x, 5e5 x 20 3.30x ->
-    2.55x; float64 2e6 x 5 4.54x -> 2.47x, 1e6 x 10 2.92x -> 2.17x. Longer rows, copied first,
-    lost (100000 x 32: float32 4.2x -> 4.7x, float64 2.0x -> 2.65x)."""
-    n, K = hi - lo, out.shape[1]
-    if K * out.itemsize > FLAT_DIRECT_ROW_BYTES:
-        return _softmax_group_flat(Z, out, b, copy, lo, hi)
-    T = np.empty((K + 4, ROW_BLOCK), out.dtype)  # rows as `_xent_grad_block_flat`'s
-    F = np.empty((13, ROW_BLOCK))
-    _block_in(Z, out, b, copy, lo, hi, T)
-    _col_max(T, K)
-    _col_exp_sum(T, K, F)
-    bad = 0
-    for r in range(n):
-        bad += 1 if _row_is_bad(T[K, r], F[9, r]) else 0
-    for r in range(ROW_BLOCK):
-        T[K + 2, r] = T.dtype.type(1.0 / F[9, r])
-    for k in range(K):
-        for r in range(ROW_BLOCK):
-            T[k, r] = T[k, r] * T[K + 2, r]
-    _transpose_out(T, K, n, out, lo, tab)
-    return bad
-
-
 @_jit()
-def _softmax_group_flat(Z, out, b, copy, lo, hi):
-    """`_softmax_block_flat` for rows longer than FLAT_DIRECT_ROW_BYTES, and for a few rows (the
-    small-K curvature's groups of SMALL_K_GROUP, where a transposed block of ROW_BLOCK columns
-    would be mostly padding): exps in one flat loop over the rows, the same values as row by
-    row."""
+def _softmax_block_flat(Z, out, b, copy, lo, hi):
+    """Rows lo..hi of `_softmax_rows_flat`: exps in one flat loop over the block (see
+    `_flat_grad_rows`), the same values as row by row."""
     K = out.shape[1]
     stats = np.empty((1, hi - lo))
     _shift_rows(Z, out, b, copy, lo, hi, stats)
@@ -1314,7 +1278,19 @@ def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, l
     # 12: weight * scale. Indexed (array, row): views would cost reference counts.
     T = np.empty((K + 4, ROW_BLOCK), out.dtype)
     F = np.empty((13, ROW_BLOCK))
-    _block_in(Z, out, b, copy, lo, hi, T)
+    if not copy:
+        _transpose_in(out, lo, n, T)
+    elif K * out.itemsize <= FLAT_DIRECT_ROW_BYTES:
+        _transpose_in(Z, lo, n, T)
+    else:  # out first, in one pass over the block: the block then stays in L1
+        of, zf = out.reshape(out.shape[0] * K), Z.reshape(Z.shape[0] * K)
+        for j in range(np.uint64(lo * K), np.uint64(hi * K)):
+            of[j] = zf[j]
+        _transpose_in(out, lo, n, T)
+    if b.shape[0] > 0:
+        for k in range(K):
+            for r in range(ROW_BLOCK):
+                T[k, r] += b[k]
     _col_max(T, K)
     for r in range(n):
         F[10, r] = T[y[lo + r], r]
@@ -1335,27 +1311,6 @@ def _xent_grad_block_flat(Z, out, b, copy, y, sample_weight, smoothing, scale, l
             for k in range(K):
                 db[k] += out[i, k]
     return bad, _col_losses(T, K, n, lo, sample_weight, smoothing, F)
-
-
-@_jit(inline=True)
-def _block_in(Z, out, b, copy, lo, hi, T):
-    """T[:K] := rows lo..hi of Z (copy; else of out) plus b, transposed (`_transpose_in`). Rows of
-    up to FLAT_DIRECT_ROW_BYTES are read straight from Z; longer ones are copied to out first, in
-    one pass over the block (the block then stays in L1), which measured faster for them."""
-    n, K = hi - lo, out.shape[1]
-    if not copy:
-        _transpose_in(out, lo, n, T)
-    elif K * out.itemsize <= FLAT_DIRECT_ROW_BYTES:
-        _transpose_in(Z, lo, n, T)
-    else:
-        of, zf = out.reshape(out.shape[0] * K), Z.reshape(Z.shape[0] * K)
-        for j in range(np.uint64(lo * K), np.uint64(hi * K)):
-            of[j] = zf[j]
-        _transpose_in(out, lo, n, T)
-    if b.shape[0] > 0:
-        for k in range(K):
-            for r in range(ROW_BLOCK):
-                T[k, r] += b[k]
 
 
 @_jit(inline=True)
@@ -1713,23 +1668,22 @@ def _linear_softmax_small(X, W, b, out):
     out OUT (N, K) data dtype, C-contiguous
     """
     N = X.shape[0]
-    tab = _transpose_table(out.shape[1])
     bad = 0
     for blk in prange(_n_blocks(N, ROW_BLOCK)):
         lo = blk * ROW_BLOCK
-        bad += _linear_softmax_block(X, W, b, out, lo, min(N, lo + ROW_BLOCK), tab)
+        bad += _linear_softmax_block(X, W, b, out, lo, min(N, lo + ROW_BLOCK))
     return bad
 
 
 @_jit()
-def _linear_softmax_block(X, W, b, out, lo, hi, tab):
+def _linear_softmax_block(X, W, b, out, lo, hi):
     """Rows lo..hi of `_linear_softmax_small` (one prange iteration, shared by both twins): logits
     in groups of SMALL_K_GROUP rows from lo (a multiple of it), then the softmax rows in place while
     the block is in L1."""
     for i in range(lo, hi, SMALL_K_GROUP):
         n = min(SMALL_K_GROUP, hi - i)
         _logits_group(X, i, n, W, out[i:i + n])
-    return _softmax_block_flat(out, out, b, False, lo, hi, tab)
+    return _softmax_block_flat(out, out, b, False, lo, hi)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -2412,7 +2366,7 @@ def _feature_curvature_chunk(X, W, b, sample_weight, scale, lo, hi, D, q_sum):
     for i in range(lo, hi, SMALL_K_GROUP):
         n = min(SMALL_K_GROUP, hi - i)
         _logits_group(X, i, n, W, zb)
-        bad += _softmax_group_flat(zb, zb, b, False, 0, n)
+        bad += _softmax_block_flat(zb, zb, b, False, 0, n)
         for r in range(n):
             v = 0.0
             for k in range(K):
