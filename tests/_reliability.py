@@ -360,8 +360,9 @@ def leaks_main(n_calls: int = 1000, warmup: int = 30) -> None:
 
 # Run with ``python -c COLDSTART_CODE``: it times `import fastsoftmax` (numpy, numba and scipy
 # included) and the first call of every public function on each path, so it imports nothing before
-# the clock starts. The JSON line reports, per kernel dispatcher, the signatures it holds and its
-# cache hits and misses (a miss is a compilation).
+# the clock starts; then it computes `cold_warm_digests`. The JSON line reports the timings, the
+# digests, and, per kernel dispatcher (dense and sparse), the signatures it holds and its cache hits
+# and misses (a miss is a compilation).
 COLDSTART_CODE = '''
 import time
 t0 = time.perf_counter()
@@ -395,9 +396,11 @@ for dtype in sys.argv[1].split(","):
         call()
         first[f"{name} {dtype}"] = time.perf_counter() - t
 total = time.perf_counter() - t0
+import _reliability
+bits = _reliability.cold_warm_digests()
+from fastsoftmax import _kernels_sparse
 kernels = {}
-for name in dir(_kernels):
-    obj = getattr(_kernels, name)
+for name, obj in [(n, getattr(m, n)) for m in (_kernels, _kernels_sparse) for n in dir(m)]:
     if isinstance(obj, KernelPair):  # both twins, as `name` and `name_serial`
         pairs = [(name, obj.parallel), (name + "_serial", obj.serial)]
     else:
@@ -410,8 +413,46 @@ for name in dir(_kernels):
                          "hits": sum(st.cache_hits.values()),
                          "misses": sum(st.cache_misses.values())}
 print(json.dumps({"import": t_import, "first_calls": first, "total": total,
-                  "kernels": kernels}))
+                  "kernels": kernels, "bits": bits}))
 '''
+
+
+def cold_warm_digests() -> dict:
+    """{case: digest} of the small-K and sparse loss and gradients (sample weights, label
+    smoothing; float32 and float64), the row gradient, dX and the Hessian-vector product: the calls
+    whose bits once depended on whether their kernels were compiled in the process or loaded from
+    the cache. Per case: dtype, K and d (with smoothing the float64 gradients divide by K)."""
+    import hashlib
+
+    import scipy.sparse as sp
+
+    import fastsoftmax as fs
+
+    def digest(result):
+        return hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in result)).hexdigest()[:16]
+
+    bits = {}
+    for dtype, K, d in [("float32", 7, 3), ("float64", 7, 3), ("float64", 10, 17),
+                        ("float64", 40, 6)]:
+        rng = np.random.default_rng(K * 1000 + d)
+        X = rng.normal(size=(200, d)).astype(dtype)
+        W, b = (rng.normal(size=(K, d)) / 2).astype(dtype), rng.normal(size=K).astype(dtype)
+        y, w = rng.integers(0, K, 200), rng.uniform(0, 2, 200)
+        Z = (4 * rng.normal(size=(200, K))).astype(dtype)
+        kw = dict(sample_weight=w, label_smoothing=0.1)
+        results = {
+            "cross_entropy_grad": fs.cross_entropy_grad(Z, y, **kw),
+            "sparse linear_cross_entropy":
+                fs.linear_cross_entropy(sp.csr_matrix(X), W, b, y, alpha=0.1, **kw),
+        }
+        if K <= fs.functional.SMALL_K_MAX:
+            results["linear_cross_entropy"] = fs.linear_cross_entropy(
+                X, W, b, y, alpha=0.1, return_dX=True, **kw)
+            results["linear_cross_entropy_hvp"] = fs.linear_cross_entropy_hvp(
+                X, W, b, y, W[::-1].copy(), b[::-1].copy(), sample_weight=w)
+        for name, result in results.items():
+            bits[f"{name} {dtype} K={K} d={d}"] = digest(result)
+    return bits
 
 
 def huge_problem(N: int, d: int, K: int, period: int):
