@@ -138,3 +138,88 @@ def test_lbfgs_objective_on_sparse_x_matches_the_public_call(rng, dtype, bias):
     assert loss == want[0]
     np.testing.assert_array_equal(grad, objective.pack(want[1], want[2]))
     assert objective.loss_at(x) == loss
+
+
+def make_hashed_problem(rng, dtype, n=300, d=4096, k=5, vocabulary=200):
+    """Hashed text features: `vocabulary` columns of d in use, 8 stored entries a row (the rest
+    of the columns empty, as a HashingVectorizer leaves most of its 2**20 on a small corpus)."""
+    columns = np.sort(rng.choice(d, size=vocabulary, replace=False))
+    rows = np.repeat(np.arange(n), 8)
+    X = sp.csr_matrix((rng.uniform(0.1, 1.0, n * 8), (rows, rng.choice(columns, n * 8))),
+                      shape=(n, d)).astype(dtype)
+    y = np.argmax(X @ rng.normal(size=(d, k)) * 3 + rng.normal(size=(n, k)), axis=1)
+    return X, y, columns
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_unused_features_leave_the_parameter_vector(rng, index_dtype):
+    """`_drop_unused_features` keeps the features with a stored entry or a non-zero starting
+    coefficient, renumbers X's columns in order, and leaves the problem whole when nothing is
+    empty or when the copy of the indices would outweigh the solver's saving."""
+    from fastsoftmax._validation import check_sparse_X
+
+    X, _, columns = make_hashed_problem(rng, np.float64)
+    X.indices, X.indptr = X.indices.astype(index_dtype), X.indptr.astype(index_dtype)
+    Xc = check_sparse_X(X, np.float64)
+    W = np.zeros((5, X.shape[1]))
+    W[2, 7] = 0.5  # a warm start: this feature moves (its L2 term) although no row has it
+    reduced, kept = solvers._drop_unused_features(Xc, W, solvers._LBFGS_VECTORS)
+    want = np.union1d(columns[np.diff(X.tocsc().indptr)[columns] > 0], [7])
+    np.testing.assert_array_equal(kept, want)
+    assert reduced.indices.dtype == index_dtype and reduced.shape == (X.shape[0], want.size)
+    back = sp.csr_matrix((reduced.data, reduced.indices, reduced.indptr), shape=reduced.shape)
+    np.testing.assert_array_equal(back.toarray(), X.toarray()[:, want])
+    assert solvers._drop_unused_features(Xc, W, n_vectors=0)[1] is None  # nothing to gain
+    dense_columns = check_sparse_X(X[:, want], np.float64)
+    assert solvers._drop_unused_features(dense_columns, W[:, want], 20)[1] is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", ["lbfgs", "newton-cg"])
+def test_fit_without_the_unused_features_matches_dense(rng, monkeypatch, solver, dtype):
+    """lbfgs and newton-cg on sparse X leave the empty features out of the parameter vector
+    (`_drop_unused_features`): the fit matches the dense fit on the same data (which keeps them),
+    their coefficients are exactly zero, and the callback sees the full-size model."""
+    X, y, _ = make_hashed_problem(rng, dtype)
+    empty = np.diff(X.tocsc().indptr) == 0
+    kept, original = [], solvers._drop_unused_features
+    monkeypatch.setattr(solvers, "_drop_unused_features",
+                        lambda *args: kept.append(original(*args)[1]) or original(*args))
+    shapes = []
+
+    def record(iteration, model):
+        shapes.append(model.coef_.shape)
+
+    params = dict(solver=solver, alpha=1e-3, tol=1e-6 if dtype == np.float64 else 1e-4,
+                  max_iter=200)
+    sparse_model = fit_quietly(SoftmaxRegression(callback=record, **params), X, y)
+    dense_model = fit_quietly(SoftmaxRegression(**params), X.toarray(), y)
+    assert shapes and set(shapes) == {(5, X.shape[1])}
+    np.testing.assert_array_equal(kept[0], np.flatnonzero(~empty))
+    assert empty.sum() > 3000 and not sparse_model.coef_[:, empty].any()
+    tol = 1e-5 if dtype == np.float64 else 2e-3
+    scale = max(1.0, float(np.abs(dense_model.coef_).max()))
+    np.testing.assert_allclose(sparse_model.coef_, dense_model.coef_, atol=tol * scale)
+    np.testing.assert_allclose(sparse_model.intercept_, dense_model.intercept_, atol=tol * scale)
+
+
+def test_warm_start_moves_coefficients_of_features_now_empty(rng):
+    """A warm start from coefficients that are non-zero in features absent from the new data:
+    those features stay in the problem and their coefficients shrink under the penalty, as in the
+    dense fit."""
+    X, y, columns = make_hashed_problem(rng, np.float64)
+    models = [SoftmaxRegression(alpha=0.05, warm_start=True, max_iter=300, tol=1e-8)
+              for _ in range(2)]
+    for model, data in zip(models, (X, X.toarray()), strict=True):
+        fit_quietly(model, data, y)
+    gone = columns[:20]
+    X2 = X.tolil()
+    X2[:, gone] = 0
+    X2 = X2.tocsr()
+    X2.eliminate_zeros()
+    start = models[0].coef_[:, gone].copy()
+    assert np.abs(start).max() > 1e-2
+    for model, data in zip(models, (X2, X2.toarray()), strict=True):
+        fit_quietly(model, data, y)
+    np.testing.assert_allclose(models[0].coef_, models[1].coef_, atol=1e-6)
+    assert np.abs(models[0].coef_[:, gone]).max() < 0.5 * np.abs(start).max()
