@@ -260,8 +260,10 @@ def lbfgs(
     if objective is None:
         objective = _PackedObjective(X, y, sample_weight, W, b, alpha, label_smoothing)
 
-    def on_iteration(xk):
-        result.loss_curve.append(objective.loss_at(xk))
+    def on_iteration(intermediate_result):
+        # scipy's value at the accepted point (its last evaluation), by this parameter's name
+        xk = intermediate_result.x
+        result.loss_curve.append(float(intermediate_result.fun))
         result.n_iter += 1
         if objective.report(callback, result, xk):
             objective.stop_x = xk.copy()
@@ -384,9 +386,8 @@ def _drop_unused_features(X: CsrInput, W, n_vectors: int):
 
 class _PackedObjective(_Packing):
     """The objective as scipy sees it: a function of one float64 vector ``[W.ravel(), b]`` returning
-    (loss, gradient), one fused call per evaluation in X's dtype. Remembers the last point evaluated
-    (L-BFGS-B's last evaluation of an iteration is normally the accepted point) and the first loss
-    (scipy evaluates x0 first)."""
+    (loss, gradient), one fused call per evaluation in X's dtype. Remembers the first loss (scipy
+    evaluates x0 first)."""
 
     def __init__(self, X, y, sample_weight, W, b, alpha, label_smoothing):
         self.data = (X, y, sample_weight, alpha, label_smoothing)
@@ -398,7 +399,7 @@ class _PackedObjective(_Packing):
             self.sparse = (Xc, check_labels(y, X.shape[0], W.shape[0]), w, denom)
         super().__init__(W, b, dtype, columns)
         self.x0 = self.start(W, b)
-        self.last_x, self.last_loss, self.first_loss, self.stop_x = None, np.nan, None, None
+        self.first_loss, self.stop_x = None, None
 
     def __call__(self, x):
         X, y, sample_weight, alpha, label_smoothing = self.data
@@ -411,7 +412,6 @@ class _PackedObjective(_Packing):
             loss, db = self._sparse_loss_grad(W_x, b_x, grad)
         if self.has_bias:
             grad[self.n_coef :] = db
-        self.last_x, self.last_loss = x.copy(), loss
         if self.first_loss is None:
             self.first_loss = loss
         return loss, grad
@@ -428,12 +428,6 @@ class _PackedObjective(_Packing):
         if out is None:
             grad[: self.n_coef] = dW.ravel()
         return loss, db
-
-    def loss_at(self, x) -> float:
-        """The objective at x, from the cache when x was the last point evaluated."""
-        if self.last_x is None or not np.array_equal(self.last_x, x):
-            self(x)
-        return float(self.last_loss)
 
 
 def _lbfgs_outcome(result: SolverResult, opt, max_iter: int, first_loss: float, X) -> None:

@@ -62,7 +62,6 @@ class _ClusterObjective(solvers._PackedObjective):
             W_x = self.unpack(x)[0].astype(np.float64).ravel()
             loss += 0.5 * self.alpha * float(W_x @ W_x)
             grad[: self.n_coef] += self.alpha * W_x
-        self.last_x, self.last_loss = x.copy(), loss
         if self.first_loss is None:
             self.first_loss = loss
         return loss, grad
