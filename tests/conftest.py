@@ -40,8 +40,38 @@ def assert_close(actual, desired, dtype=None, scale=None, floor=0.0):
     if scale is None:
         scale = float(np.abs(finite).max()) if finite.size else 0.0
         scale = scale or 1.0  # an all-zero expectation: judge on the scale of O(1) quantities
-    atol = max(rtol * max(scale, 1e-300), floor)
-    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol)
+    atol = np.maximum(rtol * max(scale, 1e-300), floor)
+    if atol.ndim == 0:
+        np.testing.assert_allclose(actual, desired, rtol=rtol, atol=float(atol))
+        return
+    # a tolerance per entry (`probability_floor`): numpy's assert_allclose takes a scalar atol
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    excess = np.abs(actual - desired) - (atol + rtol * np.abs(desired))
+    bad = ~(excess <= 0)
+    assert not bad.any(), (f"{np.count_nonzero(bad)} of {bad.size} entries beyond tolerance; the "
+                           f"first at {np.argwhere(bad)[0].tolist()}: {actual[bad][0]!r} (actual) "
+                           f"{desired[bad][0]!r} (desired), excess {excess[bad][0]:.3g}")
+
+
+def logit_rounding(X, W, b=None) -> np.ndarray:
+    """Per row of X, a bound on the rounding error of its logits ``X @ W.T + b`` in X's dtype,
+    whatever order the products are summed in (BLAS or our kernels, with or without FMA, any
+    vector width): ``(d + 2) eps max_k (sum_j |x_ij w_kj| + |b_k|)``, infinite biases left out."""
+    eps = float(np.finfo(X.dtype).eps)
+    A = np.abs(X.astype(np.float64)) @ np.abs(W.astype(np.float64)).T
+    if b is not None:
+        A += np.where(np.isfinite(b), np.abs(b.astype(np.float64)), 0.0)
+    return (X.shape[1] + 2) * eps * A.max(axis=1)
+
+
+def probability_floor(P, X, W, b=None) -> np.ndarray:
+    """Per entry, the absolute error softmax probabilities ``P`` inherit from their logits'
+    rounding (`logit_rounding`, delta per row): to first order ``|dP_k| <= 2 delta min(P_k,
+    1 - P_k)``, doubled for the second order and the reference's own rounding. Logits of 1e4 in
+    float32 carry about 1e-3 each, so two classes a few hundredths apart can differ by 1e-4 between
+    two correct implementations; entries at exactly 0 or 1 keep the dtype's tolerance."""
+    delta = logit_rounding(X, W, b)[:, None]
+    return 4 * delta * np.minimum(P, 1 - P)
 
 
 def frozen(*arrays):
