@@ -57,6 +57,22 @@ def test_reaches_scikit_learn_newton_cg_optimum(load):
     assert not hasattr(clf, "learning_rate_")
 
 
+def test_conjugate_gradient_past_its_rounding_floor_keeps_its_best_iterate():
+    """Raw wine data (features up to 1680) at tol 1e-10: at a gradient of 6e-10, CG's residual
+    reaches its floating-point floor (5e-15) long before the forcing term (2e-18), then drifts,
+    the iterate growing 1e8-fold. Its best iterate is the Newton step; before, the drifted one
+    raised the gradient 35-fold and the line search crawled on steps of 2^-29 with the gradient
+    stuck at 1.3e-8 until max_iter=500 (on AVX2 machines; scikit-learn: 65 iterations, 5e-14)."""
+    X, y = load_wine(return_X_y=True)
+    alpha, tol = alpha_for(1.0, len(y), 3), 1e-10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf = SoftmaxRegression(solver="newton-cg", alpha=alpha, tol=tol, max_iter=100).fit(X, y)
+    assert clf.n_iter_ < 40
+    dW, db = F.linear_cross_entropy(X, clf.coef_, clf.intercept_, y, alpha=alpha)[1:]
+    assert max(np.abs(dW).max(), np.abs(db).max()) <= tol
+
+
 def test_sample_and_class_weights_match_scikit_learn(rng):
     X, y = load_iris(return_X_y=True)
     sw = rng.uniform(0.1, 3.0, size=len(y))
