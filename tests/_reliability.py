@@ -154,6 +154,25 @@ class Result:
                 f"--- stdout ---\n{self.stdout[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}")
 
 
+# Children still running (their process groups), and whether the session is ending: at its end
+# `stop_children` kills those that background jobs (conftest's `early_job`) left behind, and no new
+# one starts.
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def stop_children() -> None:
+    """Kill the process groups of all running children; later `run_python` calls fail at once."""
+    _STOPPING.set()
+    with _LIVE_LOCK:
+        for proc in _LIVE:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def run_python(code: str, *, env: dict | None = None, timeout: float = 300.0) -> Result:
     """Run `code` in a fresh interpreter (repository root and tests/ importable). On timeout the
     whole process group (forked grandchildren included) is killed and the caller's test fails."""
@@ -163,10 +182,14 @@ def run_python(code: str, *, env: dict | None = None, timeout: float = 300.0) ->
     )
     full_env.update(env or {})
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=ROOT, env=full_env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
+    with _LIVE_LOCK:
+        if _STOPPING.is_set():
+            raise RuntimeError("the test session is ending: no new child process")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, env=full_env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        _LIVE.add(proc)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -176,6 +199,9 @@ def run_python(code: str, *, env: dict | None = None, timeout: float = 300.0) ->
             f"timed out after {timeout:.0f} s (hang?)\n"
             + Result(proc.returncode, out, err, time.perf_counter() - start).explain()
         ) from None
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
     return Result(proc.returncode, out, err, time.perf_counter() - start)
 
 

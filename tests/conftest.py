@@ -1,8 +1,14 @@
 """Shared fixtures and helpers, and the one place where numerical tolerances live."""
 
+import shutil
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
+from _reliability import COLDSTART_CODE, run_python, stop_children
 
 from fastsoftmax._threads import numba_threads
 
@@ -124,3 +130,69 @@ def spy_twins(monkeypatch, pair) -> list:
     for name in ("parallel", "serial"):
         monkeypatch.setattr(pair, name, spy(name))
     return twins
+
+
+# ---------------------------------------------------------------------------------------------------
+# Early jobs. A few tests spend nearly all their time in subprocesses compiling every kernel on an
+# empty Numba cache (minutes on 2 cores), while the rest of the suite is mostly compilation too,
+# which runs on one thread. Those subprocesses start when collection ends, one job at a time, so
+# that they run on the other core; the test then takes its job's result (fixture `early`) and
+# asserts on it. A job is ordinary code: only when it runs changes.
+# ---------------------------------------------------------------------------------------------------
+
+_EARLY_JOBS: dict[str, tuple[Future, Path]] = {}
+# Sessions of at least this many tests (the whole suite: about 3500) start with a cache warmer.
+_WARM_FROM_ITEMS = 1000
+
+
+def early_job(job):
+    """Decorator of a test: ``job(directory, **params)`` (a fresh directory; the test's
+    parametrization) runs in the background from the end of collection; the test receives its
+    return value as the fixture ``early``."""
+    def mark(test):
+        test.early_job = job
+        return test
+    return mark
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    items = [item for item in session.items
+             if hasattr(getattr(item, "function", None), "early_job")]
+    if not items:
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="early-job")
+    if len(session.items) >= _WARM_FROM_ITEMS:
+        # First, a process compiles every kernel into the session's own cache (its
+        # NUMBA_CACHE_DIR or Numba's default), so that the tests after the first few load them
+        # instead of compiling them on this process's one thread. Its outcome is not a test:
+        # the tests check the cache.
+        pool.submit(run_python, COLDSTART_CODE.replace("sys.argv[1]", "'float64,float32'"),
+                    timeout=900)
+    for item in items:
+        directory = Path(tempfile.mkdtemp(prefix="fastsoftmax-early-"))
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        _EARLY_JOBS[item.nodeid] = (pool.submit(item.function.early_job, directory, **params),
+                                    directory)
+    pool.shutdown(wait=False)
+
+
+def pytest_sessionfinish(session):
+    """Jobs whose tests did not run (a run stopped by -x or ^C) are cancelled or killed."""
+    for future, _ in _EARLY_JOBS.values():
+        future.cancel()
+    stop_children()
+    wait([future for future, _ in _EARLY_JOBS.values()], timeout=60)
+    for _, directory in _EARLY_JOBS.values():
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def early(request):
+    """The return value of the test's `early_job` (its exception, if it raised)."""
+    future, directory = _EARLY_JOBS[request.node.nodeid]
+    try:
+        yield future.result()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

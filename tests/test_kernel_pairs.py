@@ -7,9 +7,12 @@ it (dW in per-sub-tile slots, or in blocks of classes or features when the slots
 and the widths at which the vectorized row loops change shape (16 and 32 doubles per iteration).
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _reliability import run_python
+from conftest import early_job
 
 import fastsoftmax as fs
 from fastsoftmax import _kernels as k
@@ -250,16 +253,21 @@ for K in (7, 40):
 """
 
 
-def test_twins_agree_whatever_the_cache_holds(tmp_path):
+def _parallel_cached_then_serial(directory: Path):
+    """The runs of _WARM_PARALLEL on an empty cache and of _COMPARE_TWINS after it."""
+    env = {"NUMBA_CACHE_DIR": str(directory)}
+    return run_python(_WARM_PARALLEL, env=env), run_python(_COMPARE_TWINS, env=env)
+
+
+@early_job(_parallel_cached_then_serial)
+def test_twins_agree_whatever_the_cache_holds(early):
     """One process compiles (and caches) only the parallel twins of the loss and the Hessian-vector
     product; the next loads them from the cache and compiles the serial twins itself. The two must
     still give the same bits. (Before, a block function inlined into a cached twin and
     re-optimized there differed in the last bits from the same function compiled in the process:
-    float64 dW at 40 classes, 2.8e-17.)"""
-    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
-    warm = run_python(_WARM_PARALLEL, env=env)
+    float64 dW at 40 classes, 2.8e-17.) In the background: `early_job`."""
+    warm, compared = early
     assert warm.returncode == 0, warm.explain()
-    compared = run_python(_COMPARE_TWINS, env=env)
     assert compared.returncode == 0, compared.explain()
     assert compared.stdout.split() == ["7", "True"] * 2 + ["40", "True"] * 2, compared.explain()
 
@@ -278,12 +286,18 @@ print(hashlib.sha1(HS.tobytes() + hsb.tobytes()).hexdigest())
 """
 
 
-def test_hessian_product_same_bits_from_a_cold_and_a_warm_cache(tmp_path):
+def _hvp_cold_then_warm(directory: Path):
+    """The runs of _HVP_BITS on an empty cache and on the cache it left."""
+    env = {"NUMBA_CACHE_DIR": str(directory)}
+    return run_python(_HVP_BITS, env=env), run_python(_HVP_BITS, env=env)
+
+
+@early_job(_hvp_cold_then_warm)
+def test_hessian_product_same_bits_from_a_cold_and_a_warm_cache(early):
     """The sparse Hessian-vector product compiled in the process (empty cache) and loaded from the
     cache gives the same bits. (Before, p.t / s was rewritten as p.t * (1 / s) under arcp in one
-    module and not in the other: 1e-17 apart, enough to move a newton-cg fit.)"""
-    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
-    cold = run_python(_HVP_BITS, env=env)
-    warm = run_python(_HVP_BITS, env=env)
+    module and not in the other: 1e-17 apart, enough to move a newton-cg fit.) In the background:
+    `early_job`."""
+    cold, warm = early
     assert cold.returncode == 0 and warm.returncode == 0, cold.explain() + warm.explain()
     assert cold.stdout.strip() == warm.stdout.strip(), cold.explain() + warm.explain()

@@ -6,8 +6,11 @@ process group, so an abort or a hang fails one test instead of the run. Numerica
 arrays, extreme values) is in test_reliability_numerics.py, the fuzzing in test_reliability_fuzz.py.
 """
 
+from pathlib import Path
+
 import pytest
 from _reliability import COLDSTART_CODE, PUBLIC, run_python
+from conftest import early_job
 
 LAYERS = {
     "default": {},  # GNU OpenMP on this machine: thread-safe, not fork-safe
@@ -159,20 +162,27 @@ def test_thousand_calls_leave_memory_flat():
 # ---------------------------------------------------------------------------------------------------
 
 
+def _cold_then_warm(directory: Path) -> tuple[dict, dict]:
+    """The reports of COLDSTART_CODE in a process on an empty cache, then in a second one on it."""
+    env = {"NUMBA_CACHE_DIR": str(directory / "numba-cache")}
+    code = COLDSTART_CODE.replace("sys.argv[1]", "'float64,float32'")
+    return run_python(code, env=env, timeout=900).json(), run_python(code, env=env,
+                                                                      timeout=300).json()
+
+
 @pytest.mark.slow
-def test_second_process_loads_every_kernel_from_the_cache(tmp_path):
+@early_job(_cold_then_warm)
+def test_second_process_loads_every_kernel_from_the_cache(early):
     """A fresh process with an empty NUMBA_CACHE_DIR compiles each kernel once per dtype; a second
     process with the same cache directory compiles nothing: every kernel it uses is a cache hit, with
     the same specializations, and gives the same bits (`cold_warm_digests`). Before, the float64
     gradients of the small-K and sparse kernels with label smoothing were 1 ulp apart: smoothing / K
     was a multiplication by 1 / K in the block function compiled in the process and a division in
     its copy inside the cached kernel (docs/design.md, "Threading and determinism"). One cold
-    compilation serves both checks: it is most of this test's time. (Timings are printed, never
-    asserted: see docs/reliability.md.)"""
-    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
-    code = COLDSTART_CODE.replace("sys.argv[1]", "'float64,float32'")
-    cold = run_python(code, env=env, timeout=900).json()
-    warm = run_python(code, env=env, timeout=300).json()
+    compilation serves both checks: it is most of this test's time, and runs in the background
+    from the start of the session (`early_job`). (Timings are printed, never asserted: see
+    docs/reliability.md.)"""
+    cold, warm = early
     print(f"cold: import {cold['import']:.2f} s, total {cold['total']:.2f} s; "
           f"warm: import {warm['import']:.2f} s, total {warm['total']:.2f} s")
     assert sum(k["misses"] for k in cold["kernels"].values()) > 0
@@ -304,17 +314,26 @@ def _corrupt(cache_dir, how: str) -> int:
     return len(files)
 
 
+def _damage_and_heal(directory: Path, how: str) -> tuple[str, dict, int, dict, dict]:
+    """The cache directory and CACHE_CALL's reports on it empty, after damaging it (`_corrupt`:
+    the number of files damaged), and once more."""
+    env = {"NUMBA_CACHE_DIR": str(directory)}
+    first = run_python(CACHE_CALL, env=env, timeout=300).json()
+    damaged_files = _corrupt(directory, how)
+    damaged = run_python(CACHE_CALL, env=env, timeout=300).json()  # asserts exit status 0
+    healed = run_python(CACHE_CALL, env=env, timeout=300).json()
+    return str(directory), first, damaged_files, damaged, healed
+
+
 @pytest.mark.parametrize("how", ["truncate", "scramble"])
-def test_corrupted_cache_files_are_recompiled(tmp_path, how):
+@early_job(_damage_and_heal)
+def test_corrupted_cache_files_are_recompiled(early, how):
     """A damaged cache file (disk full, a killed writer, a bad copy) costs one recompilation with a
     warning naming the cache directory, not an error on every call from then on; the rewritten
-    entries then load cleanly."""
-    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
-    first = run_python(CACHE_CALL, env=env, timeout=300).json()
+    entries then load cleanly. (In the background: `early_job`.)"""
+    directory, first, damaged_files, damaged, healed = early
     assert first["warnings"] == [] and first["misses"] > 0
-    assert _corrupt(tmp_path, how) > 0
-    damaged = run_python(CACHE_CALL, env=env, timeout=300).json()  # asserts exit status 0
+    assert damaged_files > 0
     assert damaged["warnings"], "a damaged entry was loaded without notice"
-    assert all("recompiling" in w and str(tmp_path) in w for w in damaged["warnings"])
-    healed = run_python(CACHE_CALL, env=env, timeout=300).json()
+    assert all("recompiling" in w and directory in w for w in damaged["warnings"])
     assert healed == {"warnings": [], "misses": 0}
