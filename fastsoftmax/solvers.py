@@ -879,36 +879,31 @@ def _dot(a: np.ndarray, c: np.ndarray) -> float:
     return float((a * c).sum())
 
 
-# Conjugate-gradient products without a new smallest residual before the inner loop gives up: its
-# residual is not monotone, but on the data measured a rise lasted a few products, and past the
-# floating-point floor it only rose.
-_CG_STALL = 25
-
-
 def _conjugate_gradient(hessp, grad: np.ndarray, max_inner: int, tol: float,
                         inverse_diag: np.ndarray) -> np.ndarray:
     """Approximately solve ``H p = -grad`` by conjugate gradients preconditioned with the diagonal
     matrix M whose inverse is ``inverse_diag``; stopped when the residual's L1 norm is <= tol,
-    after ``max_inner`` products, at the first direction of non-positive curvature
-    (scikit-learn's ``_cg``, preconditioned), or after `_CG_STALL` products without a smaller
-    residual. Stopped short of tol, it returns the iterate of the smallest residual: in floating
-    point the residual has a floor, and past it CG can drift far away (raw wine data, a gradient
-    of 6e-10: the residual fell from 1.5e-9 to 5e-15 in 50 products, then rose to 4e-9 with the
-    iterate grown from 1.4e-9 to 0.1, and that step raised the gradient 35-fold)."""
+    after ``max_inner`` products, or at the first direction of non-positive curvature
+    (scikit-learn's ``_cg``, preconditioned). Stopped short of tol with a residual larger than
+    the smallest one it met, it returns the iterate of that smallest residual (when no iterate
+    improved on the start, the last one, as before): in floating point the residual has a floor,
+    and past it CG can drift far away (raw wine data, a gradient of 6e-10: the residual fell from
+    1.5e-9 to 5e-15 in 50 products, then rose to 4e-9 by the zero-curvature exit at 116, the
+    iterate grown from 1.4e-9 to 0.1, and that step raised the gradient 35-fold). It does not stop
+    at a stall: a residual can stay above its minimum for dozens of products while CG still
+    converges."""
     p = np.zeros_like(grad)
     residual = grad.copy()
     z = inverse_diag * residual
     direction = -z
     rz = _dot(residual, z)
-    best_p, best_norm, best_at = None, np.abs(residual).sum(), 0
+    best_p, best_norm = None, np.abs(residual).sum()
     for i in range(max_inner + 1):
         norm = np.abs(residual).sum()
         if norm <= tol:
             return p
         if norm < best_norm:
-            best_p, best_norm, best_at = p.copy(), norm, i
-        elif i - best_at >= _CG_STALL:
-            break
+            best_p, best_norm = p.copy(), norm
         Hd = hessp(direction)
         curvature = _dot(direction, Hd)
         # Zero curvature relative to the direction's length in M's metric (scikit-learn's test is

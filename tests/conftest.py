@@ -52,8 +52,10 @@ def assert_close(actual, desired, dtype=None, scale=None, floor=0.0):
         return
     # a tolerance per entry (`probability_floor`): numpy's assert_allclose takes a scalar atol
     assert actual.shape == desired.shape, (actual.shape, desired.shape)
-    excess = np.abs(actual - desired) - (atol + rtol * np.abs(desired))
-    bad = ~(excess <= 0)
+    with np.errstate(invalid="ignore"):  # inf - inf: equal infinities are handled below
+        excess = np.abs(actual - desired) - (atol + rtol * np.abs(desired))
+    # equal infinities and NaN against NaN agree, as in numpy's assert_allclose
+    bad = ~((excess <= 0) | (actual == desired) | (np.isnan(actual) & np.isnan(desired)))
     assert not bad.any(), (f"{np.count_nonzero(bad)} of {bad.size} entries beyond tolerance; the "
                            f"first at {np.argwhere(bad)[0].tolist()}: {actual[bad][0]!r} (actual) "
                            f"{desired[bad][0]!r} (desired), excess {excess[bad][0]:.3g}")
