@@ -443,6 +443,10 @@ print(json.dumps({"import": t_import, "first_calls": first, "total": total,
 '''
 
 
+# COLDSTART_CODE for both dtypes, as run by the cache test and the session's cache warmer.
+COLDSTART_BOTH_DTYPES = COLDSTART_CODE.replace("sys.argv[1]", "'float64,float32'")
+
+
 def cold_warm_digests() -> dict:
     """{case: digest} of the small-K and sparse loss and gradients (sample weights, label
     smoothing; float32 and float64), the row gradient, dX and the Hessian-vector product: the calls

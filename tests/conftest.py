@@ -8,7 +8,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
-from _reliability import COLDSTART_CODE, run_python, stop_children
+from _reliability import COLDSTART_BOTH_DTYPES, run_python, stop_children
 
 from fastsoftmax._threads import numba_threads
 
@@ -170,8 +170,7 @@ def pytest_collection_finish(session):
         # NUMBA_CACHE_DIR or Numba's default), so that the tests after the first few load them
         # instead of compiling them on this process's one thread. Its outcome is not a test:
         # the tests check the cache.
-        pool.submit(run_python, COLDSTART_CODE.replace("sys.argv[1]", "'float64,float32'"),
-                    timeout=900)
+        pool.submit(run_python, COLDSTART_BOTH_DTYPES, timeout=900)
     for item in items:
         directory = Path(tempfile.mkdtemp(prefix="fastsoftmax-early-"))
         params = item.callspec.params if hasattr(item, "callspec") else {}

@@ -9,7 +9,7 @@ arrays, extreme values) is in test_reliability_numerics.py, the fuzzing in test_
 from pathlib import Path
 
 import pytest
-from _reliability import COLDSTART_CODE, PUBLIC, run_python
+from _reliability import COLDSTART_BOTH_DTYPES, PUBLIC, run_python
 from conftest import early_job
 
 LAYERS = {
@@ -165,9 +165,8 @@ def test_thousand_calls_leave_memory_flat():
 def _cold_then_warm(directory: Path) -> tuple[dict, dict]:
     """The reports of COLDSTART_CODE in a process on an empty cache, then in a second one on it."""
     env = {"NUMBA_CACHE_DIR": str(directory / "numba-cache")}
-    code = COLDSTART_CODE.replace("sys.argv[1]", "'float64,float32'")
-    return run_python(code, env=env, timeout=900).json(), run_python(code, env=env,
-                                                                      timeout=300).json()
+    return (run_python(COLDSTART_BOTH_DTYPES, env=env, timeout=900).json(),
+            run_python(COLDSTART_BOTH_DTYPES, env=env, timeout=300).json())
 
 
 @pytest.mark.slow
